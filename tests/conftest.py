@@ -1,0 +1,23 @@
+"""Fixtures shared by every test folder: the data directory with the base image."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SHARED_IMAGES = Path("/var/lib/wrenn/images")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Iterator[Path]:
+    """A private WRENN_DIR whose images are the ones bootstrap built (building them per test run is slow)."""
+    if not (SHARED_IMAGES / "minimal" / "current" / "rootfs").is_dir():
+        pytest.skip(f"no base image in {SHARED_IMAGES}: run `make bootstrap` (wrenn image build)")
+    root = Path(tempfile.mkdtemp(prefix="wrenn-test-", dir="/var/tmp"))
+    (root / "images").symlink_to(SHARED_IMAGES)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,260 @@
+"""One conformance suite for every runtime: envd through the host agent, as the control plane uses it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from wrenn_server.proto._generated import hostagent_pb2 as pb
+
+from .conftest import AgentHandle
+
+pytestmark = pytest.mark.runtime
+
+
+def new_id() -> str:
+    return "cl-" + uuid.uuid4().hex[:25]
+
+
+async def create(agent: AgentHandle, **kw: object) -> pb.SandboxInfo:
+    req = pb.CreateSandboxRequest(sandbox_id=new_id(), template="minimal", vcpus=1, memory_mb=512,
+                                  disk_size_mb=1024, **kw)  # type: ignore[arg-type]
+    return await agent.stub.CreateSandbox(req, metadata=agent.md)
+
+
+@pytest.fixture(scope="module")
+async def capsule(agent: AgentHandle) -> AsyncIterator[pb.SandboxInfo]:
+    info = await create(agent, default_env={"FROM_TEMPLATE": "yes"})
+    yield info
+    await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=info.sandbox_id), metadata=agent.md)
+
+
+async def sh(agent: AgentHandle, capsule: pb.SandboxInfo, script: str, **kw: object) -> pb.ExecResponse:
+    req = pb.ExecRequest(sandbox_id=capsule.sandbox_id, cmd="/bin/sh", args=["-c", script], **kw)  # type: ignore[arg-type]
+    return await agent.stub.Exec(req, metadata=agent.md)
+
+
+async def test_created_capsule_is_running_and_listed(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:
+    assert capsule.status == "running"
+    listed = {s.sandbox_id: s.status for s in (await agent.stub.ListSandboxes(pb.Empty(), metadata=agent.md)).sandboxes}
+    assert listed[capsule.sandbox_id] == "running"
+
+
+async def test_exec_exit_codes_output_env_cwd(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:
+    out = await sh(agent, capsule, 'echo out; echo err >&2; echo "$FOO $FROM_TEMPLATE"; pwd; exit 42',
+                   envs={"FOO": "bar"}, cwd="/usr")
+    assert out.exit_code == 42
+    assert out.stdout == b"out\nbar yes\n/usr\n"
+    assert out.stderr == b"err\n"
+
+
+async def test_exec_binary_output_and_timeout(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:
+    out = await sh(agent, capsule, "printf '\\377\\000\\001'")
+    assert out.stdout == b"\xff\x00\x01"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await sh(agent, capsule, "sleep 30", timeout_sec=1)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    left = await sh(agent, capsule, "ps -eo args | grep -c '^sleep 30' || true")
+    assert left.stdout.strip() == b"0"
+
+
+async def test_background_list_connect_kill(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:
+    started = await agent.stub.StartBackground(pb.ExecRequest(
+        sandbox_id=capsule.sandbox_id, cmd="/bin/sh", args=["-c", "echo early; sleep 300"], tag="bg-1"),
+        metadata=agent.md)
+    assert started.pid > 0 and started.tag == "bg-1"
+    procs = (await agent.stub.ListProcesses(pb.SandboxRef(sandbox_id=capsule.sandbox_id), metadata=agent.md)).processes
+    assert any(p.tag == "bg-1" and p.pid == started.pid for p in procs)
+    await asyncio.sleep(0.3)
+    stream = agent.stub.ConnectProcess(pb.ProcessRef(sandbox_id=capsule.sandbox_id, tag="bg-1"), metadata=agent.md)
+    first = await stream.read()
+    assert first.WhichOneof("event") == "start" and first.start.pid == started.pid
+    replay = await stream.read()
+    assert replay.stdout == b"early\n"
+    await agent.stub.KillProcess(pb.KillProcessRequest(
+        process=pb.ProcessRef(sandbox_id=capsule.sandbox_id, tag="bg-1"), signal="SIGKILL"), metadata=agent.md)
+    end = await stream.read()
+    assert end.WhichOneof("event") == "end" and end.end.exit_code == 137
+    procs = (await agent.stub.ListProcesses(pb.SandboxRef(sandbox_id=capsule.sandbox_id), metadata=agent.md)).processes
+    assert not any(p.tag == "bg-1" for p in procs)
+
+
+async def test_exec_stream_events_in_order(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:
+    call = agent.stub.ExecStream(pb.ExecRequest(sandbox_id=capsule.sandbox_id, cmd="/bin/sh",
+                                                args=["-c", "echo a; sleep 0.2; echo b >&2; exit 3"]),
+                                 metadata=agent.md)
+    kinds = [(e.WhichOneof("event"), e) async for e in call]
+    assert kinds[0][0] == "start"
+    assert [(k, getattr(e, k)) for k, e in kinds[1:-1]] == [("stdout", b"a\n"), ("stderr", b"b\n")]
+    assert kinds[-1][1].end.exit_code == 3
+
+
+async def test_pty_resize_and_input(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:
+    started = await agent.stub.StartBackground(pb.ExecRequest(
+        sandbox_id=capsule.sandbox_id, cmd="/bin/sh", tag="pty-test", stdin=True,
+        pty=pb.PtySize(cols=80, rows=24)), metadata=agent.md)
+    ref = pb.ProcessRef(sandbox_id=capsule.sandbox_id, tag="pty-test")
+    await agent.stub.ResizePty(pb.ResizeRequest(process=ref, cols=123, rows=45), metadata=agent.md)
+    stream = agent.stub.ConnectProcess(ref, metadata=agent.md)
+    await agent.stub.SendInput(pb.SendInputRequest(process=ref, data=b"stty size; exit 7\n"), metadata=agent.md)
+    seen = b""
+    code = None
+    async for event in stream:
+        if event.WhichOneof("event") == "pty":
+            seen += event.pty
+        elif event.WhichOneof("event") == "end":
+            code = event.end.exit_code
+    assert b"45 123" in seen
+    assert code == 7 and started.pid > 0
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await agent.stub.ResizePty(pb.ResizeRequest(process=ref, cols=0, rows=10), metadata=agent.md)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_files_round_trip_and_errors(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:
+    sid = capsule.sandbox_id
+    data = os.urandom(3 * 1024 * 1024 + 7)
+
+    async def upload() -> AsyncIterator[pb.WriteFileChunk]:
+        yield pb.WriteFileChunk(meta=pb.PathRequest(sandbox_id=sid, path="/data/deep/blob.bin"))
+        for i in range(0, len(data), 65536):
+            yield pb.WriteFileChunk(data=data[i : i + 65536])
+
+    entry = await agent.stub.WriteFileStream(upload(), metadata=agent.md)
+    assert entry.size == len(data) and entry.type == "file"
+    got = b"".join([c.data async for c in agent.stub.ReadFileStream(pb.PathRequest(sandbox_id=sid, path="/data/deep/blob.bin"), metadata=agent.md)])
+    assert got == data
+    listing = await agent.stub.ListDir(pb.ListDirRequest(sandbox_id=sid, path="/data", depth=2), metadata=agent.md)
+    assert [e.path for e in listing.entries] == ["/data/deep", "/data/deep/blob.bin"]
+    made = await agent.stub.MakeDir(pb.PathRequest(sandbox_id=sid, path="/data/new"), metadata=agent.md)
+    assert made.type == "directory"
+    for call, code in [
+        (agent.stub.MakeDir(pb.PathRequest(sandbox_id=sid, path="/data/new"), metadata=agent.md), grpc.StatusCode.ALREADY_EXISTS),
+        (agent.stub.ListDir(pb.ListDirRequest(sandbox_id=sid, path="/nope"), metadata=agent.md), grpc.StatusCode.NOT_FOUND),
+        (agent.stub.StatPath(pb.PathRequest(sandbox_id=sid, path="/nope"), metadata=agent.md), grpc.StatusCode.NOT_FOUND),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == code
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in agent.stub.ReadFileStream(pb.PathRequest(sandbox_id=sid, path="/nope"), metadata=agent.md):
+            pass
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    await agent.stub.RemovePath(pb.PathRequest(sandbox_id=sid, path="/data"), metadata=agent.md)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await agent.stub.StatPath(pb.PathRequest(sandbox_id=sid, path="/data"), metadata=agent.md)
+
+
+async def test_memory_limit_is_applied(agent: AgentHandle) -> None:
+    info = await create(agent)
+    try:
+        out = await sh(agent, info, "grep MemTotal /proc/meminfo")
+        total_mb = int(out.stdout.split()[1]) // 1024
+        assert 512 <= total_mb <= 512 + 256, out.stdout
+    finally:
+        await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=info.sandbox_id), metadata=agent.md)
+
+
+async def test_network_reachability_and_isolation(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:
+    other = await create(agent)
+    try:
+        await agent.stub.StartBackground(pb.ExecRequest(
+            sandbox_id=other.sandbox_id, cmd="python3", args=["-m", "http.server", "--bind", "127.0.0.1", "8080"]),
+            metadata=agent.md)
+        # A service bound to the capsule's loopback is forwarded to its own address, so the host reaches it.
+        url = f"http://{other.host_ip}:8080/"
+        for _ in range(50):
+            probe = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "1", url],
+                                   capture_output=True, text=True)
+            if probe.stdout == "200":
+                break
+            await asyncio.sleep(0.2)
+        assert probe.stdout == "200"
+        # ...but no capsule reaches another capsule.
+        cross = await sh(agent, capsule, f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 2 {url} || true")
+        assert cross.stdout.strip() in (b"000", b"")
+        assert (await sh(agent, capsule, "ip -4 -o addr show eth0 2>/dev/null || cat /proc/net/fib_trie")).exit_code == 0
+    finally:
+        await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=other.sandbox_id), metadata=agent.md)
+
+
+async def test_egress_is_nated(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:
+    """A server in a namespace of our own plays 'the internet'; the capsule reaches it through NAT."""
+    ns = "wrenn-test-outside"
+    cmds = [
+        f"ip netns add {ns}",
+        f"ip link add wrenn-tout type veth peer name eth0 netns {ns}",
+        "ip addr add 198.18.0.1/24 dev wrenn-tout", "ip link set wrenn-tout up",
+        f"ip -n {ns} addr add 198.18.0.2/24 dev eth0", f"ip -n {ns} link set eth0 up",
+        f"ip -n {ns} link set lo up", f"ip -n {ns} route add default via 198.18.0.1",
+    ]
+    for c in cmds:
+        subprocess.run(c.split(), check=True)
+    server = subprocess.Popen(["ip", "netns", "exec", ns, "python3", "-m", "http.server", "--bind", "198.18.0.2", "8000"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        out = b""
+        for _ in range(20):
+            out = (await sh(agent, capsule, "curl -s -o /dev/null -w '%{http_code}' --max-time 2 http://198.18.0.2:8000/ || true")).stdout
+            if out == b"200":
+                break
+            await asyncio.sleep(0.2)
+        assert out == b"200"
+    finally:
+        server.kill()
+        server.wait()
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+        subprocess.run(["ip", "link", "del", "wrenn-tout"], check=False, stderr=subprocess.DEVNULL)
+
+
+async def test_destroy_leaves_nothing_behind(agent: AgentHandle) -> None:
+    info = await create(agent)
+    await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=info.sandbox_id), metadata=agent.md)
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    slot_names = {line.split()[0] for line in netns.splitlines() if line.strip()}
+    workdir = agent.settings.dir / "sandboxes" / info.sandbox_id
+    assert not workdir.exists()
+    assert info.sandbox_id not in Path("/proc/mounts").read_text()
+    listed = [s.sandbox_id for s in (await agent.stub.ListSandboxes(pb.Empty(), metadata=agent.md)).sandboxes]
+    assert info.sandbox_id not in listed
+    # Every namespace that remains belongs to a capsule the agent still lists.
+    live = len(listed)
+    assert len([n for n in slot_names if n.startswith("wrenn-cns-")]) == live
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=info.sandbox_id), metadata=agent.md)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_agent_restart_readopts_and_reports_lost(agent: AgentHandle) -> None:
+    keep = await create(agent)
+    lose = await create(agent)
+    await sh(agent, keep, "echo kept > /root/mark")
+    bg = await agent.stub.StartBackground(pb.ExecRequest(sandbox_id=keep.sandbox_id, cmd="sleep", args=["600"],
+                                                          tag="survivor"), metadata=agent.md)
+    await agent.agent.stop()
+    # While the agent is down, one capsule dies.
+    runsc_root = agent.settings.dir / "runsc"
+    subprocess.run(["runsc", "--root", str(runsc_root), "kill", lose.sandbox_id, "KILL"], check=False)
+    await asyncio.sleep(0.5)
+    await agent.restart()
+    listed = {s.sandbox_id: s for s in (await agent.stub.ListSandboxes(pb.Empty(), metadata=agent.md)).sandboxes}
+    assert listed[keep.sandbox_id].status == "running"
+    assert listed[lose.sandbox_id].status == "error" and listed[lose.sandbox_id].error
+    assert (await sh(agent, keep, "cat /root/mark")).stdout == b"kept\n"
+    procs = (await agent.stub.ListProcesses(pb.SandboxRef(sandbox_id=keep.sandbox_id), metadata=agent.md)).processes
+    assert any(p.tag == "survivor" and p.pid == bg.pid for p in procs)
+    for sid in (keep.sandbox_id, lose.sandbox_id):
+        await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=sid), metadata=agent.md)
+
+
+async def test_calls_without_the_token_are_refused(agent: AgentHandle) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await agent.stub.ListSandboxes(pb.Empty())
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -1,0 +1,90 @@
+"""The `wrenn` command: run the platform, build images, check the machine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Wrenn: sandboxes for AI agents.")
+image_app = typer.Typer(no_args_is_help=True, help="Guest images.")
+app.add_typer(image_app, name="image")
+console = Console(stderr=True)
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("WRENN_DIR", "/var/lib/wrenn"))
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format='{"ts":"%(asctime)s","level":"%(levelname)s",'
+                        '"logger":"%(name)s","msg":"%(message)s"}')
+
+
+def build_image(force: bool = False) -> None:
+    from .images.builder import BuildError, ImagePaths, build, is_current
+
+    paths = ImagePaths(_data_dir())
+    if not force and is_current(paths):
+        console.print(f"image [bold]minimal[/] is up to date in {paths.template}")
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("building image minimal", total=1.0)
+
+        def report(message: str, fraction: float | None) -> None:
+            bar.update(task, description=message[:70], completed=fraction)
+
+        try:
+            build(paths, report, force=force)
+        except BuildError as exc:
+            console.print(f"[red]image build failed:[/] {exc}")
+            raise typer.Exit(1) from exc
+    console.print(f"image [bold]minimal[/] ready in {paths.current.resolve()}")
+
+
+@image_app.command("build")
+def image_build(force: bool = typer.Option(False, help="Rebuild even when the inputs did not change.")) -> None:
+    """Build (or reuse) the base image `minimal`: Debian bookworm + envd."""
+    build_image(force)
+
+
+@app.command()
+def doctor() -> None:
+    """Report what this machine can run, and why."""
+    from .hostagent.kvm import probe_kvm
+    from .hostagent.runtimes import RUNTIMES, NoRuntime, probe_all, select_runtime
+    from .images.builder import ImagePaths, is_current
+
+    table = Table(title="wrenn doctor", show_lines=False)
+    table.add_column("check")
+    table.add_column("ok")
+    table.add_column("details")
+    kvm = probe_kvm()
+    table.add_row("hardware KVM", "yes" if kvm.usable else "no", kvm.reason)
+    cgroup_v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    table.add_row("cgroups", "yes", "v2" if cgroup_v2 else "v1 (memory, cpu, pids controllers)")
+    netns = Path("/run/netns").exists() or os.geteuid() == 0
+    table.add_row("network namespaces", "yes" if netns else "no", "ip netns, veth, nftables NAT")
+    image = ImagePaths(_data_dir())
+    table.add_row("image minimal", "yes" if is_current(image) else "no",
+                  str(image.current) if is_current(image) else "run `wrenn image build`")
+    probes = asyncio.run(probe_all(_data_dir()))
+    for name in RUNTIMES:
+        p = probes[name]
+        table.add_row(f"runtime {name}", "yes" if p.available else "no", p.reason)
+    try:
+        chosen = asyncio.run(select_runtime("auto", _data_dir())).name
+    except NoRuntime as exc:
+        chosen = f"none ({exc})"
+    table.add_row("WRENN_RUNTIME=auto", "", f"would use {chosen}")
+    Console().print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,64 @@
+"""Assembles a host agent: runtime, network, manager, gRPC server, registration and heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from . import proc
+from .manager import SandboxManager
+from .network import Network
+from .registration import Credentials, Heartbeat, register
+from .runtimes import select_runtime
+from .server import Auth, Servicer, make_server
+from .settings import AgentSettings
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+class HostAgent:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.auth = Auth()
+        self.manager: SandboxManager | None = None
+        self._server: object | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def credentials_path(self):  # type: ignore[no-untyped-def]
+        return self.settings.dir / "host-credentials.json"
+
+    async def start(self, registration_token: str = "") -> None:
+        self.settings.dir.mkdir(parents=True, exist_ok=True)
+        proc.install_reaper(asyncio.get_running_loop())
+        runtime = await select_runtime(self.settings.runtime, self.settings.dir)
+        self.manager = SandboxManager(runtime, Network(), Storage(self.settings.dir))
+        await self.manager.start()
+        server = make_server(Servicer(self.manager, self.auth), self.settings.host_listen_addr)
+        await server.start()
+        self._server = server
+        log.info("host agent serving on %s with runtime %s", self.settings.host_listen_addr, runtime.name)
+        token = registration_token or self.settings.registration_token
+        creds = Credentials.load(self.credentials_path)
+        if token and self.settings.cp_url:
+            creds = await register(self.settings.cp_url, token, self.settings.advertised_address,
+                                   self.settings.dir)
+            creds.save(self.credentials_path)
+        if creds is None:
+            log.warning("not registered with a control plane: set WRENN_CP_URL and WRENN_REGISTRATION_TOKEN")
+            return
+        self.auth.token = creds.rpc_token
+        beat = Heartbeat(creds, self.credentials_path, self.settings.heartbeat_sec, self.settings.dir)
+        self._tasks.append(asyncio.create_task(beat.run()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._server is not None:
+            await self._server.stop(2)  # type: ignore[attr-defined]
+        if self.manager is not None:
+            await self.manager.close()

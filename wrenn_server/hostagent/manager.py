@@ -1,0 +1,189 @@
+"""The sandbox manager: lifecycle of every capsule on this host, and the way to its envd."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .envd_client import EnvdClient
+from .errors import AgentError, InvalidArgument, NotFound, RuntimeFailure, WrongState
+from .network import Network, Slot
+from .runtimes.base import Runtime, RuntimeState, SandboxSpec
+from .state import RecordStore, SandboxRecord
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+ENVD_BOOT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    sandbox_id: str
+    template: str
+    template_id: str
+    team_id: str
+    vcpus: int
+    memory_mb: int
+    disk_size_mb: int
+    timeout_sec: int
+    default_user: str
+    default_env: dict[str, str]
+
+
+@dataclass
+class Sandbox:
+    record: SandboxRecord
+    slot: Slot
+    envd: EnvdClient
+    last_active: float
+
+    def touch(self) -> None:
+        self.last_active = time.monotonic()
+
+
+class SandboxManager:
+    def __init__(self, runtime: Runtime, network: Network, storage: Storage) -> None:
+        self.runtime = runtime
+        self.network = network
+        self.storage = storage
+        self.records = RecordStore(storage.sandboxes)
+        self._sandboxes: dict[str, Sandbox] = {}
+        self._tombstones: dict[str, SandboxRecord] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    async def start(self) -> None:
+        """Re-adopt the capsules that outlived the previous agent; report the ones that did not."""
+        live: list[SandboxRecord] = []
+        for record in self.records.load_all():
+            if record.runtime != self.runtime.name:
+                log.warning("capsule %s belongs to runtime %s, not %s; leaving it", record.sandbox_id,
+                            record.runtime, self.runtime.name)
+                continue
+            state = await self.runtime.state(record.sandbox_id)
+            if record.status == "running" and state is RuntimeState.RUNNING:
+                live.append(record)
+            elif record.status != "error":
+                record.status = "error"
+                record.error = "the capsule stopped while the host agent was not running"
+                self.records.save(record)
+                self._tombstones[record.sandbox_id] = record
+            else:
+                self._tombstones[record.sandbox_id] = record
+        await self.network.prepare_host({r.slot for r in live})
+        for record in live:
+            slot = self.network.claim(record.slot)
+            self._sandboxes[record.sandbox_id] = Sandbox(record, slot, EnvdClient(slot.host_ip), time.monotonic())
+            log.info("re-adopted capsule %s", record.sandbox_id)
+        for record in self._tombstones.values():
+            await self._release(record, Slot(record.slot), keep_record=True)
+        self.storage.collect_unused_templates({r.template_dir for r in live})
+
+    async def close(self) -> None:
+        for sandbox in self._sandboxes.values():
+            await sandbox.envd.close()
+
+    def get(self, sandbox_id: str) -> Sandbox:
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None:
+            if sandbox_id in self._tombstones:
+                raise WrongState(f"capsule {sandbox_id} is not running: {self._tombstones[sandbox_id].error}")
+            raise NotFound(f"capsule {sandbox_id} not found on this host")
+        return sandbox
+
+    def active(self, sandbox_id: str) -> EnvdClient:
+        sandbox = self.get(sandbox_id)
+        sandbox.touch()
+        return sandbox.envd
+
+    def list(self) -> list[SandboxRecord]:
+        return [s.record for s in self._sandboxes.values()] + list(self._tombstones.values())
+
+    async def create(self, req: CreateRequest) -> Sandbox:
+        if req.vcpus < 1 or req.memory_mb < 128 or req.disk_size_mb < 0:
+            raise InvalidArgument("vcpus must be at least 1 and memory_mb at least 128")
+        async with self._lock(req.sandbox_id):
+            if req.sandbox_id in self._sandboxes:
+                return self._sandboxes[req.sandbox_id]
+            template_dir = self.storage.template_dir(req.team_id, req.template_id, req.template)
+            slot = self.network.allocate()
+            record = SandboxRecord(
+                sandbox_id=req.sandbox_id, runtime=self.runtime.name, slot=slot.index, template=req.template,
+                template_id=req.template_id, team_id=req.team_id, template_dir=str(template_dir),
+                vcpus=req.vcpus, memory_mb=req.memory_mb, disk_size_mb=req.disk_size_mb,
+                timeout_sec=req.timeout_sec, default_user=req.default_user, default_env=dict(req.default_env),
+                created_at=time.time(),
+            )
+            self.records.save(record)
+            envd = EnvdClient(slot.host_ip)
+            try:
+                await self.network.setup(slot)
+                await self.runtime.create(self._spec(record, slot))
+                await envd.wait_ready(time.monotonic() + ENVD_BOOT_TIMEOUT)
+                await envd.init(record.default_user, record.default_env)
+            except BaseException as exc:
+                await envd.close()
+                reason = exc.message if isinstance(exc, AgentError) else repr(exc)
+                console = self._console_tail(record.sandbox_id)
+                await self._release(record, slot, keep_record=False)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise RuntimeFailure(f"capsule failed to start: {reason}{console}") from exc
+            record.status = "running"
+            self.records.save(record)
+            sandbox = Sandbox(record, slot, envd, time.monotonic())
+            self._sandboxes[req.sandbox_id] = sandbox
+            return sandbox
+
+    async def destroy(self, sandbox_id: str) -> None:
+        async with self._lock(sandbox_id):
+            sandbox = self._sandboxes.pop(sandbox_id, None)
+            if sandbox is not None:
+                await sandbox.envd.close()
+                await self._release(sandbox.record, sandbox.slot, keep_record=False)
+            elif sandbox_id in self._tombstones:
+                record = self._tombstones.pop(sandbox_id)
+                await self._release(record, Slot(record.slot), keep_record=False)
+            else:
+                raise NotFound(f"capsule {sandbox_id} not found on this host")
+        self._locks.pop(sandbox_id, None)
+
+    async def _release(self, record: SandboxRecord, slot: Slot, *, keep_record: bool) -> None:
+        workdir = self.records.workdir(record.sandbox_id)
+        try:
+            await self.runtime.destroy(record.sandbox_id, workdir)
+        finally:
+            await self.network.teardown(slot)
+        if keep_record:
+            return
+        await asyncio.to_thread(shutil.rmtree, workdir, True)
+
+    def _spec(self, record: SandboxRecord, slot: Slot) -> SandboxSpec:
+        return SandboxSpec(
+            sandbox_id=record.sandbox_id, template_dir=Path(record.template_dir),
+            workdir=self.records.workdir(record.sandbox_id), vcpus=record.vcpus, memory_mb=record.memory_mb,
+            disk_size_mb=record.disk_size_mb, network=slot.guest,
+        )
+
+    def _console_tail(self, sandbox_id: str) -> str:
+        try:
+            text = (self.records.workdir(sandbox_id) / "console.log").read_bytes()[-1500:].decode(errors="replace")
+        except OSError:
+            return ""
+        return f"\nconsole:\n{text.strip()}" if text.strip() else ""
+
+    async def disk_used(self, sandbox_id: str) -> int:
+        return await asyncio.to_thread(self.storage.disk_used, self.records.workdir(sandbox_id))
+
+    async def events(self, sandbox_id: str, path: str, body: dict[str, object]) -> AsyncIterator[dict[str, object]]:
+        envd = self.active(sandbox_id)
+        async for event in envd.stream(path, body):
+            yield event

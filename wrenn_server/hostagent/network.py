@@ -1,0 +1,178 @@
+"""Per-capsule networking.
+
+Each capsule gets two namespaces. The capsule namespace `wrenn-cns-N` holds only `eth0` with the fixed guest
+address 169.254.0.21/30, so a checkpoint taken in one slot restores in any other. The router namespace
+`wrenn-ns-N` sits between it and the host: it DNATs the capsule's unique host-reachable address
+(10.11.0.0 + N) to the guest and SNATs the guest's egress to its veth address (10.12.0.0 + 2N + 1). The host
+masquerades that range out of its default interface and drops traffic between capsules and from capsules to
+the host itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import proc
+from .errors import NoCapacity
+from .runtimes.base import GuestNetwork
+
+log = logging.getLogger(__name__)
+
+GUEST_ADDRESS = "169.254.0.21"
+GUEST_GATEWAY = "169.254.0.22"
+GUEST_PREFIX = 30
+MAX_SLOTS = 32767
+_HOST_BASE = int(ipaddress.IPv4Address("10.11.0.0"))
+_VETH_BASE = int(ipaddress.IPv4Address("10.12.0.0"))
+
+HOST_RULES = """
+table ip wrenn
+delete table ip wrenn
+table ip wrenn {
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    iifname "wrenn-veth-*" oifname "wrenn-veth-*" drop
+  }
+  chain input {
+    type filter hook input priority filter; policy accept;
+    iifname "wrenn-veth-*" ct state established,related accept
+    iifname "wrenn-veth-*" drop
+  }
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr 10.12.0.0/16 oifname != "wrenn-veth-*" masquerade
+  }
+}
+"""
+
+
+@dataclass(frozen=True)
+class Slot:
+    index: int
+
+    @property
+    def router_ns(self) -> str:
+        return f"wrenn-ns-{self.index}"
+
+    @property
+    def capsule_ns(self) -> str:
+        return f"wrenn-cns-{self.index}"
+
+    @property
+    def veth(self) -> str:
+        return f"wrenn-veth-{self.index}"
+
+    @property
+    def host_ip(self) -> str:
+        return str(ipaddress.IPv4Address(_HOST_BASE + self.index))
+
+    @property
+    def veth_host(self) -> str:
+        return str(ipaddress.IPv4Address(_VETH_BASE + 2 * self.index))
+
+    @property
+    def veth_peer(self) -> str:
+        return str(ipaddress.IPv4Address(_VETH_BASE + 2 * self.index + 1))
+
+    @property
+    def guest(self) -> GuestNetwork:
+        return GuestNetwork(Path("/run/netns") / self.capsule_ns, GUEST_ADDRESS, GUEST_PREFIX, GUEST_GATEWAY)
+
+
+class Network:
+    """Allocates slots and builds or removes their namespaces, links and NAT rules."""
+
+    def __init__(self) -> None:
+        self._used: set[int] = set()
+
+    async def prepare_host(self, live_slots: set[int]) -> None:
+        """Install the host rules and remove every namespace and link no live capsule owns."""
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
+        await proc.run(["nft", "-f", "-"], input=HOST_RULES.encode())
+        self._used = set(live_slots)
+        listing = await proc.run(["ip", "netns", "list"])
+        for line in listing.stdout.decode().splitlines():
+            name = line.split()[0] if line.strip() else ""
+            for prefix in ("wrenn-ns-", "wrenn-cns-"):
+                if name.startswith(prefix) and name[len(prefix) :].isdigit():
+                    if int(name[len(prefix) :]) not in self._used:
+                        log.info("reclaiming leftover namespace %s", name)
+                        await proc.run(["ip", "netns", "del", name], check=False)
+        links = await proc.run(["ip", "-o", "link", "show"])
+        for line in links.stdout.decode().splitlines():
+            name = line.split(":")[1].strip().split("@")[0]
+            if name.startswith("wrenn-veth-") and int(name.rsplit("-", 1)[1]) not in self._used:
+                await proc.run(["ip", "link", "del", name], check=False)
+
+    def allocate(self) -> Slot:
+        for index in range(1, MAX_SLOTS + 1):
+            if index not in self._used:
+                self._used.add(index)
+                return Slot(index)
+        raise NoCapacity("no free network slot on this host")
+
+    def claim(self, index: int) -> Slot:
+        self._used.add(index)
+        return Slot(index)
+
+    async def setup(self, slot: Slot) -> None:
+        try:
+            await self._build(slot)
+        except Exception:
+            await self.teardown(slot)
+            raise
+
+    async def _build(self, slot: Slot) -> None:
+        n = slot.index
+        host = f"""netns add {slot.router_ns}
+netns add {slot.capsule_ns}
+link add {slot.veth} type veth peer name eth0 netns {slot.router_ns}
+addr add {slot.veth_host}/31 dev {slot.veth}
+link set {slot.veth} up
+"""
+        router = f"""addr add {slot.veth_peer}/31 dev eth0
+link set eth0 up
+link set lo up
+link add r0 type veth peer name eth0 netns {slot.capsule_ns}
+addr add {GUEST_GATEWAY}/{GUEST_PREFIX} dev r0
+link set r0 up
+route add default via {slot.veth_host}
+"""
+        capsule = f"""addr add {GUEST_ADDRESS}/{GUEST_PREFIX} dev eth0
+link set eth0 up
+link set lo up
+route add default via {GUEST_GATEWAY}
+"""
+        nat = f"""table ip wrenn {{
+  chain prerouting {{ type nat hook prerouting priority dstnat; iifname "eth0" ip daddr {slot.host_ip} dnat to {GUEST_ADDRESS}; }}
+  chain postrouting {{ type nat hook postrouting priority srcnat; oifname "eth0" ip saddr {GUEST_ADDRESS} snat to {slot.veth_peer}; }}
+}}
+"""
+        await proc.run(["ip", "-batch", "-"], input=host.encode())
+        await proc.run(["ip", "-n", slot.router_ns, "-batch", "-"], input=router.encode())
+        await proc.run(["ip", "-n", slot.capsule_ns, "-batch", "-"], input=capsule.encode())
+        await proc.run(
+            ["ip", "netns", "exec", slot.router_ns, "sh", "-c",
+             "echo 1 > /proc/sys/net/ipv4/ip_forward && exec nft -f -"],
+            input=nat.encode(),
+        )
+        await proc.run(["ip", "route", "add", f"{slot.host_ip}/32", "via", slot.veth_peer, "dev", slot.veth])
+        log.debug("network slot %d ready", n)
+
+    async def readdress(self, slot: Slot) -> None:
+        """Give the capsule's eth0 its address back: runsc takes it away when it adopts the interface."""
+        await proc.run(
+            ["ip", "-n", slot.capsule_ns, "addr", "replace", f"{GUEST_ADDRESS}/{GUEST_PREFIX}", "dev", "eth0"]
+        )
+        await proc.run(
+            ["ip", "-n", slot.capsule_ns, "route", "replace", "default", "via", GUEST_GATEWAY], check=False
+        )
+
+    async def teardown(self, slot: Slot) -> None:
+        for ns in (slot.capsule_ns, slot.router_ns):
+            await proc.run(["ip", "netns", "del", ns], check=False)
+        await proc.run(["ip", "link", "del", slot.veth], check=False)
+        self._used.discard(slot.index)

@@ -1,0 +1,105 @@
+"""Running host commands, and reaping the orphans the agent adopts as a child subreaper.
+
+The agent marks itself a child subreaper so that a sandbox process whose launcher exited becomes the agent's
+child: `runsc delete` then finishes in ~25 ms instead of ~1.6 s. Those adopted children must be reaped by us;
+children that asyncio spawned are reaped by asyncio's own watcher, so they are skipped here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import RuntimeFailure
+
+log = logging.getLogger(__name__)
+
+_PR_SET_CHILD_SUBREAPER = 36
+_spawned: set[int] = set()
+# runsc re-executes itself through /proc/self/exe, so its sandbox and gofer are named "exe".
+ORPHAN_PREFIXES = ("exe", "qemu-system")
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def output(self) -> str:
+        return (self.stderr or self.stdout).decode(errors="replace").strip()
+
+
+async def run(
+    argv: Sequence[str],
+    *,
+    input: bytes | None = None,
+    timeout: float = 60.0,
+    check: bool = True,
+) -> Completed:
+    """Run a command and collect its output; a failure raises RuntimeFailure naming the command."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _spawned.add(proc.pid)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(input), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise RuntimeFailure(f"{argv[0]} did not finish within {timeout:.0f} s") from None
+    finally:
+        _spawned.discard(proc.pid)
+    done = Completed(tuple(argv), proc.returncode or 0, out, err)
+    if check and done.returncode != 0:
+        raise RuntimeFailure(f"{' '.join(argv[:3])} failed ({done.returncode}): {done.output[-2000:]}")
+    return done
+
+
+def become_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        log.warning("could not become a child subreaper (errno %d)", ctypes.get_errno())
+
+
+def reap_orphans() -> None:
+    """Reap exited children that asyncio does not know about (sandbox processes we inherited)."""
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may contain spaces and parentheses; fields after the last ')' are fixed.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        pid = int(entry.name)
+        comm = stat[stat.find("(") + 1 : stat.rfind(")")]
+        # Only inherited runtime processes: reaping a child asyncio spawned would steal its exit status.
+        if (
+            fields[0] == "Z"
+            and int(fields[1]) == me
+            and pid not in _spawned
+            and comm.startswith(ORPHAN_PREFIXES)
+        ):
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+def install_reaper(loop: asyncio.AbstractEventLoop) -> None:
+    become_subreaper()
+    loop.add_signal_handler(signal.SIGCHLD, reap_orphans)

@@ -1,0 +1,103 @@
+"""Joining a control plane: one-time registration, persisted credentials, heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import platform
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+
+class RegistrationError(Exception):
+    pass
+
+
+@dataclass
+class Credentials:
+    host_id: str
+    token: str
+    refresh_token: str
+    rpc_token: str
+    cp_url: str
+
+    @classmethod
+    def load(cls, path: Path) -> Credentials | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(self), f)
+        tmp.replace(path)
+
+
+def machine_facts(data_dir: Path) -> dict[str, object]:
+    return {
+        "arch": platform.machine(),
+        "cpu_cores": os.cpu_count() or 1,
+        "memory_mb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024),
+        "disk_gb": shutil.disk_usage(data_dir).total // (1024**3),
+    }
+
+
+async def register(cp_url: str, token: str, address: str, data_dir: Path) -> Credentials:
+    async with httpx.AsyncClient(base_url=cp_url, timeout=30) as http:
+        resp = await http.post("/v1/hosts/register",
+                               json={"token": token, "address": address, **machine_facts(data_dir)})
+    if resp.status_code != 201:
+        raise RegistrationError(f"the control plane refused the registration ({resp.status_code}): {resp.text}")
+    body = resp.json()
+    return Credentials(host_id=body["host"]["id"], token=body["token"], refresh_token=body["refresh_token"],
+                       rpc_token=body["rpc_token"], cp_url=cp_url)
+
+
+class Heartbeat:
+    """Tells the control plane every few seconds that this host is alive; refreshes its token when told to."""
+
+    def __init__(self, creds: Credentials, path: Path, interval: float, data_dir: Path) -> None:
+        self.creds = creds
+        self.path = path
+        self.interval = interval
+        self.data_dir = data_dir
+
+    async def run(self) -> None:
+        async with httpx.AsyncClient(base_url=self.creds.cp_url, timeout=10) as http:
+            while True:
+                try:
+                    await self.beat(http)
+                except httpx.TransportError as exc:
+                    log.warning("heartbeat failed: %s", exc.__class__.__name__)
+                await asyncio.sleep(self.interval)
+
+    async def beat(self, http: httpx.AsyncClient) -> None:
+        resp = await http.post(f"/v1/hosts/{self.creds.host_id}/heartbeat",
+                               headers={"X-Host-Token": self.creds.token}, json=machine_facts(self.data_dir))
+        if resp.status_code in (401, 403):
+            await self.refresh(http)
+        elif resp.status_code == 404:
+            log.error("the control plane no longer knows host %s; register again", self.creds.host_id)
+        elif resp.status_code >= 400:
+            log.warning("heartbeat answered %s: %s", resp.status_code, resp.text[:200])
+
+    async def refresh(self, http: httpx.AsyncClient) -> None:
+        resp = await http.post("/v1/hosts/auth/refresh", json={"refresh_token": self.creds.refresh_token})
+        if resp.status_code != 200:
+            log.error("token refresh refused (%s): %s", resp.status_code, resp.text[:200])
+            return
+        body = resp.json()
+        self.creds.token = body["token"]
+        self.creds.refresh_token = body["refresh_token"]
+        self.creds.rpc_token = body.get("rpc_token") or self.creds.rpc_token
+        self.creds.save(self.path)

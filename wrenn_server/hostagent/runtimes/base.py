@@ -1,0 +1,89 @@
+"""The one contract every sandbox back end implements.
+
+A runtime isolates one capsule: it prepares the capsule's disk on top of a read-only template, boots the guest
+(whose init starts envd) inside the network namespace the agent made, and tears it all down again. It declares
+what it can do in a frozen `Capabilities` value; the agent, `wrenn doctor` and the tests read that value, and
+never discover support by catching exceptions. A runtime gets its config and nothing else: no global settings,
+no database.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    pause_with_memory: bool
+    snapshot: bool
+    hardware_acceleration: bool
+    disk_size_limit: bool
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Whether this machine can run the runtime, and why (shown by `wrenn doctor` and at agent start)."""
+
+    available: bool
+    reason: str
+    details: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GuestNetwork:
+    """Where the guest lives: the namespace the runtime must join and the guest's fixed address."""
+
+    netns_path: Path
+    address: str
+    prefix_len: int
+    gateway: str
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    sandbox_id: str
+    template_dir: Path
+    workdir: Path
+    vcpus: int
+    memory_mb: int
+    disk_size_mb: int
+    network: GuestNetwork
+
+
+class RuntimeState(enum.StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_seconds: float
+    memory_bytes: int
+
+
+class Runtime(Protocol):
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    async def probe(self) -> Probe: ...
+
+    async def create(self, spec: SandboxSpec) -> None:
+        """Prepare the disk and boot the guest; returns once the guest is started (envd may still be coming up)."""
+
+    async def destroy(self, sandbox_id: str, workdir: Path) -> None:
+        """Stop the guest at once and remove everything the runtime made for it; idempotent."""
+
+    async def state(self, sandbox_id: str) -> RuntimeState: ...
+
+    async def usage(self, sandbox_id: str) -> Usage | None: ...
+
+    async def pause(self, sandbox_id: str, checkpoint_dir: Path) -> None:
+        """Save the guest's whole state (memory included) to disk and stop it. Needs `pause_with_memory`."""
+
+    async def resume(self, spec: SandboxSpec, checkpoint_dir: Path) -> None:
+        """Start the guest again from a checkpoint made by `pause`. Needs `pause_with_memory`."""

@@ -1,0 +1,185 @@
+"""gVisor back end: each capsule is a `runsc` container in the capsule network namespace.
+
+The root filesystem is a host overlayfs mount: the template's rootfs directory as the read-only lower layer and
+a per-capsule upper directory, so a capsule's changes are plain files on disk and survive a checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .. import proc
+from ..errors import RuntimeFailure
+from ..kvm import probe_kvm
+from .base import Capabilities, Probe, RuntimeState, SandboxSpec, Usage
+
+INIT = "/usr/local/bin/wrenn-init"
+# runsc refuses a sandbox network when it believes it runs in the root network namespace, which it decides
+# by looking for /proc/sys/net/core/rmem_default; every namespace has that file on recent kernels. Hiding
+# /proc/sys/net in a private mount namespace lets runsc use the namespace we prepared, unchanged.
+_HIDE_NET_SYSCTL = "mount -t tmpfs none /proc/sys/net && exec \"$@\""
+_CAPS = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_NET_ADMIN",
+    "CAP_SYS_CHROOT", "CAP_MKNOD", "CAP_AUDIT_WRITE", "CAP_SETFCAP", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE",
+    "CAP_SYS_NICE", "CAP_SYS_RESOURCE",
+]
+# The sentry's own memory counts against the cgroup; a sandbox that hits the cgroup limit is killed whole,
+# so the limit sits above the guest's size.
+_CGROUP_HEADROOM_MB = 128
+
+
+@dataclass(frozen=True)
+class GVisorConfig:
+    state_dir: Path
+    runsc: str = "runsc"
+
+
+class GVisorRuntime:
+    name: ClassVar[str] = "gvisor"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        pause_with_memory=False, snapshot=False, hardware_acceleration=False, disk_size_limit=False
+    )
+
+    def __init__(self, config: GVisorConfig) -> None:
+        self._config = config
+        self._platform = "kvm" if probe_kvm().usable else "ptrace"
+
+    def _runsc(self, *args: str) -> list[str]:
+        return [self._config.runsc, "--root", str(self._config.state_dir), *args]
+
+    async def probe(self) -> Probe:
+        binary = shutil.which(self._config.runsc)
+        if binary is None:
+            return Probe(False, "runsc is not installed (Debian package `runsc`)")
+        if os.geteuid() != 0:
+            return Probe(False, "runsc needs root")
+        try:
+            version = await proc.run([binary, "--version"], timeout=10)
+        except RuntimeFailure as exc:
+            return Probe(False, f"runsc does not run: {exc.message}")
+        first = version.stdout.decode().splitlines()[0] if version.stdout else "unknown"
+        return Probe(True, f"{first}, platform {self._platform}", {"platform": self._platform, "binary": binary})
+
+    async def create(self, spec: SandboxSpec) -> None:
+        self._config.state_dir.mkdir(parents=True, exist_ok=True)
+        rootfs = await _mount_overlay(spec.template_dir / "rootfs", spec.workdir)
+        bundle = spec.workdir / "bundle"
+        bundle.mkdir(exist_ok=True)
+        (bundle / "config.json").write_text(json.dumps(_oci_spec(spec, rootfs)))
+        await self._run_detached(spec.sandbox_id, bundle, spec.workdir / "console.log")
+
+    async def _run_detached(self, sandbox_id: str, bundle: Path, console: Path) -> None:
+        argv = [
+            "unshare", "-m", "--propagation", "private", "sh", "-c", _HIDE_NET_SYSCTL, "sh",
+            *self._runsc("--platform", self._platform, "--network", "sandbox", "run", "--detach",
+                         "--bundle", str(bundle), sandbox_id),
+        ]
+        # The container inherits runsc's stdio, so it must be a file: a pipe would never reach EOF.
+        with console.open("ab") as log:
+            started = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log
+            )
+            code = await started.wait()
+        if code != 0:
+            tail = console.read_bytes()[-2000:].decode(errors="replace").strip()
+            raise RuntimeFailure(f"runsc could not start the capsule: {tail}")
+
+    async def destroy(self, sandbox_id: str, workdir: Path) -> None:
+        await proc.run(self._runsc("delete", "--force", sandbox_id), check=False, timeout=30)
+        await _unmount(workdir / "rootfs")
+
+    async def state(self, sandbox_id: str) -> RuntimeState:
+        done = await proc.run(self._runsc("state", sandbox_id), check=False, timeout=15)
+        if done.returncode != 0:
+            return RuntimeState.MISSING
+        status = json.loads(done.stdout).get("status")
+        return {
+            "running": RuntimeState.RUNNING,
+            "paused": RuntimeState.PAUSED,
+        }.get(status, RuntimeState.STOPPED)
+
+    async def usage(self, sandbox_id: str) -> Usage | None:
+        base = Path("/sys/fs/cgroup")
+        try:
+            cpu_ns = int((base / "cpuacct" / "wrenn" / sandbox_id / "cpuacct.usage").read_text())
+            mem = int((base / "memory" / "wrenn" / sandbox_id / "memory.usage_in_bytes").read_text())
+        except (OSError, ValueError):
+            return None
+        return Usage(cpu_ns / 1e9, mem)
+
+    async def pause(self, sandbox_id: str, checkpoint_dir: Path) -> None:
+        raise NotImplementedError("gvisor pause lands with checkpoint support")
+
+    async def resume(self, spec: SandboxSpec, checkpoint_dir: Path) -> None:
+        raise NotImplementedError("gvisor resume lands with checkpoint support")
+
+
+async def _mount_overlay(lower: Path, workdir: Path) -> Path:
+    if not lower.is_dir():
+        raise RuntimeFailure(f"template rootfs {lower} is missing; run `wrenn image build`")
+    upper, work, merged = workdir / "upper", workdir / "work", workdir / "rootfs"
+    for d in (upper, work, merged):
+        d.mkdir(parents=True, exist_ok=True)
+    if not os.path.ismount(merged):
+        await proc.run(
+            ["mount", "-t", "overlay", "overlay", "-o",
+             f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged)]
+        )
+    return merged
+
+
+async def _unmount(path: Path) -> None:
+    if os.path.ismount(path):
+        await proc.run(["umount", "-l", str(path)], check=False)
+
+
+def _oci_spec(spec: SandboxSpec, rootfs: Path) -> dict[str, Any]:
+    memory = (spec.memory_mb + _CGROUP_HEADROOM_MB) * 1024 * 1024
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": [INIT],
+            "env": [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                f"WRENN_SANDBOX_ID={spec.sandbox_id}",
+                f"WRENN_GUEST_MEMORY_MB={spec.memory_mb}",
+            ],
+            "cwd": "/",
+            "capabilities": {k: _CAPS for k in ("bounding", "effective", "permitted", "inheritable")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576}],
+        },
+        "root": {"path": str(rootfs), "readonly": False},
+        "hostname": "capsule",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]},
+        ],
+        "linux": {
+            "namespaces": [
+                {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                {"type": "network", "path": str(spec.network.netns_path)},
+            ],
+            "cgroupsPath": f"/wrenn/{spec.sandbox_id}",
+            "resources": {
+                "memory": {"limit": memory},
+                "cpu": {"quota": spec.vcpus * 100000, "period": 100000},
+                "pids": {"limit": 8192},
+            },
+        },
+    }

@@ -1,0 +1,280 @@
+"""The gRPC face of the host agent: translates hostagent.proto messages to manager and envd calls."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hmac
+import logging
+import os
+import platform
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from wrenn_server import __version__
+from wrenn_server.proto._generated import hostagent_pb2 as pb
+from wrenn_server.proto._generated import hostagent_pb2_grpc as pb_grpc
+
+from .errors import AgentError, InvalidArgument
+from .manager import CreateRequest, SandboxManager
+from .state import SandboxRecord
+
+log = logging.getLogger(__name__)
+
+TOKEN_HEADER = "x-wrenn-agent-token"
+MAX_MESSAGE = 64 * 1024 * 1024
+T = TypeVar("T")
+
+
+class Auth:
+    """The secret the control plane must present; set at registration."""
+
+    def __init__(self, token: str = "") -> None:
+        self.token = token
+
+    def check(self, context: grpc.aio.ServicerContext) -> bool:
+        sent = dict(context.invocation_metadata() or ()).get(TOKEN_HEADER, "")
+        return bool(self.token) and hmac.compare_digest(str(sent), self.token)
+
+
+def unary(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> T:
+        if not self.auth.check(context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong agent token")
+        try:
+            return await fn(self, request, context)
+        except AgentError as exc:
+            await context.abort(exc.status, exc.message)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def streaming(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterator[T]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[T]:
+        if not self.auth.check(context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong agent token")
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except AgentError as exc:
+            await context.abort(exc.status, exc.message)
+
+    return wrapper
+
+
+def _info(record: SandboxRecord, host_ip: str, disk_used: int = 0) -> pb.SandboxInfo:
+    return pb.SandboxInfo(
+        sandbox_id=record.sandbox_id, status=record.status, host_ip=host_ip, error=record.error,
+        disk_used_bytes=disk_used,
+        metadata={"runtime": record.runtime, "vmm_version": "", "envd_version": __version__,
+                  "agent_version": __version__, "kernel_version": platform.release()},
+    )
+
+
+def _exec_body(req: pb.ExecRequest) -> dict[str, Any]:
+    if not req.cmd:
+        raise InvalidArgument("cmd is required")
+    body: dict[str, Any] = {"cmd": req.cmd, "args": list(req.args), "envs": dict(req.envs)}
+    for key in ("cwd", "user", "tag"):
+        if getattr(req, key):
+            body[key] = getattr(req, key)
+    if req.stdin:
+        body["stdin"] = True
+    if req.HasField("pty"):
+        body["pty"] = {"cols": req.pty.cols, "rows": req.pty.rows}
+    if req.timeout_sec > 0:
+        body["timeout_sec"] = req.timeout_sec
+    return body
+
+
+def _selector(ref: pb.ProcessRef) -> dict[str, Any]:
+    if ref.tag:
+        return {"tag": ref.tag}
+    if ref.pid > 0:
+        return {"pid": ref.pid}
+    raise InvalidArgument("a process is named by its pid or its tag")
+
+
+def _event(event: dict[str, Any]) -> pb.ProcessEvent:
+    kind = event.get("type")
+    if kind == "start":
+        return pb.ProcessEvent(start=pb.ProcessStart(pid=int(event["pid"]), tag=event.get("tag") or ""))
+    if kind in ("stdout", "stderr", "pty"):
+        return pb.ProcessEvent(**{kind: event["data"]})
+    return pb.ProcessEvent(end=pb.ProcessEnd(exit_code=int(event.get("exit_code", -1))))
+
+
+def _entry(raw: dict[str, Any]) -> pb.FileEntry:
+    return pb.FileEntry(
+        name=raw.get("name", ""), path=raw.get("path", ""), type=raw.get("type", "file"),
+        size=int(raw.get("size", 0)), mode=int(raw.get("mode", 0)), permissions=raw.get("permissions", ""),
+        owner=raw.get("owner", ""), group=raw.get("group", ""), modified_at=int(raw.get("modified_at", 0)),
+        symlink_target=raw.get("symlink_target") or "",
+    )
+
+
+class Servicer(pb_grpc.HostAgentServiceServicer):  # type: ignore[misc]
+    def __init__(self, manager: SandboxManager, auth: Auth) -> None:
+        self.manager = manager
+        self.auth = auth
+
+    @unary
+    async def Ping(self, request: pb.PingRequest, context: Any) -> pb.PingResponse:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+        disk = shutil.disk_usage(self.manager.storage.root).total // (1024**3)
+        return pb.PingResponse(version=__version__, runtime=self.manager.runtime.name,
+                               cpu_cores=os.cpu_count() or 1, memory_mb=mem, disk_gb=disk,
+                               arch=platform.machine())
+
+    @unary
+    async def CreateSandbox(self, request: pb.CreateSandboxRequest, context: Any) -> pb.SandboxInfo:
+        sandbox = await self.manager.create(CreateRequest(
+            sandbox_id=request.sandbox_id, template=request.template, template_id=request.template_id,
+            team_id=request.team_id, vcpus=request.vcpus, memory_mb=request.memory_mb,
+            disk_size_mb=request.disk_size_mb, timeout_sec=request.timeout_sec,
+            default_user=request.default_user, default_env=dict(request.default_env),
+        ))
+        return _info(sandbox.record, sandbox.slot.host_ip)
+
+    @unary
+    async def DestroySandbox(self, request: pb.SandboxRef, context: Any) -> pb.Empty:
+        await self.manager.destroy(request.sandbox_id)
+        return pb.Empty()
+
+    @unary
+    async def GetSandbox(self, request: pb.SandboxRef, context: Any) -> pb.SandboxInfo:
+        sandbox = self.manager.get(request.sandbox_id)
+        used = await self.manager.disk_used(request.sandbox_id)
+        return _info(sandbox.record, sandbox.slot.host_ip, used)
+
+    @unary
+    async def ListSandboxes(self, request: pb.Empty, context: Any) -> pb.ListSandboxesResponse:
+        return pb.ListSandboxesResponse(sandboxes=[_info(r, "") for r in self.manager.list()])
+
+    @unary
+    async def PingSandbox(self, request: pb.SandboxRef, context: Any) -> pb.Empty:
+        self.manager.active(request.sandbox_id)
+        return pb.Empty()
+
+    @unary
+    async def Exec(self, request: pb.ExecRequest, context: Any) -> pb.ExecResponse:
+        envd = self.manager.active(request.sandbox_id)
+        out = await envd.run(_exec_body(request), request.timeout_sec)
+        return pb.ExecResponse(pid=out.get("pid", 0), exit_code=out["exit_code"], stdout=out["stdout"],
+                               stderr=out["stderr"], duration_ms=out.get("duration_ms", 0))
+
+    @streaming
+    async def ExecStream(self, request: pb.ExecRequest, context: Any) -> AsyncIterator[pb.ProcessEvent]:
+        body = {**_exec_body(request), "mode": "stream"}
+        async for event in self.manager.events(request.sandbox_id, "/process/start", body):
+            yield _event(event)
+
+    @unary
+    async def StartBackground(self, request: pb.ExecRequest, context: Any) -> pb.BackgroundResponse:
+        envd = self.manager.active(request.sandbox_id)
+        out = await envd.start_background(_exec_body(request))
+        return pb.BackgroundResponse(pid=out["pid"], tag=out.get("tag") or "")
+
+    @unary
+    async def ListProcesses(self, request: pb.SandboxRef, context: Any) -> pb.ListProcessesResponse:
+        envd = self.manager.active(request.sandbox_id)
+        return pb.ListProcessesResponse(processes=[
+            pb.ProcessInfo(pid=p["pid"], tag=p.get("tag") or "", cmd=p.get("cmd", ""), args=p.get("args") or [])
+            for p in await envd.processes()
+        ])
+
+    @unary
+    async def KillProcess(self, request: pb.KillProcessRequest, context: Any) -> pb.Empty:
+        envd = self.manager.active(request.process.sandbox_id)
+        signal = request.signal or "SIGKILL"
+        if signal not in ("SIGKILL", "SIGTERM", "SIGINT", "SIGHUP"):
+            raise InvalidArgument(f"unsupported signal {signal!r}: use SIGKILL or SIGTERM")
+        await envd.process_call("signal", {**_selector(request.process), "signal": signal})
+        return pb.Empty()
+
+    @streaming
+    async def ConnectProcess(self, request: pb.ProcessRef, context: Any) -> AsyncIterator[pb.ProcessEvent]:
+        async for event in self.manager.events(request.sandbox_id, "/process/connect", _selector(request)):
+            yield _event(event)
+
+    @unary
+    async def SendInput(self, request: pb.SendInputRequest, context: Any) -> pb.Empty:
+        envd = self.manager.active(request.process.sandbox_id)
+        await envd.process_call("input", {**_selector(request.process),
+                                          "data": base64.b64encode(request.data).decode()})
+        return pb.Empty()
+
+    @unary
+    async def ResizePty(self, request: pb.ResizeRequest, context: Any) -> pb.Empty:
+        envd = self.manager.active(request.process.sandbox_id)
+        if request.cols <= 0 or request.rows <= 0:
+            raise InvalidArgument("cols and rows must be positive")
+        await envd.process_call("resize", {**_selector(request.process), "cols": request.cols,
+                                           "rows": request.rows})
+        return pb.Empty()
+
+    @streaming
+    async def ReadFileStream(self, request: pb.PathRequest, context: Any) -> AsyncIterator[pb.FileChunk]:
+        envd = self.manager.get(request.sandbox_id).envd
+        async for chunk in envd.read_file(request.path):
+            yield pb.FileChunk(data=chunk)
+
+    async def WriteFileStream(self, request_iterator: AsyncIterator[pb.WriteFileChunk],
+                              context: grpc.aio.ServicerContext) -> pb.FileEntry:
+        if not self.auth.check(context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong agent token")
+        try:
+            first = await anext(aiter(request_iterator))
+            if not first.HasField("meta"):
+                raise InvalidArgument("the first message of a file upload names the file")
+
+            async def chunks() -> AsyncIterator[bytes]:
+                async for part in request_iterator:
+                    yield part.data
+
+            envd = self.manager.get(first.meta.sandbox_id).envd
+            return _entry(await envd.write_file(first.meta.path, chunks()))
+        except StopAsyncIteration:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty upload")
+        except AgentError as exc:
+            await context.abort(exc.status, exc.message)
+        raise AssertionError("unreachable")
+
+    @unary
+    async def ListDir(self, request: pb.ListDirRequest, context: Any) -> pb.ListDirResponse:
+        envd = self.manager.get(request.sandbox_id).envd
+        out = await envd.fs("list", {"path": request.path, "depth": request.depth or 1})
+        return pb.ListDirResponse(entries=[_entry(e) for e in out["entries"]])
+
+    @unary
+    async def MakeDir(self, request: pb.PathRequest, context: Any) -> pb.FileEntry:
+        envd = self.manager.get(request.sandbox_id).envd
+        return _entry((await envd.fs("mkdir", {"path": request.path}))["entry"])
+
+    @unary
+    async def RemovePath(self, request: pb.PathRequest, context: Any) -> pb.Empty:
+        envd = self.manager.get(request.sandbox_id).envd
+        await envd.fs("remove", {"path": request.path})
+        return pb.Empty()
+
+    @unary
+    async def StatPath(self, request: pb.PathRequest, context: Any) -> pb.FileEntry:
+        envd = self.manager.get(request.sandbox_id).envd
+        return _entry(await envd.fs("stat", {"path": request.path}))
+
+
+def make_server(servicer: Servicer, listen: str) -> grpc.aio.Server:
+    server = grpc.aio.server(options=[
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.so_reuseport", 0),
+    ])
+    pb_grpc.add_HostAgentServiceServicer_to_server(servicer, server)
+    server.add_insecure_port(listen)
+    return server

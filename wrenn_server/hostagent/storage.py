@@ -1,0 +1,58 @@
+"""Where templates and capsules live on disk under the data directory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from .errors import NotFound
+
+log = logging.getLogger(__name__)
+
+PLATFORM_TEAM = "00000000-0000-0000-0000-000000000000"
+MINIMAL_TEMPLATE = "00000000-0000-0000-0000-000000000000"
+
+
+class Storage:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.images = root / "images"
+        self.sandboxes = root / "sandboxes"
+        self.sandboxes.mkdir(parents=True, exist_ok=True)
+
+    def template_dir(self, team_id: str, template_id: str, name: str) -> Path:
+        """The resolved (versioned) directory of a template, which a capsule keeps using for its lifetime."""
+        if template_id in ("", MINIMAL_TEMPLATE):
+            link = self.images / "minimal" / "current"
+        else:
+            link = self.images / "teams" / team_id / template_id
+        if not (link / "rootfs").is_dir():
+            raise NotFound(f"template {name!r} is not available on this host; build it with `wrenn image build`")
+        return link.resolve()
+
+    def collect_unused_templates(self, in_use: set[str]) -> None:
+        """Remove superseded versions of the minimal image that no capsule uses any more."""
+        base = self.images / "minimal"
+        current = (base / "current").resolve() if (base / "current").exists() else None
+        for version in base.glob("*"):
+            if version.is_symlink() or version.name.startswith(".") or not version.is_dir():
+                continue
+            version = version.resolve()
+            if version == current or str(version) in in_use:
+                continue
+            log.info("removing unused image version %s", version.name)
+            shutil.rmtree(version, ignore_errors=True)
+
+    @staticmethod
+    def disk_used(workdir: Path) -> int:
+        """Bytes the capsule wrote on top of its template (its overlay upper layer)."""
+        total = 0
+        for dirpath, _dirs, files in os.walk(workdir / "upper"):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+                except OSError:
+                    pass
+        return total

@@ -1,0 +1,169 @@
+"""Builds the `minimal` template: Debian bookworm (debootstrap, minbase) + envd + the guest init.
+
+Two cached stages, each keyed by a hash of its inputs so a rebuild happens only when they change:
+  base   `<dir>/images/.base-<key>/rootfs`    debootstrap with the package list (slow: ~1 min)
+  final  `<dir>/images/minimal/<key>/rootfs`   base + envd + wrenn-init (fast: a copy)
+`<dir>/images/minimal/current` points at the newest final version. Older versions stay while capsules still use
+them as their lower layer; the host agent removes unused ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+PACKAGES = (
+    "python3", "bash", "procps", "iproute2", "socat", "sudo", "curl", "ca-certificates", "git", "tini",
+    "util-linux", "less", "nano", "openssh-client",
+)
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+BUILDER_VERSION = "1"
+TEMPLATE = "minimal"
+
+Progress = Callable[[str, float | None], None]
+
+
+@dataclass(frozen=True)
+class ImagePaths:
+    root: Path
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def template(self) -> Path:
+        return self.images / TEMPLATE
+
+    @property
+    def current(self) -> Path:
+        return self.template / "current"
+
+    @property
+    def manifest(self) -> Path:
+        return self.current / "manifest.json"
+
+    def base(self, key: str) -> Path:
+        return self.images / f".base-{key}"
+
+
+class BuildError(Exception):
+    pass
+
+
+def _envd_dir() -> Path:
+    return Path(str(resources.files("wrenn_server") / "envd"))
+
+
+def _init_script() -> bytes:
+    return (resources.files("wrenn_server.images") / "wrenn-init.sh").read_bytes()
+
+
+def base_key() -> str:
+    text = json.dumps([BUILDER_VERSION, SUITE, MIRROR, PACKAGES])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def final_key() -> str:
+    h = hashlib.sha256(base_key().encode())
+    h.update(_init_script())
+    for path in sorted(_envd_dir().rglob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def is_current(paths: ImagePaths) -> bool:
+    try:
+        return bool(json.loads(paths.manifest.read_text()).get("key") == final_key())
+    except (OSError, ValueError):
+        return False
+
+
+def build(paths: ImagePaths, progress: Progress, force: bool = False) -> bool:
+    """Build what is out of date; returns False when everything was already current."""
+    if not force and is_current(paths):
+        progress("image is up to date", 1.0)
+        return False
+    paths.images.mkdir(parents=True, exist_ok=True)
+    key = base_key()
+    base = paths.base(key)
+    if force or not (base / "done").exists():
+        _debootstrap(base, paths.root / "cache" / "debootstrap", progress)
+    _finalize(base / "rootfs", paths, progress)
+    for stale in paths.images.glob(".base-*"):
+        if stale != base:
+            shutil.rmtree(stale, ignore_errors=True)
+    return True
+
+
+def _debootstrap(base: Path, cache: Path, progress: Progress) -> None:
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    argv = [
+        "debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", f"--cache-dir={cache}",
+        SUITE, str(base / "rootfs"), MIRROR,
+    ]
+    progress("debootstrap: starting", 0.0)
+    # debootstrap prints one line per package and phase; the phases give a fair sense of progress.
+    phases = {"Retrieving": 0.05, "Validating": 0.25, "Extracting": 0.35, "Installing": 0.5,
+              "Unpacking": 0.6, "Configuring": 0.8, "Base system installed": 0.95}
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as run:
+        assert run.stdout is not None
+        tail: list[str] = []
+        for line in run.stdout:
+            line = line.strip()
+            tail = (tail + [line])[-20:]
+            for word, frac in phases.items():
+                if word in line:
+                    progress(f"debootstrap: {line[3:80]}", frac * 0.9)
+                    break
+    if run.returncode != 0:
+        raise BuildError("debootstrap failed:\n" + "\n".join(tail))
+    (base / "done").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def _finalize(base_rootfs: Path, paths: ImagePaths, progress: Progress) -> None:
+    key = final_key()
+    staging = paths.template / f".staging-{key}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    progress("copying base rootfs", 0.9)
+    subprocess.run(["cp", "-a", "--reflink=auto", str(base_rootfs), str(staging / "rootfs")], check=True)
+    rootfs = staging / "rootfs"
+    progress("installing envd and wrenn-init", 0.97)
+    target = rootfs / "usr/local/lib/wrenn/envd"
+    shutil.copytree(_envd_dir(), target, ignore=shutil.ignore_patterns("__pycache__"))
+    init = rootfs / "usr/local/bin/wrenn-init"
+    init.write_bytes(_init_script())
+    init.chmod(0o755)
+    (rootfs / "etc/hostname").write_text("capsule\n")
+    (rootfs / "etc/hosts").write_text("127.0.0.1\tlocalhost capsule\n::1\tlocalhost ip6-localhost\n")
+    (rootfs / "etc/resolv.conf").write_text("nameserver 1.1.1.1\nnameserver 8.8.8.8\n")
+    subprocess.run(["chroot", str(rootfs), "python3", "-m", "compileall", "-q", "/usr/local/lib/wrenn/envd"],
+                   check=True)
+    for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        for item in (rootfs / junk).glob("*"):
+            if item.is_file():
+                item.unlink()
+    size = int(subprocess.run(["du", "-sb", str(rootfs)], capture_output=True, text=True).stdout.split()[0])
+    manifest = {"name": TEMPLATE, "key": key, "packages": list(PACKAGES), "suite": SUITE,
+                "size_bytes": size, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    version = paths.template / key
+    shutil.rmtree(version, ignore_errors=True)
+    staging.rename(version)
+    link = paths.template / ".current-new"
+    link.unlink(missing_ok=True)
+    link.symlink_to(key)
+    link.rename(paths.current)
+    progress("image ready", 1.0)
