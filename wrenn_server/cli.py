@@ -88,3 +88,57 @@ def doctor() -> None:
 
 def main() -> None:
     app()
+
+
+@app.command()
+def up() -> None:
+    """Run the platform on this machine: control plane + local host agent (SQLite unless DATABASE_URL)."""
+    from .controlplane.settings import ControlPlaneSettings
+    from .embedded import run_embedded
+    from .hostagent.settings import AgentSettings
+
+    cp_settings = ControlPlaneSettings()
+    agent_settings = AgentSettings()
+    _logging(agent_settings.log_level)
+    build_image()
+    asyncio.run(run_embedded(cp_settings, agent_settings))
+
+
+@app.command()
+def agent() -> None:
+    """Run a host agent that joins the control plane at WRENN_CP_URL."""
+    from .hostagent.app import HostAgent
+    from .hostagent.settings import AgentSettings
+
+    settings = AgentSettings()
+    _logging(settings.log_level)
+
+    async def serve() -> None:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        host_agent = HostAgent(settings)
+        await host_agent.start()
+        try:
+            await stop.wait()
+        finally:
+            await host_agent.stop()
+
+    asyncio.run(serve())
+
+
+@app.command("control-plane")
+def control_plane() -> None:
+    """Run only the control plane (host agents join it with `wrenn agent`)."""
+    import uvicorn
+
+    from .controlplane.app import create_app
+    from .controlplane.settings import ControlPlaneSettings
+
+    settings = ControlPlaneSettings()
+    host, _, port = settings.listen.rpartition(":")
+    uvicorn.run(create_app(settings), host=host or "127.0.0.1", port=int(port), log_level="warning",
+                access_log=False)

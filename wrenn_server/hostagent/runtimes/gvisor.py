@@ -82,9 +82,10 @@ class GVisorRuntime:
                          "--bundle", str(bundle), sandbox_id),
         ]
         # The container inherits runsc's stdio, so it must be a file: a pipe would never reach EOF.
+        # Its own session keeps a Ctrl-C aimed at `wrenn up` (the terminal's process group) away from it.
         with console.open("ab") as log:
             started = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
             )
             code = await started.wait()
         if code != 0:

@@ -1,0 +1,62 @@
+"""`python3 -m envd`: serve the envd protocol until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from contextlib import suppress
+
+from . import __version__
+from .app import App
+from .http import start_server
+from .metrics import Metrics
+from .ports import PortForwarder
+from .processes import ProcessTable
+from .spawn import oom_score, set_oom_score
+from .users import Defaults
+
+DEFAULT_PORT = 49983
+
+
+async def serve(host: str, port: int, forward_address: str | None, oom_score: int | None) -> None:
+    loop = asyncio.get_running_loop()
+    processes = ProcessTable(oom_score)
+    processes.install(loop)
+    try:
+        server = await start_server(App(Defaults(), processes, Metrics()), host, port)
+    except OSError as exc:
+        raise SystemExit(f"envd: {exc.strerror}") from None
+    forwarder = PortForwarder(forward_address, {DEFAULT_PORT, port})
+    forwarding = asyncio.create_task(forwarder.run())
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        forwarding.cancel()
+        forwarder.close()
+        server.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="envd", description="Wrenn guest agent")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--version", action="version", version=f"envd {__version__}")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="envd: %(levelname)s %(message)s", stream=sys.stderr)
+    # Without the privilege (or /proc) envd still works, just not protected from the OOM killer.
+    set_oom_score(-1000)
+    # Only tests set this: they cannot bind the host's default-route address, so they forward to another one.
+    forward_address = os.environ.get("WRENN_ENVD_FORWARD_ADDR") or None
+    with suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.host, args.port, forward_address, oom_score()))
+
+
+if __name__ == "__main__":
+    main()
