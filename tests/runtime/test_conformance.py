@@ -126,6 +126,7 @@ async def test_files_round_trip_and_errors(agent: AgentHandle, capsule: pb.Sandb
         yield pb.WriteFileChunk(meta=pb.PathRequest(sandbox_id=sid, path="/data/deep/blob.bin"))
         for i in range(0, len(data), 65536):
             yield pb.WriteFileChunk(data=data[i : i + 65536])
+        yield pb.WriteFileChunk(end=pb.Empty())
 
     entry = await agent.stub.WriteFileStream(upload(), metadata=agent.md)
     assert entry.size == len(data) and entry.type == "file"

@@ -236,7 +236,12 @@ class Servicer(pb_grpc.HostAgentServiceServicer):  # type: ignore[misc]
 
             async def chunks() -> AsyncIterator[bytes]:
                 async for part in request_iterator:
+                    if part.HasField("end"):
+                        return
                     yield part.data
+                # A stream that stops without its end marker was cancelled: failing here aborts the
+                # upload to envd, which then drops its temporary file instead of renaming it.
+                raise InvalidArgument("the upload ended early; nothing was written")
 
             envd = self.manager.get(first.meta.sandbox_id).envd
             return _entry(await envd.write_file(first.meta.path, chunks()))

@@ -256,12 +256,14 @@ class FileChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class WriteFileChunk(_message.Message):
-    __slots__ = ("meta", "data")
+    __slots__ = ("meta", "data", "end")
     META_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
     meta: PathRequest
     data: bytes
-    def __init__(self, meta: _Optional[_Union[PathRequest, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    end: Empty
+    def __init__(self, meta: _Optional[_Union[PathRequest, _Mapping]] = ..., data: _Optional[bytes] = ..., end: _Optional[_Union[Empty, _Mapping]] = ...) -> None: ...
 
 class FileEntry(_message.Message):
     __slots__ = ("name", "path", "type", "size", "mode", "permissions", "owner", "group", "modified_at", "symlink_target")

@@ -1,0 +1,1 @@
+"""The Wrenn control plane: REST API, auth, scheduling, database and the RPC client to host agents."""

@@ -1,0 +1,50 @@
+"""`create_app(settings)`: the control plane's ASGI application (the CLI runs it under uvicorn)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from wrenn_server import __version__
+
+from .errors import install_error_handlers
+from .limits import BodyLimitMiddleware
+from .logs import configure_logging
+from .routes import capsules, exec, files, health, hosts, processes
+from .settings import ControlPlaneSettings
+from .state import ControlPlane
+
+
+def create_app(settings: ControlPlaneSettings) -> FastAPI:
+    """Build the app; the database is migrated and background loops start in the lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Here rather than above: uvicorn (re)configures its loggers after the app is built.
+        configure_logging(settings.log_level)
+        control_plane = await ControlPlane.start(settings)
+        app.state.control_plane = control_plane
+        try:
+            yield
+        finally:
+            await control_plane.close()
+
+    app = FastAPI(
+        title="Wrenn control plane",
+        version=__version__,
+        description="Sandboxes (capsules) for AI agents.",
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.max_json_bytes = settings.max_json_bytes
+    app.state.max_upload_bytes = settings.max_upload_bytes
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_json_bytes)
+    for module in (health, capsules, exec, processes, files, hosts):
+        app.include_router(module.router)
+    return app

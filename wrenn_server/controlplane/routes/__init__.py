@@ -1,0 +1,1 @@
+"""HTTP routes: one module per resource, request/response models beside the routes."""

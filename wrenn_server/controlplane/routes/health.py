@@ -1,0 +1,28 @@
+"""Liveness and the API description."""
+
+from __future__ import annotations
+
+import yaml
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from wrenn_server import __version__
+
+router = APIRouter(tags=["health"])
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+
+
+@router.get("/health")
+async def health() -> Health:
+    return Health(status="ok", version=__version__)
+
+
+@router.get("/openapi.yaml", include_in_schema=False)
+async def openapi_yaml(request: Request) -> Response:
+    document = request.app.openapi()
+    return Response(yaml.safe_dump(document, sort_keys=False), media_type="application/yaml")

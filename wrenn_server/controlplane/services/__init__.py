@@ -1,0 +1,1 @@
+"""Business rules and database queries of the control plane; routes stay thin."""

@@ -1,0 +1,152 @@
+"""RPC client to host agents: one insecure gRPC channel per agent address, the host's token on every call.
+
+Every failure leaves this module as a `WrennError` (see `errors.from_rpc_error`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import grpc
+
+from wrenn_server.proto._generated import hostagent_pb2 as pb
+from wrenn_server.proto._generated import hostagent_pb2_grpc as pb_grpc
+
+from ..db.models import Host
+from ..errors import from_rpc_error
+
+TOKEN_HEADER = "x-wrenn-agent-token"
+CALL_TIMEOUT = 30.0
+CREATE_TIMEOUT = 600.0
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+]
+
+
+@dataclass(frozen=True)
+class HostRef:
+    """What a call needs to know about a host, detached from any DB session."""
+
+    id: uuid.UUID
+    address: str
+    rpc_token: str
+
+    @classmethod
+    def of(cls, host: Host) -> HostRef:
+        return cls(id=host.id, address=host.address, rpc_token=host.rpc_token)
+
+
+class AgentClient:
+    """Typed calls to one agent; `sandbox_id`s are `cl-…` wire IDs."""
+
+    def __init__(self, stub: Any, token: str) -> None:
+        self._stub = stub
+        self._metadata = ((TOKEN_HEADER, token),)
+
+    async def _unary(self, method: str, request: Any, timeout: float | None) -> Any:
+        try:
+            return await getattr(self._stub, method)(request, metadata=self._metadata, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from exc
+
+    async def ping(self) -> pb.PingResponse:
+        return cast(pb.PingResponse, await self._unary("Ping", pb.PingRequest(), 10.0))
+
+    async def create_sandbox(self, request: pb.CreateSandboxRequest) -> pb.SandboxInfo:
+        return cast(pb.SandboxInfo, await self._unary("CreateSandbox", request, CREATE_TIMEOUT))
+
+    async def destroy_sandbox(self, sandbox_id: str) -> None:
+        await self._unary("DestroySandbox", pb.SandboxRef(sandbox_id=sandbox_id), 120.0)
+
+    async def list_sandboxes(self) -> pb.ListSandboxesResponse:
+        return cast(pb.ListSandboxesResponse, await self._unary("ListSandboxes", pb.Empty(), 15.0))
+
+    async def ping_sandbox(self, sandbox_id: str) -> None:
+        await self._unary("PingSandbox", pb.SandboxRef(sandbox_id=sandbox_id), CALL_TIMEOUT)
+
+    async def exec(self, request: pb.ExecRequest) -> pb.ExecResponse:
+        limit = request.timeout_sec + 15.0 if request.timeout_sec > 0 else None
+        return cast(pb.ExecResponse, await self._unary("Exec", request, limit))
+
+    async def start_background(self, request: pb.ExecRequest) -> pb.BackgroundResponse:
+        return cast(pb.BackgroundResponse, await self._unary("StartBackground", request, CALL_TIMEOUT))
+
+    async def list_processes(self, sandbox_id: str) -> pb.ListProcessesResponse:
+        request = pb.SandboxRef(sandbox_id=sandbox_id)
+        return cast(pb.ListProcessesResponse, await self._unary("ListProcesses", request, CALL_TIMEOUT))
+
+    async def kill_process(self, request: pb.KillProcessRequest) -> None:
+        await self._unary("KillProcess", request, CALL_TIMEOUT)
+
+    async def list_dir(self, request: pb.ListDirRequest) -> pb.ListDirResponse:
+        return cast(pb.ListDirResponse, await self._unary("ListDir", request, CALL_TIMEOUT))
+
+    async def make_dir(self, sandbox_id: str, path: str) -> pb.FileEntry:
+        request = pb.PathRequest(sandbox_id=sandbox_id, path=path)
+        return cast(pb.FileEntry, await self._unary("MakeDir", request, CALL_TIMEOUT))
+
+    async def remove_path(self, sandbox_id: str, path: str) -> None:
+        await self._unary("RemovePath", pb.PathRequest(sandbox_id=sandbox_id, path=path), CALL_TIMEOUT)
+
+    async def stat_path(self, sandbox_id: str, path: str) -> pb.FileEntry:
+        request = pb.PathRequest(sandbox_id=sandbox_id, path=path)
+        return cast(pb.FileEntry, await self._unary("StatPath", request, CALL_TIMEOUT))
+
+    async def read_file_stream(self, sandbox_id: str, path: str) -> AsyncGenerator[bytes, None]:
+        """The file's bytes chunk by chunk; errors surface on the first `__anext__`."""
+        call = self._stub.ReadFileStream(
+            pb.PathRequest(sandbox_id=sandbox_id, path=path), metadata=self._metadata
+        )
+        try:
+            async for chunk in call:
+                yield cast(pb.FileChunk, chunk).data
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from exc
+        finally:
+            call.cancel()
+
+    def open_write_stream(self, chunks: AsyncIterable[pb.WriteFileChunk]) -> UploadCall:
+        """Start WriteFileStream: first a `meta` message, then `data` chunks, drawn from `chunks`."""
+        return UploadCall(self._stub.WriteFileStream(chunks, metadata=self._metadata))
+
+
+class UploadCall:
+    """A running client-streaming upload; `cancel()` aborts it without a clean end of stream."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    async def result(self) -> pb.FileEntry:
+        try:
+            return cast(pb.FileEntry, await self._call)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from exc
+
+
+class AgentPool:
+    """One channel per agent address, created on first use inside the running event loop."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, Any] = {}
+
+    def client(self, host: HostRef) -> AgentClient:
+        channel = self._channels.get(host.address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(host.address, options=_CHANNEL_OPTIONS)
+            self._channels[host.address] = channel
+        stub = pb_grpc.HostAgentServiceStub(channel)  # type: ignore[no-untyped-call]
+        return AgentClient(stub, host.rpc_token)
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()

@@ -1,0 +1,235 @@
+"""Capsule create / list / get / destroy / ping, and the `running` guard used by exec and files."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from wrenn_server.proto._generated import hostagent_pb2 as pb
+
+from ..db.engine import SessionMaker
+from ..db.models import Host, Sandbox, Team
+from ..db.types import utcnow
+from ..errors import (
+    Conflict,
+    HostUnavailable,
+    InternalError,
+    InvalidRequest,
+    InvalidState,
+    NotFound,
+    Unauthorized,
+    WrennError,
+)
+from ..ids import Kind, format_id, new_uuid
+from . import lifecycle
+from .agents import AgentPool, HostRef
+from .auth import Principal
+from .scheduler import pick_host
+from .status import FINAL, Status
+from .tasks import TaskTracker, wait_bounded
+from .templates import DEFAULT_TEMPLATE, resolve_template
+
+DEFAULT_VCPUS = 1
+DEFAULT_MEMORY_MB = 512
+DEFAULT_DISK_MB = 5120
+MIN_TIMEOUT_SEC = 60
+METADATA_KEY = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
+RESERVED_METADATA = frozenset({"kernel_version", "vmm_version", "agent_version", "envd_version"})
+MAX_METADATA_KEYS = 20
+MAX_METADATA_VALUE = 64
+MAX_INT32 = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class CreateSpec:
+    """A create request as the API received it; `None` means "use the default"."""
+
+    template: str | None = None
+    vcpus: int | None = None
+    memory_mb: int | None = None
+    timeout_sec: int | None = None
+    disk_size_mb: int | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _positive(value: int | None, name: str, default: int) -> int:
+    if value is None or value == 0:
+        return default
+    if value < 0:
+        raise InvalidRequest(f"invalid field '{name}': must not be negative")
+    if value > MAX_INT32:
+        raise InvalidRequest(f"invalid field '{name}': too large")
+    return value
+
+
+def _timeout(value: int | None) -> int:
+    if value is None:
+        return 0
+    if value < 0:
+        raise InvalidRequest("invalid field 'timeout_sec': must not be negative")
+    if value > MAX_INT32:
+        raise InvalidRequest("invalid field 'timeout_sec': too large")
+    return value if value == 0 else max(value, MIN_TIMEOUT_SEC)
+
+
+def check_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise InvalidRequest(f"invalid field 'metadata': at most {MAX_METADATA_KEYS} keys")
+    for key, value in metadata.items():
+        if not METADATA_KEY.fullmatch(key):
+            raise InvalidRequest(f"invalid metadata key '{key[:80]}'")
+        if key in RESERVED_METADATA:
+            raise InvalidRequest(f"metadata key '{key}' is reserved")
+        if len(value) > MAX_METADATA_VALUE:
+            raise InvalidRequest(f"metadata value of '{key}' is longer than {MAX_METADATA_VALUE} characters")
+    return dict(metadata)
+
+
+def not_running(row: Sandbox) -> InvalidState:
+    return InvalidState(f"sandbox is not running (status: {row.status})")
+
+
+class CapsuleService:
+    def __init__(
+        self, sessionmaker: SessionMaker, pool: AgentPool, tasks: TaskTracker, wait_sec: float
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._pool = pool
+        self._tasks = tasks
+        self._wait_sec = wait_sec
+        self._placement = asyncio.Lock()
+        self._booting: dict[uuid.UUID, asyncio.Task[None]] = {}
+
+    def is_booting(self, sandbox_id: uuid.UUID) -> bool:
+        """Whether this process is still starting the capsule (the reconciler leaves those alone)."""
+        task = self._booting.get(sandbox_id)
+        return task is not None and not task.done()
+
+    async def create(self, principal: Principal, spec: CreateSpec) -> Sandbox:
+        vcpus = _positive(spec.vcpus, "vcpus", DEFAULT_VCPUS)
+        memory_mb = _positive(spec.memory_mb, "memory_mb", DEFAULT_MEMORY_MB)
+        disk_mb = _positive(spec.disk_size_mb, "disk_size_mb", DEFAULT_DISK_MB)
+        timeout_sec = _timeout(spec.timeout_sec)
+        metadata = check_metadata(spec.metadata)
+        async with self._placement, self._sessionmaker() as session:
+            team = await session.get(Team, principal.team_id)
+            if team is None or team.deleted_at is not None:
+                raise Unauthorized("team not found")
+            template = await resolve_template(session, team.id, spec.template or DEFAULT_TEMPLATE)
+            if template.type == "snapshot":
+                vcpus = template.vcpus or vcpus
+                memory_mb = template.memory_mb or memory_mb
+            host = await pick_host(session, team, vcpus, memory_mb)
+            row = Sandbox(
+                id=new_uuid(),
+                team_id=team.id,
+                host_id=host.id,
+                template=template.name,
+                status=Status.STARTING.value,
+                vcpus=vcpus,
+                memory_mb=memory_mb,
+                timeout_sec=timeout_sec,
+                disk_size_mb=disk_mb,
+                template_id=template.id,
+                template_team_id=template.team_id,
+                meta=metadata,
+            )
+            session.add(row)
+            await session.commit()
+            request = pb.CreateSandboxRequest(
+                sandbox_id=format_id(Kind.SANDBOX, row.id),
+                template=template.name,
+                template_id=str(template.id),
+                team_id=str(template.team_id),
+                vcpus=vcpus,
+                memory_mb=memory_mb,
+                timeout_sec=timeout_sec,
+                disk_size_mb=disk_mb,
+                default_user=template.default_user,
+                default_env=dict(template.default_env or {}),
+            )
+            plan = lifecycle.BootPlan(row.id, HostRef.of(host), request, metadata)
+        task = self._tasks.spawn(lifecycle.boot(self._sessionmaker, self._pool, plan), name=f"boot-{row.id}")
+        self._booting[row.id] = task
+        task.add_done_callback(lambda _: self._booting.pop(row.id, None))
+        if await wait_bounded(task, self._wait_sec):
+            if task.cancelled():
+                raise InternalError("the control plane is shutting down")
+            error = task.exception()
+            if isinstance(error, WrennError):
+                raise error
+        return await self._load(row.id)
+
+    async def _load(self, sandbox_id: uuid.UUID) -> Sandbox:
+        async with self._sessionmaker() as session:
+            row = await session.get(Sandbox, sandbox_id)
+            if row is None:
+                raise NotFound("sandbox not found")
+            return row
+
+    async def _scoped(self, session: AsyncSession, principal: Principal, sandbox_id: uuid.UUID) -> Sandbox:
+        row = await session.get(Sandbox, sandbox_id, populate_existing=True)
+        if row is None or row.team_id != principal.team_id:
+            raise NotFound("sandbox not found")
+        return row
+
+    async def get(self, principal: Principal, sandbox_id: uuid.UUID) -> Sandbox:
+        async with self._sessionmaker() as session:
+            return await self._scoped(session, principal, sandbox_id)
+
+    async def list(self, principal: Principal) -> list[Sandbox]:
+        async with self._sessionmaker() as session:
+            rows = await session.scalars(
+                select(Sandbox)
+                .where(Sandbox.team_id == principal.team_id, Sandbox.status.not_in([s.value for s in FINAL]))
+                .order_by(Sandbox.created_at.desc(), Sandbox.id)
+            )
+            return list(rows.all())
+
+    async def destroy(self, principal: Principal, sandbox_id: uuid.UUID) -> None:
+        """Idempotent: finished capsules are left as they are; everything else ends `stopped`."""
+        async with self._sessionmaker() as session:
+            row = await self._scoped(session, principal, sandbox_id)
+            host = await session.get(Host, row.host_id) if row.host_id else None
+            host_ref = HostRef.of(host) if host is not None else None
+        for _ in range(5):
+            status = Status(row.status)
+            if status in FINAL:
+                return
+            if status == Status.STOPPING or await lifecycle.set_status(
+                self._sessionmaker, row.id, [status], Status.STOPPING
+            ):
+                break
+            row = await self._load(row.id)  # it changed under us: decide again
+        else:
+            raise Conflict("the sandbox is changing state; try again")
+        teardown = lifecycle.teardown(self._sessionmaker, self._pool, row.id, host_ref)
+        await wait_bounded(self._tasks.spawn(teardown, name=f"destroy-{row.id}"), self._wait_sec)
+
+    async def running(self, principal: Principal, sandbox_id: uuid.UUID) -> tuple[Sandbox, HostRef]:
+        """The capsule and its host, or 409 `invalid_state` unless it is running."""
+        async with self._sessionmaker() as session:
+            row = await self._scoped(session, principal, sandbox_id)
+            if row.status != Status.RUNNING.value:
+                raise not_running(row)
+            host = await session.get(Host, row.host_id) if row.host_id else None
+            if host is None:
+                raise HostUnavailable("the sandbox's host is gone")
+            return row, HostRef.of(host)
+
+    async def touch(self, sandbox_id: uuid.UUID) -> None:
+        async with self._sessionmaker() as session:
+            await session.execute(
+                update(Sandbox).where(Sandbox.id == sandbox_id).values(last_active_at=utcnow())
+            )
+            await session.commit()
+
+    async def ping(self, principal: Principal, sandbox_id: uuid.UUID) -> None:
+        row, host = await self.running(principal, sandbox_id)
+        await self._pool.client(host).ping_sandbox(format_id(Kind.SANDBOX, row.id))
+        await self.touch(row.id)

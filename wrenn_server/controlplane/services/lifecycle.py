@@ -1,0 +1,108 @@
+"""The slow halves of create and destroy, run as background tasks that survive the request.
+
+Status changes are compare-and-set (`UPDATE … WHERE status IN (…)`), so a destroy that lands while a
+create is still booting wins: the boot notices it lost the race and tears the new sandbox down.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import update
+from sqlalchemy.engine import CursorResult
+
+from wrenn_server.proto._generated import hostagent_pb2 as pb
+
+from ..db.engine import SessionMaker
+from ..db.models import Sandbox
+from ..db.types import utcnow
+from ..errors import InternalError, NotFound, WrennError
+from ..ids import Kind, format_id
+from .agents import AgentPool, HostRef
+from .status import Status
+
+log = logging.getLogger(__name__)
+
+
+async def set_status(
+    sessionmaker: SessionMaker, sandbox_id: uuid.UUID, expected: Iterable[Status], new: Status, **values: Any
+) -> bool:
+    """Move a capsule to `new` only if it is still in one of `expected`; True when it moved."""
+    async with sessionmaker() as session:
+        result = cast(
+            CursorResult[Any],
+            await session.execute(
+                update(Sandbox)
+                .where(Sandbox.id == sandbox_id, Sandbox.status.in_([s.value for s in expected]))
+                .values(status=new.value, last_updated=utcnow(), **values)
+            ),
+        )
+        await session.commit()
+        return result.rowcount == 1
+
+
+@dataclass(frozen=True)
+class BootPlan:
+    """Everything the boot task needs, copied out of the request's DB session."""
+
+    sandbox_id: uuid.UUID
+    host: HostRef
+    request: pb.CreateSandboxRequest
+    user_metadata: dict[str, str]
+
+
+async def boot(sessionmaker: SessionMaker, pool: AgentPool, plan: BootPlan) -> None:
+    """CreateSandbox on the agent; `starting` → `running`, or → `error` with the reason (then re-raise)."""
+    wire_id = format_id(Kind.SANDBOX, plan.sandbox_id)
+    agent = pool.client(plan.host)
+    try:
+        info = await agent.create_sandbox(plan.request)
+        if info.status == Status.ERROR.value:
+            raise InternalError(info.error or "the agent failed to start the sandbox")
+    except Exception as exc:
+        failure = exc if isinstance(exc, WrennError) else InternalError("internal error while starting")
+        if not isinstance(exc, WrennError):
+            log.exception("boot of %s failed", wire_id)
+        await set_status(
+            sessionmaker, plan.sandbox_id, [Status.STARTING], Status.ERROR, error=failure.message
+        )
+        raise failure from exc
+    now = utcnow()
+    metadata = {**plan.user_metadata, **dict(info.metadata)}
+    moved = await set_status(
+        sessionmaker,
+        plan.sandbox_id,
+        [Status.STARTING, Status.RUNNING, Status.MISSING],  # the reconciler may have seen it first
+        Status.RUNNING,
+        started_at=now,
+        last_active_at=now,
+        host_ip=info.host_ip,
+        meta=metadata,
+    )
+    if not moved:
+        log.info("sandbox %s was destroyed while starting; removing it from its host", wire_id)
+        await destroy_on_agent(pool, plan.host, wire_id)
+
+
+async def destroy_on_agent(pool: AgentPool, host: HostRef, wire_id: str) -> None:
+    """DestroySandbox; a sandbox the agent does not know is already gone. Other failures are logged:
+    the reconciler removes sandboxes whose row is `stopped` once their host answers again."""
+    try:
+        await pool.client(host).destroy_sandbox(wire_id)
+    except NotFound:
+        pass
+    except WrennError as exc:
+        log.warning("destroy of %s on host %s failed: %s", wire_id, host.address, exc.message)
+
+
+async def teardown(
+    sessionmaker: SessionMaker, pool: AgentPool, sandbox_id: uuid.UUID, host: HostRef | None
+) -> None:
+    """`stopping` → agent DestroySandbox → `stopped`."""
+    if host is not None:
+        await destroy_on_agent(pool, host, format_id(Kind.SANDBOX, sandbox_id))
+    await set_status(sessionmaker, sandbox_id, [Status.STOPPING], Status.STOPPED)

@@ -1,0 +1,176 @@
+"""Keeps capsule rows honest about what hosts really run (system.md §7.3).
+
+Passive: hosts silent for longer than `host_stale_sec` become `unreachable`, their live capsules `missing`.
+Active: every online host is asked for its sandboxes; rows are corrected with compare-and-set updates
+guarded by `last_updated`, so a row that changed while the agent was being asked is left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+
+from ..db.engine import SessionMaker
+from ..db.models import Host, Sandbox
+from ..db.types import utcnow
+from ..errors import WrennError
+from ..ids import Kind, format_id
+from .agents import AgentPool, HostRef
+from .lifecycle import destroy_on_agent
+from .status import FINAL, LOST_WITH_HOST, HostStatus, Status
+
+log = logging.getLogger(__name__)
+# A `starting` row no process is booting any more is given this long before it is judged.
+STARTING_GRACE = timedelta(minutes=10)
+# Rows whose sandbox must not exist on a host any more: found alive, it is destroyed.
+STOPPED_OR_STOPPING = FINAL | {Status.STOPPING}
+
+
+class Reconciler:
+    def __init__(
+        self,
+        sessionmaker: SessionMaker,
+        pool: AgentPool,
+        *,
+        interval: float,
+        host_stale_sec: float,
+        is_booting: Callable[[uuid.UUID], bool],
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._pool = pool
+        self._interval = interval
+        self._stale = timedelta(seconds=host_stale_sec)
+        self._is_booting = is_booting
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="reconciler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def kick(self) -> None:
+        """Run a pass now (a host registered or came back)."""
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("reconciler pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            self._wake.clear()
+
+    async def run_once(self) -> None:
+        await self.mark_stale_hosts()
+        async with self._sessionmaker() as session:
+            hosts = (await session.scalars(select(Host).where(Host.status == HostStatus.ONLINE.value))).all()
+            refs = [HostRef.of(host) for host in hosts]
+        for ref in refs:
+            try:
+                await self.reconcile_host(ref)
+            except WrennError as exc:
+                log.info("reconcile of host %s skipped: %s", ref.address, exc.message)
+
+    async def mark_stale_hosts(self) -> None:
+        cutoff = utcnow() - self._stale
+        async with self._sessionmaker() as session:
+            stale = (
+                await session.scalars(
+                    select(Host.id).where(
+                        Host.status == HostStatus.ONLINE.value, Host.last_heartbeat_at < cutoff
+                    )
+                )
+            ).all()
+            if not stale:
+                return
+            now = utcnow()
+            await session.execute(
+                update(Host)
+                .where(Host.id.in_(stale), Host.status == HostStatus.ONLINE.value)
+                .values(status=HostStatus.UNREACHABLE.value, updated_at=now)
+            )
+            await session.execute(
+                update(Sandbox)
+                .where(Sandbox.host_id.in_(stale), Sandbox.status.in_([s.value for s in LOST_WITH_HOST]))
+                .values(status=Status.MISSING.value, last_updated=now)
+            )
+            await session.commit()
+        for host_id in stale:
+            log.warning("host %s stopped heartbeating; marked unreachable", format_id(Kind.HOST, host_id))
+
+    async def reconcile_host(self, host: HostRef) -> None:
+        # Rows are read before the agent is asked: a row that changes afterwards fails the CAS below.
+        async with self._sessionmaker() as session:
+            rows = (await session.scalars(select(Sandbox).where(Sandbox.host_id == host.id))).all()
+            known = {row.id: (Status(row.status), row.last_updated, row.created_at) for row in rows}
+        listing = await self._pool.client(host).list_sandboxes()
+        alive = {info.sandbox_id: info for info in listing.sandboxes}
+        auto_paused = set(listing.auto_paused_sandbox_ids)
+        for sandbox_id, (status, stamp, created) in known.items():
+            wire_id = format_id(Kind.SANDBOX, sandbox_id)
+            info = alive.get(wire_id)
+            agent_status = info.status if info is not None else ""
+            target = self._decide(
+                sandbox_id, status, created, info is not None, agent_status, wire_id in auto_paused
+            )
+            if target is not None:
+                error = info.error if info is not None and target == Status.ERROR else None
+                await self._move(sandbox_id, status, stamp, target, error)
+            elif (
+                status in STOPPED_OR_STOPPING
+                and info is not None
+                and agent_status not in ("stopped", "error")
+            ):
+                log.info("destroying orphan %s on host %s", wire_id, host.address)
+                await destroy_on_agent(self._pool, host, wire_id)
+
+    def _decide(
+        self, sandbox_id: uuid.UUID, status: Status, created: datetime, alive: bool, agent: str, paused: bool
+    ) -> Status | None:
+        if status == Status.STARTING:
+            if self._is_booting(sandbox_id) or (not alive and utcnow() - created < STARTING_GRACE):
+                return None
+        if status == Status.STOPPING:
+            return None if alive else Status.STOPPED  # a destroy cut short (the CP restarted)
+        if status not in (Status.RUNNING, Status.STARTING, Status.MISSING, Status.PAUSED):
+            return None
+        if agent == "error":
+            return Status.ERROR
+        if alive and agent in ("running", ""):
+            return None if status == Status.RUNNING else Status.RUNNING
+        if alive and agent == "paused":
+            return None if status == Status.PAUSED else Status.PAUSED
+        if status == Status.PAUSED:
+            return None  # a paused capsule need not be listed as alive
+        if paused:
+            return Status.PAUSED
+        return Status.STOPPED
+
+    async def _move(
+        self, sandbox_id: uuid.UUID, old: Status, stamp: datetime, new: Status, error: str | None
+    ) -> None:
+        values: dict[str, object] = {"status": new.value, "last_updated": utcnow()}
+        if error:
+            values["error"] = error
+        async with self._sessionmaker() as session:
+            await session.execute(
+                update(Sandbox)
+                .where(Sandbox.id == sandbox_id, Sandbox.status == old.value, Sandbox.last_updated == stamp)
+                .values(**values)
+            )
+            await session.commit()
+        log.info("capsule %s: %s -> %s (reconciled)", format_id(Kind.SANDBOX, sandbox_id), old, new)

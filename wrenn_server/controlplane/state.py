@@ -1,0 +1,68 @@
+"""Everything one running control plane holds, built at startup and torn down at shutdown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .db.engine import SessionMaker, make_engine, make_sessionmaker
+from .db.migrate import migrate
+from .services.agents import AgentPool
+from .services.capsules import CapsuleService
+from .services.exec import ExecService
+from .services.files import FileService
+from .services.reconciler import Reconciler
+from .services.tasks import TaskTracker
+from .settings import ControlPlaneSettings
+
+
+@dataclass
+class ControlPlane:
+    settings: ControlPlaneSettings
+    jwt_secret: str
+    engine: AsyncEngine
+    sessionmaker: SessionMaker
+    pool: AgentPool
+    tasks: TaskTracker
+    capsules: CapsuleService
+    exec: ExecService
+    files: FileService
+    reconciler: Reconciler
+
+    @classmethod
+    async def start(cls, settings: ControlPlaneSettings) -> ControlPlane:
+        jwt_secret = settings.resolve_jwt_secret()
+        await migrate(settings)
+        engine = make_engine(settings.database_url)
+        sessionmaker = make_sessionmaker(engine)
+        pool = AgentPool()
+        tasks = TaskTracker()
+        capsules = CapsuleService(sessionmaker, pool, tasks, settings.create_wait_sec)
+        reconciler = Reconciler(
+            sessionmaker,
+            pool,
+            interval=settings.reconcile_interval_sec,
+            host_stale_sec=settings.host_stale_sec,
+            is_booting=capsules.is_booting,
+        )
+        cp = cls(
+            settings=settings,
+            jwt_secret=jwt_secret,
+            engine=engine,
+            sessionmaker=sessionmaker,
+            pool=pool,
+            tasks=tasks,
+            capsules=capsules,
+            exec=ExecService(capsules, pool),
+            files=FileService(capsules, pool),
+            reconciler=reconciler,
+        )
+        reconciler.start()
+        return cp
+
+    async def close(self) -> None:
+        await self.reconciler.stop()
+        await self.tasks.close()
+        await self.pool.close()
+        await self.engine.dispose()
