@@ -225,9 +225,9 @@ async def test_destroy_leaves_nothing_behind(agent: AgentHandle) -> None:
     assert info.sandbox_id not in Path("/proc/mounts").read_text()
     listed = [s.sandbox_id for s in (await agent.stub.ListSandboxes(pb.Empty(), metadata=agent.md)).sandboxes]
     assert info.sandbox_id not in listed
-    # Every namespace that remains belongs to a capsule the agent still lists.
-    live = len(listed)
-    assert len([n for n in slot_names if n.startswith("wrenn-cns-")]) == live
+    slot = int(info.host_ip.rsplit(".", 1)[1]) + 256 * int(info.host_ip.split(".")[2])
+    assert f"wrenn-cns-{slot}" not in slot_names and f"wrenn-ns-{slot}" not in slot_names
+    assert f"{info.host_ip} " not in subprocess.run(["ip", "route"], capture_output=True, text=True).stdout
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=info.sandbox_id), metadata=agent.md)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND

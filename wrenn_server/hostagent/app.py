@@ -34,7 +34,7 @@ class HostAgent:
         self.settings.dir.mkdir(parents=True, exist_ok=True)
         proc.install_reaper(asyncio.get_running_loop())
         runtime = await select_runtime(self.settings.runtime, self.settings.dir)
-        self.manager = SandboxManager(runtime, Network(), Storage(self.settings.dir))
+        self.manager = SandboxManager(runtime, Network(str(self.settings.dir.resolve())), Storage(self.settings.dir))
         await self.manager.start()
         server = make_server(Servicer(self.manager, self.auth), self.settings.host_listen_addr)
         await server.start()

@@ -69,15 +69,18 @@ class SandboxManager:
                             record.runtime, self.runtime.name)
                 continue
             state = await self.runtime.state(record.sandbox_id)
-            if record.status == "running" and state is RuntimeState.RUNNING:
+            netns_alive = Slot(record.slot).guest.netns_path.exists()
+            if record.status == "running" and state is RuntimeState.RUNNING and netns_alive:
                 live.append(record)
-            elif record.status != "error":
+                continue
+            if record.status != "error":
                 record.status = "error"
-                record.error = "the capsule stopped while the host agent was not running"
+                record.error = (
+                    "the capsule stopped while the host agent was not running" if netns_alive or
+                    state is not RuntimeState.RUNNING else "the capsule's network namespace was removed"
+                )
                 self.records.save(record)
-                self._tombstones[record.sandbox_id] = record
-            else:
-                self._tombstones[record.sandbox_id] = record
+            self._tombstones[record.sandbox_id] = record
         await self.network.prepare_host({r.slot for r in live})
         for record in live:
             slot = self.network.claim(record.slot)

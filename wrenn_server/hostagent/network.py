@@ -6,12 +6,17 @@ address 169.254.0.21/30, so a checkpoint taken in one slot restores in any other
 (10.11.0.0 + N) to the guest and SNATs the guest's egress to its veth address (10.12.0.0 + 2N + 1). The host
 masquerades that range out of its default interface and drops traffic between capsules and from capsules to
 the host itself.
+
+Slots are machine-wide: several agents may share a machine (tests, a second data directory), so a slot is
+taken by creating `/run/wrenn/slots/<N>` exclusively, holding the owning data directory. An agent reclaims only
+its own slots, and namespaces that no slot file claims at all.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +30,7 @@ GUEST_ADDRESS = "169.254.0.21"
 GUEST_GATEWAY = "169.254.0.22"
 GUEST_PREFIX = 30
 MAX_SLOTS = 32767
+SLOTS_DIR = Path("/run/wrenn/slots")
 _HOST_BASE = int(ipaddress.IPv4Address("10.11.0.0"))
 _VETH_BASE = int(ipaddress.IPv4Address("10.12.0.0"))
 
@@ -34,16 +40,16 @@ delete table ip wrenn
 table ip wrenn {
   chain forward {
     type filter hook forward priority filter; policy accept;
-    iifname "wrenn-veth-*" oifname "wrenn-veth-*" drop
+    iifname "wrenn-v-*" oifname "wrenn-v-*" drop
   }
   chain input {
     type filter hook input priority filter; policy accept;
-    iifname "wrenn-veth-*" ct state established,related accept
-    iifname "wrenn-veth-*" drop
+    iifname "wrenn-v-*" ct state established,related accept
+    iifname "wrenn-v-*" drop
   }
   chain postrouting {
     type nat hook postrouting priority srcnat; policy accept;
-    ip saddr 10.12.0.0/16 oifname != "wrenn-veth-*" masquerade
+    ip saddr 10.12.0.0/16 oifname != "wrenn-v-*" masquerade
   }
 }
 """
@@ -63,7 +69,7 @@ class Slot:
 
     @property
     def veth(self) -> str:
-        return f"wrenn-veth-{self.index}"
+        return f"wrenn-v-{self.index}"  # interface names are at most 15 characters
 
     @property
     def host_ip(self) -> str:
@@ -85,36 +91,54 @@ class Slot:
 class Network:
     """Allocates slots and builds or removes their namespaces, links and NAT rules."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str, slots_dir: Path = SLOTS_DIR) -> None:
+        self._owner = owner
+        self._slots = slots_dir
         self._used: set[int] = set()
 
+    def _owner_of(self, index: int) -> str | None:
+        try:
+            return (self._slots / str(index)).read_text()
+        except OSError:
+            return None
+
     async def prepare_host(self, live_slots: set[int]) -> None:
-        """Install the host rules and remove every namespace and link no live capsule owns."""
+        """Install the host rules; remove our own slots that no live capsule holds, and unclaimed leftovers."""
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
         await proc.run(["nft", "-f", "-"], input=HOST_RULES.encode())
-        self._used = set(live_slots)
+        self._slots.mkdir(parents=True, exist_ok=True)
+        for index in live_slots:
+            self.claim(index)
+        for entry in self._slots.iterdir():
+            if entry.name.isdigit() and int(entry.name) not in live_slots and self._owner_of(int(entry.name)) == self._owner:
+                await self.teardown(Slot(int(entry.name)))
         listing = await proc.run(["ip", "netns", "list"])
         for line in listing.stdout.decode().splitlines():
             name = line.split()[0] if line.strip() else ""
             for prefix in ("wrenn-ns-", "wrenn-cns-"):
-                if name.startswith(prefix) and name[len(prefix) :].isdigit():
-                    if int(name[len(prefix) :]) not in self._used:
-                        log.info("reclaiming leftover namespace %s", name)
-                        await proc.run(["ip", "netns", "del", name], check=False)
-        links = await proc.run(["ip", "-o", "link", "show"])
-        for line in links.stdout.decode().splitlines():
-            name = line.split(":")[1].strip().split("@")[0]
-            if name.startswith("wrenn-veth-") and int(name.rsplit("-", 1)[1]) not in self._used:
-                await proc.run(["ip", "link", "del", name], check=False)
+                index = name[len(prefix) :]
+                if name.startswith(prefix) and index.isdigit() and self._owner_of(int(index)) is None:
+                    log.info("reclaiming leftover namespace %s", name)
+                    await proc.run(["ip", "netns", "del", name], check=False)
 
     def allocate(self) -> Slot:
         for index in range(1, MAX_SLOTS + 1):
-            if index not in self._used:
-                self._used.add(index)
-                return Slot(index)
+            if index in self._used:
+                continue
+            try:
+                fd = os.open(self._slots / str(index), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(self._owner)
+            self._used.add(index)
+            return Slot(index)
         raise NoCapacity("no free network slot on this host")
 
     def claim(self, index: int) -> Slot:
+        """Take back a slot a re-adopted capsule holds (its file is gone after a reboot of /run)."""
+        self._slots.mkdir(parents=True, exist_ok=True)
+        (self._slots / str(index)).write_text(self._owner)
         self._used.add(index)
         return Slot(index)
 
@@ -175,4 +199,6 @@ route add default via {GUEST_GATEWAY}
         for ns in (slot.capsule_ns, slot.router_ns):
             await proc.run(["ip", "netns", "del", ns], check=False)
         await proc.run(["ip", "link", "del", slot.veth], check=False)
+        if self._owner_of(slot.index) == self._owner:
+            (self._slots / str(slot.index)).unlink(missing_ok=True)
         self._used.discard(slot.index)
