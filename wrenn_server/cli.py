@@ -23,8 +23,10 @@ def _data_dir() -> Path:
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format='{"ts":"%(asctime)s","level":"%(levelname)s",'
-                        '"logger":"%(name)s","msg":"%(message)s"}')
+    logging.basicConfig(
+        level=level.upper(),
+        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
+    )
 
 
 def build_image(force: bool = False) -> None:
@@ -72,8 +74,11 @@ def doctor() -> None:
     netns = Path("/run/netns").exists() or os.geteuid() == 0
     table.add_row("network namespaces", "yes" if netns else "no", "ip netns, veth, nftables NAT")
     image = ImagePaths(_data_dir())
-    table.add_row("image minimal", "yes" if is_current(image) else "no",
-                  str(image.current) if is_current(image) else "run `wrenn image build`")
+    table.add_row(
+        "image minimal",
+        "yes" if is_current(image) else "no",
+        str(image.current) if is_current(image) else "run `wrenn image build`",
+    )
     probes = asyncio.run(probe_all(_data_dir()))
     for name in RUNTIMES:
         p = probes[name]
@@ -84,10 +89,6 @@ def doctor() -> None:
         chosen = f"none ({exc})"
     table.add_row("WRENN_RUNTIME=auto", "", f"would use {chosen}")
     Console().print(table)
-
-
-def main() -> None:
-    app()
 
 
 @app.command()
@@ -140,5 +141,8 @@ def control_plane() -> None:
 
     settings = ControlPlaneSettings()
     host, _, port = settings.listen.rpartition(":")
-    uvicorn.run(create_app(settings), host=host or "127.0.0.1", port=int(port), log_level="warning",
-                access_log=False)
+    uvicorn.run(create_app(settings), host=host or "127.0.0.1", port=int(port), log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    app()

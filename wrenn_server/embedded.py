@@ -36,8 +36,11 @@ async def run_embedded(cp_settings: ControlPlaneSettings, agent_settings: AgentS
     host, _, port = cp_settings.listen.rpartition(":")
     host = host or "127.0.0.1"
     app = create_app(cp_settings)
-    server = _Server(uvicorn.Config(app, host=host, port=int(port), log_level="warning", access_log=False,
-                                   ws="websockets-sansio", lifespan="on"))
+    server = _Server(
+        uvicorn.Config(
+            app, host=host, port=int(port), log_level="warning", access_log=False, ws="websockets-sansio", lifespan="on"
+        )
+    )
     serving = asyncio.create_task(server.serve())
     while not server.started:
         if serving.done():
@@ -58,13 +61,19 @@ async def run_embedded(cp_settings: ControlPlaneSettings, agent_settings: AgentS
         agent_settings.cp_url = agent_settings.cp_url or base_url
         await agent.start(token or "")
         control_plane.reconciler.kick()
-        lines = [f"WRENN_BASE_URL={base_url}", f"WRENN_API_KEY={key}",
-                 f"WRENN_PROXY_DOMAIN={cp_settings.proxy_domain or f'localhost:{port}'}"]
+        lines = [
+            f"WRENN_BASE_URL={base_url}",
+            f"WRENN_API_KEY={key}",
+            f"WRENN_PROXY_DOMAIN={cp_settings.proxy_domain or f'localhost:{port}'}",
+        ]
         env_path.write_text("\n".join(lines) + "\n")
         env_path.chmod(0o600)
         print("\n".join(lines), flush=True)
-        print(f"# wrenn is up (runtime {agent.manager.runtime.name if agent.manager else '?'}); "
-              f"`set -a; . {env_path}` configures the SDK; Ctrl-C stops", flush=True)
+        print(
+            f"# wrenn is up (runtime {agent.manager.runtime.name if agent.manager else '?'}); "
+            f"`set -a; . {env_path}` configures the SDK; Ctrl-C stops",
+            flush=True,
+        )
         stop_wait = asyncio.create_task(stop.wait())
         await asyncio.wait({stop_wait, serving}, return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()

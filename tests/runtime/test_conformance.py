@@ -24,8 +24,9 @@ def new_id() -> str:
 
 
 async def create(agent: AgentHandle, **kw: object) -> pb.SandboxInfo:
-    req = pb.CreateSandboxRequest(sandbox_id=new_id(), template="minimal", vcpus=1, memory_mb=512,
-                                  disk_size_mb=1024, **kw)  # type: ignore[arg-type]
+    req = pb.CreateSandboxRequest(
+        sandbox_id=new_id(), template="minimal", vcpus=1, memory_mb=512, disk_size_mb=1024, **kw
+    )  # type: ignore[arg-type]
     return await agent.stub.CreateSandbox(req, metadata=agent.md)
 
 
@@ -48,8 +49,13 @@ async def test_created_capsule_is_running_and_listed(agent: AgentHandle, capsule
 
 
 async def test_exec_exit_codes_output_env_cwd(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:
-    out = await sh(agent, capsule, 'echo out; echo err >&2; echo "$FOO $FROM_TEMPLATE"; pwd; exit 42',
-                   envs={"FOO": "bar"}, cwd="/usr")
+    out = await sh(
+        agent,
+        capsule,
+        'echo out; echo err >&2; echo "$FOO $FROM_TEMPLATE"; pwd; exit 42',
+        envs={"FOO": "bar"},
+        cwd="/usr",
+    )
     assert out.exit_code == 42
     assert out.stdout == b"out\nbar yes\n/usr\n"
     assert out.stderr == b"err\n"
@@ -66,9 +72,10 @@ async def test_exec_binary_output_and_timeout(agent: AgentHandle, capsule: pb.Sa
 
 
 async def test_background_list_connect_kill(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:
-    started = await agent.stub.StartBackground(pb.ExecRequest(
-        sandbox_id=capsule.sandbox_id, cmd="/bin/sh", args=["-c", "echo early; sleep 300"], tag="bg-1"),
-        metadata=agent.md)
+    started = await agent.stub.StartBackground(
+        pb.ExecRequest(sandbox_id=capsule.sandbox_id, cmd="/bin/sh", args=["-c", "echo early; sleep 300"], tag="bg-1"),
+        metadata=agent.md,
+    )
     assert started.pid > 0 and started.tag == "bg-1"
     procs = (await agent.stub.ListProcesses(pb.SandboxRef(sandbox_id=capsule.sandbox_id), metadata=agent.md)).processes
     assert any(p.tag == "bg-1" and p.pid == started.pid for p in procs)
@@ -78,8 +85,10 @@ async def test_background_list_connect_kill(agent: AgentHandle, capsule: pb.Sand
     assert first.WhichOneof("event") == "start" and first.start.pid == started.pid
     replay = await stream.read()
     assert replay.stdout == b"early\n"
-    await agent.stub.KillProcess(pb.KillProcessRequest(
-        process=pb.ProcessRef(sandbox_id=capsule.sandbox_id, tag="bg-1"), signal="SIGKILL"), metadata=agent.md)
+    await agent.stub.KillProcess(
+        pb.KillProcessRequest(process=pb.ProcessRef(sandbox_id=capsule.sandbox_id, tag="bg-1"), signal="SIGKILL"),
+        metadata=agent.md,
+    )
     end = await stream.read()
     assert end.WhichOneof("event") == "end" and end.end.exit_code == 137
     procs = (await agent.stub.ListProcesses(pb.SandboxRef(sandbox_id=capsule.sandbox_id), metadata=agent.md)).processes
@@ -87,9 +96,12 @@ async def test_background_list_connect_kill(agent: AgentHandle, capsule: pb.Sand
 
 
 async def test_exec_stream_events_in_order(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:
-    call = agent.stub.ExecStream(pb.ExecRequest(sandbox_id=capsule.sandbox_id, cmd="/bin/sh",
-                                                args=["-c", "echo a; sleep 0.2; echo b >&2; exit 3"]),
-                                 metadata=agent.md)
+    call = agent.stub.ExecStream(
+        pb.ExecRequest(
+            sandbox_id=capsule.sandbox_id, cmd="/bin/sh", args=["-c", "echo a; sleep 0.2; echo b >&2; exit 3"]
+        ),
+        metadata=agent.md,
+    )
     kinds = [(e.WhichOneof("event"), e) async for e in call]
     assert kinds[0][0] == "start"
     assert [(k, getattr(e, k)) for k, e in kinds[1:-1]] == [("stdout", b"a\n"), ("stderr", b"b\n")]
@@ -97,9 +109,12 @@ async def test_exec_stream_events_in_order(agent: AgentHandle, capsule: pb.Sandb
 
 
 async def test_pty_resize_and_input(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:
-    started = await agent.stub.StartBackground(pb.ExecRequest(
-        sandbox_id=capsule.sandbox_id, cmd="/bin/sh", tag="pty-test", stdin=True,
-        pty=pb.PtySize(cols=80, rows=24)), metadata=agent.md)
+    started = await agent.stub.StartBackground(
+        pb.ExecRequest(
+            sandbox_id=capsule.sandbox_id, cmd="/bin/sh", tag="pty-test", stdin=True, pty=pb.PtySize(cols=80, rows=24)
+        ),
+        metadata=agent.md,
+    )
     ref = pb.ProcessRef(sandbox_id=capsule.sandbox_id, tag="pty-test")
     await agent.stub.ResizePty(pb.ResizeRequest(process=ref, cols=123, rows=45), metadata=agent.md)
     stream = agent.stub.ConnectProcess(ref, metadata=agent.md)
@@ -130,16 +145,32 @@ async def test_files_round_trip_and_errors(agent: AgentHandle, capsule: pb.Sandb
 
     entry = await agent.stub.WriteFileStream(upload(), metadata=agent.md)
     assert entry.size == len(data) and entry.type == "file"
-    got = b"".join([c.data async for c in agent.stub.ReadFileStream(pb.PathRequest(sandbox_id=sid, path="/data/deep/blob.bin"), metadata=agent.md)])
+    got = b"".join(
+        [
+            c.data
+            async for c in agent.stub.ReadFileStream(
+                pb.PathRequest(sandbox_id=sid, path="/data/deep/blob.bin"), metadata=agent.md
+            )
+        ]
+    )
     assert got == data
     listing = await agent.stub.ListDir(pb.ListDirRequest(sandbox_id=sid, path="/data", depth=2), metadata=agent.md)
     assert [e.path for e in listing.entries] == ["/data/deep", "/data/deep/blob.bin"]
     made = await agent.stub.MakeDir(pb.PathRequest(sandbox_id=sid, path="/data/new"), metadata=agent.md)
     assert made.type == "directory"
     for call, code in [
-        (agent.stub.MakeDir(pb.PathRequest(sandbox_id=sid, path="/data/new"), metadata=agent.md), grpc.StatusCode.ALREADY_EXISTS),
-        (agent.stub.ListDir(pb.ListDirRequest(sandbox_id=sid, path="/nope"), metadata=agent.md), grpc.StatusCode.NOT_FOUND),
-        (agent.stub.StatPath(pb.PathRequest(sandbox_id=sid, path="/nope"), metadata=agent.md), grpc.StatusCode.NOT_FOUND),
+        (
+            agent.stub.MakeDir(pb.PathRequest(sandbox_id=sid, path="/data/new"), metadata=agent.md),
+            grpc.StatusCode.ALREADY_EXISTS,
+        ),
+        (
+            agent.stub.ListDir(pb.ListDirRequest(sandbox_id=sid, path="/nope"), metadata=agent.md),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        (
+            agent.stub.StatPath(pb.PathRequest(sandbox_id=sid, path="/nope"), metadata=agent.md),
+            grpc.StatusCode.NOT_FOUND,
+        ),
     ]:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
@@ -166,14 +197,20 @@ async def test_memory_limit_is_applied(agent: AgentHandle) -> None:
 async def test_network_reachability_and_isolation(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:
     other = await create(agent)
     try:
-        await agent.stub.StartBackground(pb.ExecRequest(
-            sandbox_id=other.sandbox_id, cmd="python3", args=["-m", "http.server", "--bind", "127.0.0.1", "8080"]),
-            metadata=agent.md)
+        await agent.stub.StartBackground(
+            pb.ExecRequest(
+                sandbox_id=other.sandbox_id, cmd="python3", args=["-m", "http.server", "--bind", "127.0.0.1", "8080"]
+            ),
+            metadata=agent.md,
+        )
         # A service bound to the capsule's loopback is forwarded to its own address, so the host reaches it.
         url = f"http://{other.host_ip}:8080/"
         for _ in range(50):
-            probe = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "1", url],
-                                   capture_output=True, text=True)
+            probe = subprocess.run(
+                ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "1", url],
+                capture_output=True,
+                text=True,
+            )
             if probe.stdout == "200":
                 break
             await asyncio.sleep(0.2)
@@ -181,7 +218,9 @@ async def test_network_reachability_and_isolation(agent: AgentHandle, capsule: p
         # ...but no capsule reaches another capsule.
         cross = await sh(agent, capsule, f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 2 {url} || true")
         assert cross.stdout.strip() in (b"000", b"")
-        assert (await sh(agent, capsule, "ip -4 -o addr show eth0 2>/dev/null || cat /proc/net/fib_trie")).exit_code == 0
+        assert (
+            await sh(agent, capsule, "ip -4 -o addr show eth0 2>/dev/null || cat /proc/net/fib_trie")
+        ).exit_code == 0
     finally:
         await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=other.sandbox_id), metadata=agent.md)
 
@@ -192,18 +231,30 @@ async def test_egress_is_nated(agent: AgentHandle, capsule: pb.SandboxInfo) -> N
     cmds = [
         f"ip netns add {ns}",
         f"ip link add wrenn-tout type veth peer name eth0 netns {ns}",
-        "ip addr add 198.18.0.1/24 dev wrenn-tout", "ip link set wrenn-tout up",
-        f"ip -n {ns} addr add 198.18.0.2/24 dev eth0", f"ip -n {ns} link set eth0 up",
-        f"ip -n {ns} link set lo up", f"ip -n {ns} route add default via 198.18.0.1",
+        "ip addr add 198.18.0.1/24 dev wrenn-tout",
+        "ip link set wrenn-tout up",
+        f"ip -n {ns} addr add 198.18.0.2/24 dev eth0",
+        f"ip -n {ns} link set eth0 up",
+        f"ip -n {ns} link set lo up",
+        f"ip -n {ns} route add default via 198.18.0.1",
     ]
     for c in cmds:
         subprocess.run(c.split(), check=True)
-    server = subprocess.Popen(["ip", "netns", "exec", ns, "python3", "-m", "http.server", "--bind", "198.18.0.2", "8000"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", ns, "python3", "-m", "http.server", "--bind", "198.18.0.2", "8000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         out = b""
         for _ in range(20):
-            out = (await sh(agent, capsule, "curl -s -o /dev/null -w '%{http_code}' --max-time 2 http://198.18.0.2:8000/ || true")).stdout
+            out = (
+                await sh(
+                    agent,
+                    capsule,
+                    "curl -s -o /dev/null -w '%{http_code}' --max-time 2 http://198.18.0.2:8000/ || true",
+                )
+            ).stdout
             if out == b"200":
                 break
             await asyncio.sleep(0.2)
@@ -237,8 +288,9 @@ async def test_agent_restart_readopts_and_reports_lost(agent: AgentHandle) -> No
     keep = await create(agent)
     lose = await create(agent)
     await sh(agent, keep, "echo kept > /root/mark")
-    bg = await agent.stub.StartBackground(pb.ExecRequest(sandbox_id=keep.sandbox_id, cmd="sleep", args=["600"],
-                                                          tag="survivor"), metadata=agent.md)
+    bg = await agent.stub.StartBackground(
+        pb.ExecRequest(sandbox_id=keep.sandbox_id, cmd="sleep", args=["600"], tag="survivor"), metadata=agent.md
+    )
     await agent.agent.stop()
     # While the agent is down, one capsule dies.
     runsc_root = agent.settings.dir / "runsc"
@@ -259,3 +311,16 @@ async def test_calls_without_the_token_are_refused(agent: AgentHandle) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await agent.stub.ListSandboxes(pb.Empty())
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_everyday_tools_work(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:
+    """coreutils, procps, git and python behave as on a normal Debian machine."""
+    out = await sh(
+        agent,
+        capsule,
+        "mkdir -p /w && echo hi > /w/f && stat -c %s /w/f && ls -la /w | wc -l "
+        "&& ps -e | grep -c python3 >/dev/null && git --version >/dev/null "
+        "&& python3 -c 'print(6*7)' && sudo -n true && echo done",
+    )
+    assert out.exit_code == 0, out.stderr
+    assert out.stdout.split() == [b"3", b"4", b"42", b"done"]

@@ -8,7 +8,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .db.engine import SessionMaker, make_engine, make_sessionmaker
 from .db.migrate import migrate
+from .services.activity import ActivityTracker
 from .services.agents import AgentPool
+from .services.auth import KeyCache
 from .services.capsules import CapsuleService
 from .services.exec import ExecService
 from .services.files import FileService
@@ -29,6 +31,7 @@ class ControlPlane:
     exec: ExecService
     files: FileService
     reconciler: Reconciler
+    keys: KeyCache
 
     @classmethod
     async def start(cls, settings: ControlPlaneSettings) -> ControlPlane:
@@ -38,7 +41,8 @@ class ControlPlane:
         sessionmaker = make_sessionmaker(engine)
         pool = AgentPool()
         tasks = TaskTracker()
-        capsules = CapsuleService(sessionmaker, pool, tasks, settings.create_wait_sec)
+        activity = ActivityTracker(sessionmaker)
+        capsules = CapsuleService(sessionmaker, pool, tasks, settings.create_wait_sec, activity)
         reconciler = Reconciler(
             sessionmaker,
             pool,
@@ -57,12 +61,15 @@ class ControlPlane:
             exec=ExecService(capsules, pool),
             files=FileService(capsules, pool),
             reconciler=reconciler,
+            keys=KeyCache(),
         )
         reconciler.start()
+        activity.start()
         return cp
 
     async def close(self) -> None:
         await self.reconciler.stop()
+        await self.capsules.activity.stop()
         await self.tasks.close()
         await self.pool.close()
         await self.engine.dispose()

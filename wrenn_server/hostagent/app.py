@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 
 from . import proc
 from .manager import SandboxManager
@@ -27,7 +28,7 @@ class HostAgent:
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
-    def credentials_path(self):  # type: ignore[no-untyped-def]
+    def credentials_path(self) -> Path:
         return self.settings.dir / "host-credentials.json"
 
     async def start(self, registration_token: str = "") -> None:
@@ -43,8 +44,7 @@ class HostAgent:
         token = registration_token or self.settings.registration_token
         creds = Credentials.load(self.credentials_path)
         if token and self.settings.cp_url:
-            creds = await register(self.settings.cp_url, token, self.settings.advertised_address,
-                                   self.settings.dir)
+            creds = await register(self.settings.cp_url, token, self.settings.advertised_address, self.settings.dir)
             creds.save(self.credentials_path)
         if creds is None:
             log.warning("not registered with a control plane: set WRENN_CP_URL and WRENN_REGISTRATION_TOKEN")

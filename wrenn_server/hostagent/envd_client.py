@@ -125,8 +125,9 @@ class EnvdClient:
 
     async def read_file(self, path: str) -> AsyncIterator[bytes]:
         try:
-            async with self._http.stream("GET", "/files", params={"path": path},
-                                         timeout=httpx.Timeout(None, connect=5.0)) as resp:
+            async with self._http.stream(
+                "GET", "/files", params={"path": path}, timeout=httpx.Timeout(None, connect=5.0)
+            ) as resp:
                 if resp.status_code >= 400:
                     raise _error(resp.status_code, await resp.aread())
                 async for chunk in resp.aiter_bytes(65536):

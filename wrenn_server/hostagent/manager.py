@@ -65,19 +65,24 @@ class SandboxManager:
         live: list[SandboxRecord] = []
         for record in self.records.load_all():
             if record.runtime != self.runtime.name:
-                log.warning("capsule %s belongs to runtime %s, not %s; leaving it", record.sandbox_id,
-                            record.runtime, self.runtime.name)
+                log.warning(
+                    "capsule %s belongs to runtime %s, not %s; leaving it",
+                    record.sandbox_id,
+                    record.runtime,
+                    self.runtime.name,
+                )
                 continue
             state = await self.runtime.state(record.sandbox_id)
-            netns_alive = Slot(record.slot).guest.netns_path.exists()
+            netns_alive = Slot(record.slot).guest.netns_path.exists() and self.network.owns(record.slot)
             if record.status == "running" and state is RuntimeState.RUNNING and netns_alive:
                 live.append(record)
                 continue
             if record.status != "error":
                 record.status = "error"
                 record.error = (
-                    "the capsule stopped while the host agent was not running" if netns_alive or
-                    state is not RuntimeState.RUNNING else "the capsule's network namespace was removed"
+                    "the capsule stopped while the host agent was not running"
+                    if netns_alive or state is not RuntimeState.RUNNING
+                    else "the capsule's network namespace was removed"
                 )
                 self.records.save(record)
             self._tombstones[record.sandbox_id] = record
@@ -119,10 +124,19 @@ class SandboxManager:
             template_dir = self.storage.template_dir(req.team_id, req.template_id, req.template)
             slot = self.network.allocate()
             record = SandboxRecord(
-                sandbox_id=req.sandbox_id, runtime=self.runtime.name, slot=slot.index, template=req.template,
-                template_id=req.template_id, team_id=req.team_id, template_dir=str(template_dir),
-                vcpus=req.vcpus, memory_mb=req.memory_mb, disk_size_mb=req.disk_size_mb,
-                timeout_sec=req.timeout_sec, default_user=req.default_user, default_env=dict(req.default_env),
+                sandbox_id=req.sandbox_id,
+                runtime=self.runtime.name,
+                slot=slot.index,
+                template=req.template,
+                template_id=req.template_id,
+                team_id=req.team_id,
+                template_dir=str(template_dir),
+                vcpus=req.vcpus,
+                memory_mb=req.memory_mb,
+                disk_size_mb=req.disk_size_mb,
+                timeout_sec=req.timeout_sec,
+                default_user=req.default_user,
+                default_env=dict(req.default_env),
                 created_at=time.time(),
             )
             self.records.save(record)
@@ -171,9 +185,13 @@ class SandboxManager:
 
     def _spec(self, record: SandboxRecord, slot: Slot) -> SandboxSpec:
         return SandboxSpec(
-            sandbox_id=record.sandbox_id, template_dir=Path(record.template_dir),
-            workdir=self.records.workdir(record.sandbox_id), vcpus=record.vcpus, memory_mb=record.memory_mb,
-            disk_size_mb=record.disk_size_mb, network=slot.guest,
+            sandbox_id=record.sandbox_id,
+            template_dir=Path(record.template_dir),
+            workdir=self.records.workdir(record.sandbox_id),
+            vcpus=record.vcpus,
+            memory_mb=record.memory_mb,
+            disk_size_mb=record.disk_size_mb,
+            network=slot.guest,
         )
 
     def _console_tail(self, sandbox_id: str) -> str:

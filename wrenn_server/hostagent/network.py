@@ -110,14 +110,18 @@ class Network:
         for index in live_slots:
             self.claim(index)
         for entry in self._slots.iterdir():
-            if entry.name.isdigit() and int(entry.name) not in live_slots and self._owner_of(int(entry.name)) == self._owner:
+            if (
+                entry.name.isdigit()
+                and int(entry.name) not in live_slots
+                and self._owner_of(int(entry.name)) == self._owner
+            ):
                 await self.teardown(Slot(int(entry.name)))
         listing = await proc.run(["ip", "netns", "list"])
         for line in listing.stdout.decode().splitlines():
             name = line.split()[0] if line.strip() else ""
             for prefix in ("wrenn-ns-", "wrenn-cns-"):
-                index = name[len(prefix) :]
-                if name.startswith(prefix) and index.isdigit() and self._owner_of(int(index)) is None:
+                suffix = name[len(prefix) :]
+                if name.startswith(prefix) and suffix.isdigit() and self._owner_of(int(suffix)) is None:
                     log.info("reclaiming leftover namespace %s", name)
                     await proc.run(["ip", "netns", "del", name], check=False)
 
@@ -135,8 +139,12 @@ class Network:
             return Slot(index)
         raise NoCapacity("no free network slot on this host")
 
+    def owns(self, index: int) -> bool:
+        """Whether the slot is ours or free (its file is gone after a reboot of /run)."""
+        return self._owner_of(index) in (None, self._owner)
+
     def claim(self, index: int) -> Slot:
-        """Take back a slot a re-adopted capsule holds (its file is gone after a reboot of /run)."""
+        """Take back the slot of a re-adopted capsule."""
         self._slots.mkdir(parents=True, exist_ok=True)
         (self._slots / str(index)).write_text(self._owner)
         self._used.add(index)
@@ -171,16 +179,27 @@ link set lo up
 route add default via {GUEST_GATEWAY}
 """
         nat = f"""table ip wrenn {{
-  chain prerouting {{ type nat hook prerouting priority dstnat; iifname "eth0" ip daddr {slot.host_ip} dnat to {GUEST_ADDRESS}; }}
-  chain postrouting {{ type nat hook postrouting priority srcnat; oifname "eth0" ip saddr {GUEST_ADDRESS} snat to {slot.veth_peer}; }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; iifname "eth0" ip daddr {slot.host_ip} dnat to {GUEST_ADDRESS};
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; oifname "eth0" ip saddr {GUEST_ADDRESS} snat to {slot.veth_peer};
+  }}
 }}
 """
         await proc.run(["ip", "-batch", "-"], input=host.encode())
         await proc.run(["ip", "-n", slot.router_ns, "-batch", "-"], input=router.encode())
         await proc.run(["ip", "-n", slot.capsule_ns, "-batch", "-"], input=capsule.encode())
         await proc.run(
-            ["ip", "netns", "exec", slot.router_ns, "sh", "-c",
-             "echo 1 > /proc/sys/net/ipv4/ip_forward && exec nft -f -"],
+            [
+                "ip",
+                "netns",
+                "exec",
+                slot.router_ns,
+                "sh",
+                "-c",
+                "echo 1 > /proc/sys/net/ipv4/ip_forward && exec nft -f -",
+            ],
             input=nat.encode(),
         )
         await proc.run(["ip", "route", "add", f"{slot.host_ip}/32", "via", slot.veth_peer, "dev", slot.veth])
@@ -191,9 +210,7 @@ route add default via {GUEST_GATEWAY}
         await proc.run(
             ["ip", "-n", slot.capsule_ns, "addr", "replace", f"{GUEST_ADDRESS}/{GUEST_PREFIX}", "dev", "eth0"]
         )
-        await proc.run(
-            ["ip", "-n", slot.capsule_ns, "route", "replace", "default", "via", GUEST_GATEWAY], check=False
-        )
+        await proc.run(["ip", "-n", slot.capsule_ns, "route", "replace", "default", "via", GUEST_GATEWAY], check=False)
 
     async def teardown(self, slot: Slot) -> None:
         for ns in (slot.capsule_ns, slot.router_ns):

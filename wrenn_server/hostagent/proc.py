@@ -88,12 +88,7 @@ def reap_orphans() -> None:
         pid = int(entry.name)
         comm = stat[stat.find("(") + 1 : stat.rfind(")")]
         # Only inherited runtime processes: reaping a child asyncio spawned would steal its exit status.
-        if (
-            fields[0] == "Z"
-            and int(fields[1]) == me
-            and pid not in _spawned
-            and comm.startswith(ORPHAN_PREFIXES)
-        ):
+        if fields[0] == "Z" and int(fields[1]) == me and pid not in _spawned and comm.startswith(ORPHAN_PREFIXES):
             try:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:

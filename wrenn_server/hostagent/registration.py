@@ -54,13 +54,19 @@ def machine_facts(data_dir: Path) -> dict[str, object]:
 
 async def register(cp_url: str, token: str, address: str, data_dir: Path) -> Credentials:
     async with httpx.AsyncClient(base_url=cp_url, timeout=30) as http:
-        resp = await http.post("/v1/hosts/register",
-                               json={"token": token, "address": address, **machine_facts(data_dir)})
+        resp = await http.post(
+            "/v1/hosts/register", json={"token": token, "address": address, **machine_facts(data_dir)}
+        )
     if resp.status_code != 201:
         raise RegistrationError(f"the control plane refused the registration ({resp.status_code}): {resp.text}")
     body = resp.json()
-    return Credentials(host_id=body["host"]["id"], token=body["token"], refresh_token=body["refresh_token"],
-                       rpc_token=body["rpc_token"], cp_url=cp_url)
+    return Credentials(
+        host_id=body["host"]["id"],
+        token=body["token"],
+        refresh_token=body["refresh_token"],
+        rpc_token=body["rpc_token"],
+        cp_url=cp_url,
+    )
 
 
 class Heartbeat:
@@ -82,8 +88,11 @@ class Heartbeat:
                 await asyncio.sleep(self.interval)
 
     async def beat(self, http: httpx.AsyncClient) -> None:
-        resp = await http.post(f"/v1/hosts/{self.creds.host_id}/heartbeat",
-                               headers={"X-Host-Token": self.creds.token}, json=machine_facts(self.data_dir))
+        resp = await http.post(
+            f"/v1/hosts/{self.creds.host_id}/heartbeat",
+            headers={"X-Host-Token": self.creds.token},
+            json=machine_facts(self.data_dir),
+        )
         if resp.status_code in (401, 403):
             await self.refresh(http)
         elif resp.status_code == 404:

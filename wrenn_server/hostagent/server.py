@@ -70,10 +70,18 @@ def streaming(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterato
 
 def _info(record: SandboxRecord, host_ip: str, disk_used: int = 0) -> pb.SandboxInfo:
     return pb.SandboxInfo(
-        sandbox_id=record.sandbox_id, status=record.status, host_ip=host_ip, error=record.error,
+        sandbox_id=record.sandbox_id,
+        status=record.status,
+        host_ip=host_ip,
+        error=record.error,
         disk_used_bytes=disk_used,
-        metadata={"runtime": record.runtime, "vmm_version": "", "envd_version": __version__,
-                  "agent_version": __version__, "kernel_version": platform.release()},
+        metadata={
+            "runtime": record.runtime,
+            "vmm_version": "",
+            "envd_version": __version__,
+            "agent_version": __version__,
+            "kernel_version": platform.release(),
+        },
     )
 
 
@@ -112,14 +120,20 @@ def _event(event: dict[str, Any]) -> pb.ProcessEvent:
 
 def _entry(raw: dict[str, Any]) -> pb.FileEntry:
     return pb.FileEntry(
-        name=raw.get("name", ""), path=raw.get("path", ""), type=raw.get("type", "file"),
-        size=int(raw.get("size", 0)), mode=int(raw.get("mode", 0)), permissions=raw.get("permissions", ""),
-        owner=raw.get("owner", ""), group=raw.get("group", ""), modified_at=int(raw.get("modified_at", 0)),
+        name=raw.get("name", ""),
+        path=raw.get("path", ""),
+        type=raw.get("type", "file"),
+        size=int(raw.get("size", 0)),
+        mode=int(raw.get("mode", 0)),
+        permissions=raw.get("permissions", ""),
+        owner=raw.get("owner", ""),
+        group=raw.get("group", ""),
+        modified_at=int(raw.get("modified_at", 0)),
         symlink_target=raw.get("symlink_target") or "",
     )
 
 
-class Servicer(pb_grpc.HostAgentServiceServicer):  # type: ignore[misc]
+class Servicer(pb_grpc.HostAgentServiceServicer):
     def __init__(self, manager: SandboxManager, auth: Auth) -> None:
         self.manager = manager
         self.auth = auth
@@ -128,18 +142,31 @@ class Servicer(pb_grpc.HostAgentServiceServicer):  # type: ignore[misc]
     async def Ping(self, request: pb.PingRequest, context: Any) -> pb.PingResponse:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
         disk = shutil.disk_usage(self.manager.storage.root).total // (1024**3)
-        return pb.PingResponse(version=__version__, runtime=self.manager.runtime.name,
-                               cpu_cores=os.cpu_count() or 1, memory_mb=mem, disk_gb=disk,
-                               arch=platform.machine())
+        return pb.PingResponse(
+            version=__version__,
+            runtime=self.manager.runtime.name,
+            cpu_cores=os.cpu_count() or 1,
+            memory_mb=mem,
+            disk_gb=disk,
+            arch=platform.machine(),
+        )
 
     @unary
     async def CreateSandbox(self, request: pb.CreateSandboxRequest, context: Any) -> pb.SandboxInfo:
-        sandbox = await self.manager.create(CreateRequest(
-            sandbox_id=request.sandbox_id, template=request.template, template_id=request.template_id,
-            team_id=request.team_id, vcpus=request.vcpus, memory_mb=request.memory_mb,
-            disk_size_mb=request.disk_size_mb, timeout_sec=request.timeout_sec,
-            default_user=request.default_user, default_env=dict(request.default_env),
-        ))
+        sandbox = await self.manager.create(
+            CreateRequest(
+                sandbox_id=request.sandbox_id,
+                template=request.template,
+                template_id=request.template_id,
+                team_id=request.team_id,
+                vcpus=request.vcpus,
+                memory_mb=request.memory_mb,
+                disk_size_mb=request.disk_size_mb,
+                timeout_sec=request.timeout_sec,
+                default_user=request.default_user,
+                default_env=dict(request.default_env),
+            )
+        )
         return _info(sandbox.record, sandbox.slot.host_ip)
 
     @unary
@@ -166,8 +193,13 @@ class Servicer(pb_grpc.HostAgentServiceServicer):  # type: ignore[misc]
     async def Exec(self, request: pb.ExecRequest, context: Any) -> pb.ExecResponse:
         envd = self.manager.active(request.sandbox_id)
         out = await envd.run(_exec_body(request), request.timeout_sec)
-        return pb.ExecResponse(pid=out.get("pid", 0), exit_code=out["exit_code"], stdout=out["stdout"],
-                               stderr=out["stderr"], duration_ms=out.get("duration_ms", 0))
+        return pb.ExecResponse(
+            pid=out.get("pid", 0),
+            exit_code=out["exit_code"],
+            stdout=out["stdout"],
+            stderr=out["stderr"],
+            duration_ms=out.get("duration_ms", 0),
+        )
 
     @streaming
     async def ExecStream(self, request: pb.ExecRequest, context: Any) -> AsyncIterator[pb.ProcessEvent]:
@@ -184,10 +216,12 @@ class Servicer(pb_grpc.HostAgentServiceServicer):  # type: ignore[misc]
     @unary
     async def ListProcesses(self, request: pb.SandboxRef, context: Any) -> pb.ListProcessesResponse:
         envd = self.manager.active(request.sandbox_id)
-        return pb.ListProcessesResponse(processes=[
-            pb.ProcessInfo(pid=p["pid"], tag=p.get("tag") or "", cmd=p.get("cmd", ""), args=p.get("args") or [])
-            for p in await envd.processes()
-        ])
+        return pb.ListProcessesResponse(
+            processes=[
+                pb.ProcessInfo(pid=p["pid"], tag=p.get("tag") or "", cmd=p.get("cmd", ""), args=p.get("args") or [])
+                for p in await envd.processes()
+            ]
+        )
 
     @unary
     async def KillProcess(self, request: pb.KillProcessRequest, context: Any) -> pb.Empty:
@@ -206,8 +240,9 @@ class Servicer(pb_grpc.HostAgentServiceServicer):  # type: ignore[misc]
     @unary
     async def SendInput(self, request: pb.SendInputRequest, context: Any) -> pb.Empty:
         envd = self.manager.active(request.process.sandbox_id)
-        await envd.process_call("input", {**_selector(request.process),
-                                          "data": base64.b64encode(request.data).decode()})
+        await envd.process_call(
+            "input", {**_selector(request.process), "data": base64.b64encode(request.data).decode()}
+        )
         return pb.Empty()
 
     @unary
@@ -215,8 +250,7 @@ class Servicer(pb_grpc.HostAgentServiceServicer):  # type: ignore[misc]
         envd = self.manager.active(request.process.sandbox_id)
         if request.cols <= 0 or request.rows <= 0:
             raise InvalidArgument("cols and rows must be positive")
-        await envd.process_call("resize", {**_selector(request.process), "cols": request.cols,
-                                           "rows": request.rows})
+        await envd.process_call("resize", {**_selector(request.process), "cols": request.cols, "rows": request.rows})
         return pb.Empty()
 
     @streaming
@@ -225,8 +259,9 @@ class Servicer(pb_grpc.HostAgentServiceServicer):  # type: ignore[misc]
         async for chunk in envd.read_file(request.path):
             yield pb.FileChunk(data=chunk)
 
-    async def WriteFileStream(self, request_iterator: AsyncIterator[pb.WriteFileChunk],
-                              context: grpc.aio.ServicerContext) -> pb.FileEntry:
+    async def WriteFileStream(
+        self, request_iterator: AsyncIterator[pb.WriteFileChunk], context: grpc.aio.ServicerContext
+    ) -> pb.FileEntry:
         if not self.auth.check(context):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong agent token")
         try:
@@ -275,11 +310,13 @@ class Servicer(pb_grpc.HostAgentServiceServicer):  # type: ignore[misc]
 
 
 def make_server(servicer: Servicer, listen: str) -> grpc.aio.Server:
-    server = grpc.aio.server(options=[
-        ("grpc.max_send_message_length", MAX_MESSAGE),
-        ("grpc.max_receive_message_length", MAX_MESSAGE),
-        ("grpc.so_reuseport", 0),
-    ])
-    pb_grpc.add_HostAgentServiceServicer_to_server(servicer, server)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_HostAgentServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     server.add_insecure_port(listen)
     return server

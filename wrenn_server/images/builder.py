@@ -20,8 +20,20 @@ from importlib import resources
 from pathlib import Path
 
 PACKAGES = (
-    "python3", "bash", "procps", "iproute2", "socat", "sudo", "curl", "ca-certificates", "git", "tini",
-    "util-linux", "less", "nano", "openssh-client",
+    "python3",
+    "bash",
+    "procps",
+    "iproute2",
+    "socat",
+    "sudo",
+    "curl",
+    "ca-certificates",
+    "git",
+    "tini",
+    "util-linux",
+    "less",
+    "nano",
+    "openssh-client",
 )
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -67,6 +79,10 @@ def _init_script() -> bytes:
     return (resources.files("wrenn_server.images") / "wrenn-init.sh").read_bytes()
 
 
+def _shim_source() -> bytes:
+    return (resources.files("wrenn_server.images") / "statx-shim.c").read_bytes()
+
+
 def base_key() -> str:
     text = json.dumps([BUILDER_VERSION, SUITE, MIRROR, PACKAGES])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -75,6 +91,7 @@ def base_key() -> str:
 def final_key() -> str:
     h = hashlib.sha256(base_key().encode())
     h.update(_init_script())
+    h.update(_shim_source())
     for path in sorted(_envd_dir().rglob("*.py")):
         h.update(path.name.encode())
         h.update(path.read_bytes())
@@ -110,13 +127,25 @@ def _debootstrap(base: Path, cache: Path, progress: Progress) -> None:
     base.mkdir(parents=True)
     cache.mkdir(parents=True, exist_ok=True)
     argv = [
-        "debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", f"--cache-dir={cache}",
-        SUITE, str(base / "rootfs"), MIRROR,
+        "debootstrap",
+        "--variant=minbase",
+        f"--include={','.join(PACKAGES)}",
+        f"--cache-dir={cache}",
+        SUITE,
+        str(base / "rootfs"),
+        MIRROR,
     ]
     progress("debootstrap: starting", 0.0)
     # debootstrap prints one line per package and phase; the phases give a fair sense of progress.
-    phases = {"Retrieving": 0.05, "Validating": 0.25, "Extracting": 0.35, "Installing": 0.5,
-              "Unpacking": 0.6, "Configuring": 0.8, "Base system installed": 0.95}
+    phases = {
+        "Retrieving": 0.05,
+        "Validating": 0.25,
+        "Extracting": 0.35,
+        "Installing": 0.5,
+        "Unpacking": 0.6,
+        "Configuring": 0.8,
+        "Base system installed": 0.95,
+    }
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as run:
         assert run.stdout is not None
         tail: list[str] = []
@@ -146,18 +175,31 @@ def _finalize(base_rootfs: Path, paths: ImagePaths, progress: Progress) -> None:
     init = rootfs / "usr/local/bin/wrenn-init"
     init.write_bytes(_init_script())
     init.chmod(0o755)
+    shim = rootfs / "usr/local/lib/wrenn/libstatx-shim.so"
+    # The host is Debian bookworm like the guest, so a library built here links against the same glibc.
+    subprocess.run(
+        ["gcc", "-O2", "-shared", "-fPIC", "-o", str(shim), "-x", "c", "-"], input=_shim_source(), check=True
+    )
+    (rootfs / "etc/ld.so.preload").write_text("/usr/local/lib/wrenn/libstatx-shim.so\n")
     (rootfs / "etc/hostname").write_text("capsule\n")
     (rootfs / "etc/hosts").write_text("127.0.0.1\tlocalhost capsule\n::1\tlocalhost ip6-localhost\n")
     (rootfs / "etc/resolv.conf").write_text("nameserver 1.1.1.1\nnameserver 8.8.8.8\n")
-    subprocess.run(["chroot", str(rootfs), "python3", "-m", "compileall", "-q", "/usr/local/lib/wrenn/envd"],
-                   check=True)
+    subprocess.run(
+        ["chroot", str(rootfs), "python3", "-m", "compileall", "-q", "/usr/local/lib/wrenn/envd"], check=True
+    )
     for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
         for item in (rootfs / junk).glob("*"):
             if item.is_file():
                 item.unlink()
     size = int(subprocess.run(["du", "-sb", str(rootfs)], capture_output=True, text=True).stdout.split()[0])
-    manifest = {"name": TEMPLATE, "key": key, "packages": list(PACKAGES), "suite": SUITE,
-                "size_bytes": size, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    manifest = {
+        "name": TEMPLATE,
+        "key": key,
+        "packages": list(PACKAGES),
+        "suite": SUITE,
+        "size_bytes": size,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
     version = paths.template / key
     shutil.rmtree(version, ignore_errors=True)

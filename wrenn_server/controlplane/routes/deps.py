@@ -8,7 +8,7 @@ from typing import Annotated, cast
 from fastapi import Depends, Header, Path, Request
 
 from ..errors import Forbidden, Unauthorized
-from ..ids import Kind, parse_id
+from ..ids import Kind, hash_secret, parse_id
 from ..services.auth import Principal, principal_from_api_key, principal_from_user_jwt
 from ..state import ControlPlane
 
@@ -26,9 +26,16 @@ async def caller(
     authorization: Annotated[str | None, Header(description="`Bearer <user JWT>`.")] = None,
 ) -> Principal:
     """`X-API-Key` first, then `Authorization: Bearer <JWT>`; anything else is 401."""
+    if x_api_key:
+        key_hash = hash_secret(x_api_key)
+        cached = cp.keys.get(key_hash)
+        if cached is not None:
+            return cached
     async with cp.sessionmaker() as session:
         if x_api_key:
-            return await principal_from_api_key(session, x_api_key)
+            principal = await principal_from_api_key(session, x_api_key)
+            cp.keys.put(key_hash, principal)
+            return principal
         if authorization:
             scheme, _, token = authorization.partition(" ")
             if scheme.lower() == "bearer" and token.strip():

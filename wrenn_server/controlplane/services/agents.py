@@ -6,7 +6,7 @@ Every failure leaves this module as a `WrennError` (see `errors.from_rpc_error`)
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -26,6 +26,10 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
+    # An agent that restarts must be reachable again at once, not after gRPC's default backoff (up to 2 min).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
 
@@ -111,16 +115,39 @@ class AgentClient:
         finally:
             call.cancel()
 
-    def open_write_stream(self, chunks: AsyncIterable[pb.WriteFileChunk]) -> UploadCall:
-        """Start WriteFileStream: first a `meta` message, then `data` chunks, drawn from `chunks`."""
-        return UploadCall(self._stub.WriteFileStream(chunks, metadata=self._metadata))
+    def open_write_stream(self, sandbox_id: str, path: str, chunks: AsyncIterable[bytes]) -> UploadCall:
+        """Start WriteFileStream: a `meta` message, one `data` message per item of `chunks`, then `end`."""
+        meta = pb.PathRequest(sandbox_id=sandbox_id, path=path)
+        return UploadCall(self._stub, self._metadata, meta, chunks)
 
 
 class UploadCall:
-    """A running client-streaming upload; `cancel()` aborts it without a clean end of stream."""
+    """A running client-streaming upload.
 
-    def __init__(self, call: Any) -> None:
-        self._call = call
+    The agent keeps the file only when the stream closes with an `end` message. `end` follows the last
+    chunk once `chunks` is exhausted, unless the upload was abandoned: then the stream closes without it,
+    and the agent discards what it received and answers INVALID_ARGUMENT. Abandoning lets the agent clean
+    up in order; `cancel()` tears the call down at once and is for a call the agent does not end.
+    """
+
+    def __init__(self, stub: Any, metadata: Any, meta: pb.PathRequest, chunks: AsyncIterable[bytes]) -> None:
+        self._abandoned = False
+        self._call = stub.WriteFileStream(self._messages(meta, chunks), metadata=metadata)
+
+    async def _messages(
+        self, meta: pb.PathRequest, chunks: AsyncIterable[bytes]
+    ) -> AsyncIterator[pb.WriteFileChunk]:
+        yield pb.WriteFileChunk(meta=meta)
+        async for chunk in chunks:
+            if self._abandoned:
+                return
+            yield pb.WriteFileChunk(data=chunk)
+        if not self._abandoned:
+            yield pb.WriteFileChunk(end=pb.Empty())
+
+    def abandon(self) -> None:
+        """Close the stream without `end` as soon as `chunks` yields or stops: no file is written."""
+        self._abandoned = True
 
     def cancel(self) -> None:
         self._call.cancel()

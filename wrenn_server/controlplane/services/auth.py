@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,6 +31,35 @@ class Principal:
     kind: Literal["api_key", "user"]
     actor_id: uuid.UUID
     is_admin: bool = False
+
+
+class KeyCache:
+    """Recently verified API keys, so the hot path (exec, files) skips a query per request.
+
+    A key deleted through this process is forgotten at once; elsewhere it stops working within `ttl`.
+    """
+
+    def __init__(self, ttl: float = 10.0) -> None:
+        self._ttl = ttl
+        self._entries: dict[str, tuple[Principal, float]] = {}
+
+    def get(self, key_hash: str) -> Principal | None:
+        entry = self._entries.get(key_hash)
+        if entry is None or entry[1] < time.monotonic():
+            self._entries.pop(key_hash, None)
+            return None
+        return entry[0]
+
+    def put(self, key_hash: str, principal: Principal) -> None:
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[key_hash] = (principal, time.monotonic() + self._ttl)
+
+    def forget_team(self, team_id: uuid.UUID) -> None:
+        self._entries = {k: v for k, v in self._entries.items() if v[0].team_id != team_id}
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 async def principal_from_api_key(session: AsyncSession, plaintext: str) -> Principal:

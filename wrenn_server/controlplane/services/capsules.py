@@ -7,14 +7,13 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 
 from ..db.engine import SessionMaker
 from ..db.models import Host, Sandbox, Team
-from ..db.types import utcnow
 from ..errors import (
     Conflict,
     HostUnavailable,
@@ -27,6 +26,7 @@ from ..errors import (
 )
 from ..ids import Kind, format_id, new_uuid
 from . import lifecycle
+from .activity import ActivityTracker
 from .agents import AgentPool, HostRef
 from .auth import Principal
 from .scheduler import pick_host
@@ -96,9 +96,15 @@ def not_running(row: Sandbox) -> InvalidState:
 
 class CapsuleService:
     def __init__(
-        self, sessionmaker: SessionMaker, pool: AgentPool, tasks: TaskTracker, wait_sec: float
+        self,
+        sessionmaker: SessionMaker,
+        pool: AgentPool,
+        tasks: TaskTracker,
+        wait_sec: float,
+        activity: ActivityTracker,
     ) -> None:
         self._sessionmaker = sessionmaker
+        self.activity = activity
         self._pool = pool
         self._tasks = tasks
         self._wait_sec = wait_sec
@@ -200,6 +206,10 @@ class CapsuleService:
         for _ in range(5):
             status = Status(row.status)
             if status in FINAL:
+                if status == Status.ERROR and host_ref is not None:
+                    # A failed capsule may still hold its disk and records on the host: free them, keep the status.
+                    wire_id = format_id(Kind.SANDBOX, row.id)
+                    self._tasks.spawn(lifecycle.destroy_on_agent(self._pool, host_ref, wire_id), name=f"free-{row.id}")
                 return
             if status == Status.STOPPING or await lifecycle.set_status(
                 self._sessionmaker, row.id, [status], Status.STOPPING
@@ -214,22 +224,26 @@ class CapsuleService:
     async def running(self, principal: Principal, sandbox_id: uuid.UUID) -> tuple[Sandbox, HostRef]:
         """The capsule and its host, or 409 `invalid_state` unless it is running."""
         async with self._sessionmaker() as session:
-            row = await self._scoped(session, principal, sandbox_id)
+            found = (
+                await session.execute(
+                    select(Sandbox, Host)
+                    .outerjoin(Host, Host.id == Sandbox.host_id)
+                    .where(Sandbox.id == sandbox_id)
+                )
+            ).first()
+            if found is None or found[0].team_id != principal.team_id:
+                raise NotFound("sandbox not found")
+            row, host = found
             if row.status != Status.RUNNING.value:
                 raise not_running(row)
-            host = await session.get(Host, row.host_id) if row.host_id else None
             if host is None:
                 raise HostUnavailable("the sandbox's host is gone")
             return row, HostRef.of(host)
 
-    async def touch(self, sandbox_id: uuid.UUID) -> None:
-        async with self._sessionmaker() as session:
-            await session.execute(
-                update(Sandbox).where(Sandbox.id == sandbox_id).values(last_active_at=utcnow())
-            )
-            await session.commit()
+    def touch(self, sandbox_id: uuid.UUID) -> None:
+        self.activity.mark(sandbox_id)
 
     async def ping(self, principal: Principal, sandbox_id: uuid.UUID) -> None:
         row, host = await self.running(principal, sandbox_id)
         await self._pool.client(host).ping_sandbox(format_id(Kind.SANDBOX, row.id))
-        await self.touch(row.id)
+        self.touch(row.id)

@@ -81,7 +81,7 @@ class ExecService:
         row, host = await self._capsules.running(principal, sandbox_id)
         wire_id = format_id(Kind.SANDBOX, row.id)
         response = await self._pool.client(host).exec(_request(wire_id, command, timeout=timeout))
-        await self._capsules.touch(row.id)
+        self._capsules.touch(row.id)
         stdout, stderr, encoding = _decode(response.stdout, response.stderr)
         return ExecResult(
             wire_id, command.cmd, stdout, stderr, response.exit_code, response.duration_ms, encoding
@@ -92,7 +92,7 @@ class ExecService:
         wire_id = format_id(Kind.SANDBOX, row.id)
         tag = command.tag or short_tag("proc")
         response = await self._pool.client(host).start_background(_request(wire_id, command, tag=tag))
-        await self._capsules.touch(row.id)
+        self._capsules.touch(row.id)
         return Background(wire_id, command.cmd, response.pid, response.tag or tag)
 
     async def processes(self, principal: Principal, sandbox_id: uuid.UUID) -> list[pb.ProcessInfo]:

@@ -20,6 +20,8 @@ CHUNK = 64 * 1024
 MAX_FIELD = 64 * 1024
 # File bytes that arrive before the `path` field are held until it does, up to this much.
 MAX_EARLY_FILE = 100 * 1024 * 1024
+# How long an abandoned upload waits for the agent to discard it before the call is cancelled.
+ABANDON_GRACE = 10.0
 
 
 def check_path(path: str) -> str:
@@ -36,14 +38,13 @@ class AgentWriter:
     def __init__(self, client: AgentClient, wire_id: str, path: str) -> None:
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4)
         self._buffer = bytearray()
-        self._meta = pb.PathRequest(sandbox_id=wire_id, path=path)
-        self._upload = client.open_write_stream(self._messages())
+        self._upload = client.open_write_stream(wire_id, path, self._chunks())
         self._call = asyncio.ensure_future(self._upload.result())
 
-    async def _messages(self) -> AsyncIterator[pb.WriteFileChunk]:
-        yield pb.WriteFileChunk(meta=self._meta)
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        # Ends on the None that `finish()` or `abort()` queues; only after `finish()` is the upload complete.
         while (chunk := await self._queue.get()) is not None:
-            yield pb.WriteFileChunk(data=chunk)
+            yield chunk
 
     async def _put(self, item: bytes | None) -> None:
         put = asyncio.ensure_future(self._queue.put(item))
@@ -69,10 +70,20 @@ class AgentWriter:
         return await self._call
 
     async def abort(self) -> None:
-        self._upload.cancel()  # a cancelled stream never reaches the agent as a complete file
-        self._call.cancel()
-        with suppress(BaseException):
-            await self._call
+        """End the stream without its end marker, so the agent discards the partial file and answers;
+        a call still open after ABANDON_GRACE (or an abort that is itself cancelled) is cancelled."""
+        self._upload.abandon()
+        while not self._queue.empty():  # what is still queued is not wanted any more
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)  # wakes `_chunks`, which ends the request stream
+        try:
+            await asyncio.wait({self._call}, timeout=ABANDON_GRACE)
+        finally:
+            if not self._call.done():
+                self._upload.cancel()
+                self._call.cancel()
+            with suppress(BaseException):
+                await self._call
 
 
 class FileService:

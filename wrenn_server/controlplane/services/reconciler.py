@@ -133,8 +133,7 @@ class Reconciler:
             elif (
                 status in STOPPED_OR_STOPPING
                 and info is not None
-                and agent_status not in ("stopped", "error")
-            ):
+            ):  # the host still holds what the row says is gone (a tombstone keeps disk and records)
                 log.info("destroying orphan %s on host %s", wire_id, host.address)
                 await destroy_on_agent(self._pool, host, wire_id)
 

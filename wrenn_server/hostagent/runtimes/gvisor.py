@@ -23,12 +23,28 @@ INIT = "/usr/local/bin/wrenn-init"
 # runsc refuses a sandbox network when it believes it runs in the root network namespace, which it decides
 # by looking for /proc/sys/net/core/rmem_default; every namespace has that file on recent kernels. Hiding
 # /proc/sys/net in a private mount namespace lets runsc use the namespace we prepared, unchanged.
-_HIDE_NET_SYSCTL = "mount -t tmpfs none /proc/sys/net && exec \"$@\""
+_HIDE_NET_SYSCTL = 'mount -t tmpfs none /proc/sys/net && exec "$@"'
 _CAPS = [
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_NET_ADMIN",
-    "CAP_SYS_CHROOT", "CAP_MKNOD", "CAP_AUDIT_WRITE", "CAP_SETFCAP", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE",
-    "CAP_SYS_NICE", "CAP_SYS_RESOURCE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_RAW",
+    "CAP_NET_ADMIN",
+    "CAP_SYS_CHROOT",
+    "CAP_MKNOD",
+    "CAP_AUDIT_WRITE",
+    "CAP_SETFCAP",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
 ]
 # The sentry's own memory counts against the cgroup; a sandbox that hits the cgroup limit is killed whole,
 # so the limit sits above the guest's size.
@@ -77,9 +93,25 @@ class GVisorRuntime:
 
     async def _run_detached(self, sandbox_id: str, bundle: Path, console: Path) -> None:
         argv = [
-            "unshare", "-m", "--propagation", "private", "sh", "-c", _HIDE_NET_SYSCTL, "sh",
-            *self._runsc("--platform", self._platform, "--network", "sandbox", "run", "--detach",
-                         "--bundle", str(bundle), sandbox_id),
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            _HIDE_NET_SYSCTL,
+            "sh",
+            *self._runsc(
+                "--platform",
+                self._platform,
+                "--network",
+                "sandbox",
+                "run",
+                "--detach",
+                "--bundle",
+                str(bundle),
+                sandbox_id,
+            ),
         ]
         # The container inherits runsc's stdio, so it must be a file: a pipe would never reach EOF.
         # Its own session keeps a Ctrl-C aimed at `wrenn up` (the terminal's process group) away from it.
@@ -130,8 +162,15 @@ async def _mount_overlay(lower: Path, workdir: Path) -> Path:
         d.mkdir(parents=True, exist_ok=True)
     if not os.path.ismount(merged):
         await proc.run(
-            ["mount", "-t", "overlay", "overlay", "-o",
-             f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged)]
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={lower},upperdir={upper},workdir={work}",
+                str(merged),
+            ]
         )
     return merged
 
@@ -162,18 +201,33 @@ def _oci_spec(spec: SandboxSpec, rootfs: Path) -> dict[str, Any]:
         "hostname": "capsule",
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-             "options": ["nosuid", "nodev", "mode=1777", "size=65536k"]},
+            {
+                "destination": "/dev",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+            },
+            {
+                "destination": "/dev/pts",
+                "type": "devpts",
+                "source": "devpts",
+                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+            },
+            {
+                "destination": "/dev/shm",
+                "type": "tmpfs",
+                "source": "shm",
+                "options": ["nosuid", "nodev", "mode=1777", "size=65536k"],
+            },
             {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
             {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]},
         ],
         "linux": {
             "namespaces": [
-                {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                {"type": "pid"},
+                {"type": "ipc"},
+                {"type": "uts"},
+                {"type": "mount"},
                 {"type": "network", "path": str(spec.network.netns_path)},
             ],
             "cgroupsPath": f"/wrenn/{spec.sandbox_id}",

@@ -1,0 +1,146 @@
+"""The reconciler against the real agent: capsule rows follow what the host really runs."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import httpx
+from sqlalchemy import update
+
+from wrenn_server.controlplane.db.models import Host
+from wrenn_server.controlplane.db.types import utcnow
+from wrenn_server.controlplane.services.agents import AgentPool, HostRef
+from wrenn_server.controlplane.services.reconciler import Reconciler
+
+from .agent import Agent
+from .harness import AGENT_TOKEN, Harness
+from .test_errors_auth import assert_error
+
+
+def reconciler(harness: Harness, pool: AgentPool, stale: float = 3600) -> Reconciler:
+    return Reconciler(
+        harness.sessionmaker, pool, interval=3600, host_stale_sec=stale, is_booting=lambda _: False
+    )
+
+
+async def reconcile(harness: Harness, host_id: uuid.UUID, agent: Agent) -> None:
+    pool = AgentPool()
+    try:
+        await reconciler(harness, pool).reconcile_host(HostRef(host_id, agent.address, AGENT_TOKEN))
+    finally:
+        await pool.close()
+
+
+async def status_of(harness: Harness, wire_id: str) -> str:
+    return (await harness.row(wire_id)).status
+
+
+async def create(http: httpx.AsyncClient, headers: dict[str, str], cleanup: list[str]) -> str:
+    resp = await http.post("/v1/capsules", json={}, headers=headers)
+    assert resp.status_code == 201 and resp.json()["status"] == "running", resp.text
+    cleanup.append(resp.json()["id"])
+    return str(resp.json()["id"])
+
+
+async def byoc_team(harness: Harness, agent: Agent) -> tuple[uuid.UUID, uuid.UUID, dict[str, str]]:
+    team_id, api_key = await harness.team(byoc=True)
+    host_id = await harness.host(team_id, address=agent.address)
+    return team_id, host_id, {"X-API-Key": api_key}
+
+
+async def test_rows_follow_the_agent(
+    http: httpx.AsyncClient, harness: Harness, agent: Agent, cleanup: list[str]
+) -> None:
+    team_id, host_id, headers = await byoc_team(harness, agent)
+    alive = await create(http, headers, cleanup)
+    gone = await create(http, headers, cleanup)
+    back = await create(http, headers, cleanup)
+    orphan = await create(http, headers, cleanup)
+    await agent.destroy(gone)  # the host lost it behind the control plane's back
+    await harness.set_status(back, "missing")  # as if its host had been silent for a while
+    await harness.set_status(orphan, "stopped")  # as if a destroy had not reached the host
+    never = await harness.capsule(team_id, "running", host_id)  # a row for a capsule the host never had
+    lost = await harness.capsule(team_id, "missing", host_id)
+    cut_short = await harness.capsule(team_id, "stopping", host_id)
+
+    await reconcile(harness, host_id, agent)
+
+    assert await status_of(harness, alive) == "running"
+    assert await status_of(harness, gone) == "stopped"
+    assert await status_of(harness, back) == "running"
+    assert await status_of(harness, orphan) == "stopped"
+    assert await status_of(harness, never) == "stopped"
+    assert await status_of(harness, lost) == "stopped"
+    assert await status_of(harness, cut_short) == "stopped"
+    on_host = await agent.sandboxes()
+    assert alive in on_host and back in on_host
+    assert orphan not in on_host  # destroyed on the host
+    assert orphan not in await agent.containers()
+    listed = {c["id"]: c["status"] for c in (await http.get("/v1/capsules", headers=headers)).json()}
+    assert listed == {alive: "running", back: "running"}
+    ran = await http.post(f"/v1/capsules/{back}/exec", json={"cmd": "true"}, headers=headers)
+    assert ran.status_code == 200 and ran.json()["exit_code"] == 0
+
+    await reconcile(harness, host_id, agent)  # a second pass changes nothing
+    assert [await status_of(harness, w) for w in (alive, gone, back, orphan, never)] == [
+        "running",
+        "stopped",
+        "running",
+        "stopped",
+        "stopped",
+    ]
+
+
+async def test_capsule_that_died_with_the_agent_is_error(
+    http: httpx.AsyncClient, harness: Harness, agent: Agent, cleanup: list[str]
+) -> None:
+    """A capsule killed while its agent was down is reported `error` by the restarted agent; its row
+    follows with the agent's reason. A capsule that outlived the restart is re-adopted and keeps working."""
+    _, host_id, headers = await byoc_team(harness, agent)
+    dies = await create(http, headers, cleanup)
+    survives = await create(http, headers, cleanup)
+
+    async def kill() -> None:
+        killed = await agent.runsc("kill", dies, "KILL")
+        assert killed.returncode == 0, killed.stderr
+
+    await agent.restart(while_down=kill)
+    info = (await agent.sandboxes())[dies]
+    assert info.status == "error"
+
+    await reconcile(harness, host_id, agent)
+
+    row = await harness.row(dies)
+    assert (row.status, row.error) == ("error", info.error)
+    assert "stopped while the host agent was not running" in info.error
+    resp = await http.post(f"/v1/capsules/{dies}/exec", json={"cmd": "true"}, headers=headers)
+    assert assert_error(resp, 409, "invalid_state") == "sandbox is not running (status: error)"
+    assert [c["id"] for c in (await http.get("/v1/capsules", headers=headers)).json()] == [survives]
+
+    assert await status_of(harness, survives) == "running"
+    body = {"cmd": "/bin/sh", "args": ["-c", "echo still here"]}
+    ran = await http.post(f"/v1/capsules/{survives}/exec", json=body, headers=headers)
+    assert ran.status_code == 200 and ran.json()["stdout"] == "still here\n", ran.text
+
+
+async def test_silent_host_goes_unreachable(harness: Harness) -> None:
+    team_id, _ = await harness.team(byoc=True)
+    host_id = await harness.host(team_id)
+    running = await harness.capsule(team_id, "running", host_id)
+    paused = await harness.capsule(team_id, "paused", host_id)
+    async with harness.sessionmaker() as session:
+        await session.execute(
+            update(Host).where(Host.id == host_id).values(last_heartbeat_at=utcnow() - timedelta(hours=5))
+        )
+        await session.commit()
+    pool = AgentPool()
+    try:
+        await reconciler(harness, pool, stale=4 * 3600).mark_stale_hosts()
+    finally:
+        await pool.close()
+    async with harness.sessionmaker() as session:
+        host = await session.get(Host, host_id, populate_existing=True)
+        assert host is not None and host.status == "unreachable"
+    assert await status_of(harness, running) == "missing"
+    assert await status_of(harness, paused) == "paused"

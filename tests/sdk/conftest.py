@@ -1,0 +1,48 @@
+"""The real `wrenn` SDK (PyPI wrenn==0.3.0, Python >= 3.13) against `wrenn up`, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.controlplane.pg import PostgresServer, postgres_server
+from tests.stack import Stack, free_port
+
+__all__ = ["postgres_server"]
+
+if sys.version_info < (3, 13):
+    print(f"\nSDK tests skipped: wrenn==0.3.0 needs Python >= 3.13, this is {sys.version.split()[0]}")
+    pytest.skip("the wrenn SDK needs Python >= 3.13", allow_module_level=True)
+try:
+    import wrenn  # noqa: F401
+except ImportError:
+    print("\nSDK tests skipped: the wrenn SDK is not installed (make bootstrap installs wrenn==0.3.0)")
+    pytest.skip("wrenn SDK not installed", allow_module_level=True)
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def stack(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[Stack]:
+    root = Path(tempfile.mkdtemp(prefix=f"wrenn-sdk-{request.param}-", dir="/var/tmp"))
+    (root / "images").symlink_to(data_dir / "images")
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{root / 'wrenn.db'}"
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        url = server.create_database()
+    stack = Stack(root, url, free_port(), free_port())
+    stack.start()
+    try:
+        yield stack
+    finally:
+        try:
+            stack.destroy_all()
+        finally:
+            stack.stop()
+            shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,166 @@
+"""The official SDK, unchanged, drives the platform end to end (what a user's agent does)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from wrenn import (
+    Capsule,
+    WrennAuthenticationError,
+    WrennClient,
+    WrennConflictError,
+    WrennError,
+    WrennNotFoundError,
+    WrennValidationError,
+)
+from wrenn.models import Status
+
+from tests.stack import Stack
+
+pytestmark = pytest.mark.sdk
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sdk_configured(stack: Stack) -> Iterator[None]:
+    """Configured the way a user does it: the lines `wrenn up` printed, as environment variables."""
+    saved = dict(os.environ)
+    os.environ.update(stack.config())
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def capsule(stack: Stack) -> Iterator[Capsule]:
+    with Capsule() as box:  # leaving the block destroys it
+        yield box
+
+
+def test_create_answers_running_without_polling(capsule: Capsule) -> None:
+    assert capsule.capsule_id.startswith("cl-")
+    info = capsule.get_info()
+    assert info.status == Status.running
+    assert info.template == "minimal"
+    assert capsule.capsule_id in [c.id for c in Capsule.list()]
+
+
+def test_run_exit_codes_stderr_envs_cwd(capsule: Capsule) -> None:
+    ok = capsule.commands.run("echo hello")
+    assert (ok.stdout, ok.stderr, ok.exit_code) == ("hello\n", "", 0)
+    failed = capsule.commands.run("echo oops >&2; exit 42")
+    assert failed.exit_code == 42 and failed.stderr == "oops\n"
+    env = capsule.commands.run('echo "$GREETING"; pwd', envs={"GREETING": "hi there"}, cwd="/usr/share")
+    assert env.stdout == "hi there\n/usr/share\n"
+    slow = capsule.commands.run("sleep 1")
+    assert slow.duration_ms >= 900
+
+
+def test_run_timeout_is_a_clear_error(capsule: Capsule) -> None:
+    with pytest.raises(WrennError) as err:
+        capsule.commands.run("sleep 20", timeout=1)
+    assert err.value.code == "timeout"
+    assert "timed out" in err.value.message
+    assert capsule.commands.run("pgrep -x sleep || echo none").stdout.strip() == "none"
+
+
+def test_binary_output_round_trips(capsule: Capsule) -> None:
+    out = capsule.commands.run("printf 'caf\\303\\251 \\377\\376'")
+    # Non-UTF-8 output arrives base64-encoded and the SDK decodes it (with replacement characters).
+    assert out.stdout.startswith("café ")
+    assert "\ufffd" in out.stdout
+
+
+def test_background_list_and_kill(capsule: Capsule) -> None:
+    handle = capsule.commands.run("sleep 300", background=True, tag="sleeper")
+    assert handle.pid > 0 and handle.tag == "sleeper"
+    listed = {p.tag: p for p in capsule.commands.list()}
+    assert listed["sleeper"].pid == handle.pid
+    default_tag = capsule.commands.run("sleep 300", background=True)
+    assert default_tag.tag.startswith("proc-")
+    capsule.commands.kill(handle.pid)
+    capsule.commands.kill(default_tag.pid)
+    assert not {"sleeper", default_tag.tag} & {p.tag for p in capsule.commands.list()}
+
+
+def test_files_write_read_list_exists_mkdir_remove(capsule: Capsule) -> None:
+    files = capsule.files
+    files.write("/work/a/b/note.txt", "hello files")
+    assert files.read("/work/a/b/note.txt") == "hello files"
+    blob = os.urandom(3 * 1024 * 1024 + 11)
+    files.write("/work/blob.bin", blob)
+    assert files.read_bytes("/work/blob.bin") == blob
+    names = sorted(e.path for e in files.list("/work", depth=3))
+    assert names == ["/work/a", "/work/a/b", "/work/a/b/note.txt", "/work/blob.bin"]
+    assert [e.name for e in files.list("/work", depth=1)] == ["a", "blob.bin"]
+    assert files.exists("/work/blob.bin")
+    assert not files.exists("/work/missing.txt")
+    made = files.make_dir("/work/newdir")
+    assert made.type == "directory"
+    again = files.make_dir("/work/newdir")  # the SDK treats 409 conflict as "already there"
+    assert again.path == "/work/newdir"
+    files.remove("/work/a")
+    assert not files.exists("/work/a")
+    with pytest.raises(WrennNotFoundError):
+        files.read("/work/a/b/note.txt")
+    with pytest.raises(WrennNotFoundError):
+        files.list("/nowhere")
+
+
+def test_streaming_upload_and_download(capsule: Capsule) -> None:
+    chunks = [os.urandom(256 * 1024) for _ in range(20)]
+    capsule.files.upload_stream("/stream/big.bin", iter(chunks))
+    got = b"".join(capsule.files.download_stream("/stream/big.bin"))
+    assert got == b"".join(chunks)
+    assert capsule.commands.run("stat -c %s /stream/big.bin").stdout.strip() == str(len(got))
+
+
+def test_git_over_exec(capsule: Capsule) -> None:
+    capsule.commands.run("mkdir -p /repo")
+    capsule.git.init("/repo", initial_branch="main")
+    capsule.git.configure_user("Wrenn Test", "test@example.com")
+    capsule.files.write("/repo/readme.md", "# hi\n")
+    capsule.git.add(cwd="/repo", all=True)
+    capsule.git.commit("first", cwd="/repo")
+    status = capsule.git.status(cwd="/repo")
+    assert status.branch == "main" and status.files == []
+
+
+def test_bad_input_maps_to_sdk_errors(stack: Stack, capsule: Capsule) -> None:
+    # Through the client rather than Capsule(...): the SDK's constructor leaks its HTTP client when it raises.
+    with WrennClient() as client:
+        with pytest.raises(WrennNotFoundError):
+            client.capsules.get("cl-" + "0" * 25)
+        with pytest.raises(WrennValidationError):
+            client.capsules.get("not-an-id")
+        with pytest.raises(WrennValidationError):
+            client.capsules.create(template="../etc")
+        with pytest.raises(WrennNotFoundError):
+            client.capsules.create(template="no-such-template")
+        with pytest.raises(WrennValidationError):
+            client.capsules.create(vcpus=4096)
+    with WrennClient(api_key="wrn_" + "0" * 32) as stranger, pytest.raises(WrennAuthenticationError):
+        stranger.capsules.list()
+
+
+def test_destroy_then_gone(stack: Stack) -> None:
+    with Capsule() as box:  # leaving the block destroys it once more: idempotent
+        box.commands.run("true")
+        box.destroy(wait=True)
+        assert box.capsule_id not in [c.id for c in Capsule.list()]
+        assert box.get_info().status == Status.stopped
+        with pytest.raises(WrennConflictError):
+            box.commands.run("true")
+
+
+def test_capsules_survive_a_restart_of_wrenn_up(stack: Stack) -> None:
+    with Capsule() as box:
+        box.commands.run("echo survived > /root/mark")
+        handle = box.commands.run("sleep 600", background=True, tag="long")
+        stack.stop()
+        stack.start()
+        with Capsule.connect(box.capsule_id) as again:
+            assert again.get_info().status == Status.running
+            assert again.commands.run("cat /root/mark").stdout == "survived\n"
+            assert handle.pid in [p.pid for p in again.commands.list()]

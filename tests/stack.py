@@ -1,0 +1,92 @@
+"""The whole platform as a user runs it: `wrenn up` in a subprocess, on SQLite or a real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    database_url: str
+    cp_port: int
+    agent_port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def env_file(self) -> Path:
+        return self.data_dir / "env"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "up.log"
+
+    def config(self) -> dict[str, str]:
+        lines = self.env_file.read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if "=" in line)
+
+    @property
+    def base_url(self) -> str:
+        return self.config()["WRENN_BASE_URL"]
+
+    @property
+    def api_key(self) -> str:
+        return self.config()["WRENN_API_KEY"]
+
+    def start(self, timeout: float = 120.0) -> None:
+        self.env_file.unlink(missing_ok=True)
+        env = {
+            **os.environ,
+            "WRENN_DIR": str(self.data_dir),
+            "WRENN_CP_LISTEN_ADDR": f"127.0.0.1:{self.cp_port}",
+            "WRENN_HOST_LISTEN_ADDR": f"127.0.0.1:{self.agent_port}",
+            "DATABASE_URL": self.database_url,
+        }
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "wrenn_server.cli", "up"],
+                env=env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not self.env_file.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"wrenn up did not start:\n{self.log_file.read_text()[-3000:]}")
+            time.sleep(0.1)
+        httpx.get(f"{self.base_url}/health", timeout=10).raise_for_status()
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers={"X-API-Key": self.api_key}, timeout=60)
+
+    def destroy_all(self) -> None:
+        with self.client() as http:
+            for capsule in http.get("/v1/capsules").json():
+                http.delete(f"/v1/capsules/{capsule['id']}")
