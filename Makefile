@@ -14,7 +14,7 @@ lint:
 	.venv/bin/mypy
 
 bench: bootstrap
-	.venv/bin/python bench/run.py
+	.venv/bin/python -m bench.run
 
 proto:
 	.venv/bin/python -m grpc_tools.protoc --version >/dev/null
