@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -14,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests.cleanup import purge_data_dir
 from tests.stack import Stack, free_port
 
 IMAGES = Path("/var/lib/wrenn/images")
@@ -59,7 +59,7 @@ def platform() -> Iterator[Stack]:
         os.environ.update(saved)
         stack.destroy_all()
         stack.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        purge_data_dir(root)
 
 
 def emit(result: dict[str, Any]) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.cleanup import purge_data_dir
 
 SHARED_IMAGES = Path("/var/lib/wrenn/images")
 
@@ -20,4 +21,4 @@ def data_dir() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="wrenn-test-", dir="/var/tmp"))
     (root / "images").symlink_to(SHARED_IMAGES)
     yield root
-    shutil.rmtree(root, ignore_errors=True)
+    purge_data_dir(root)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cleanup import purge_data_dir
 from tests.controlplane.pg import PostgresServer, postgres_server
 from tests.stack import Stack, free_port
 
@@ -45,4 +45,4 @@ def stack(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[Stack]:
             stack.destroy_all()
         finally:
             stack.stop()
-            shutil.rmtree(root, ignore_errors=True)
+            purge_data_dir(root)

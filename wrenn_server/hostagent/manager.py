@@ -94,8 +94,10 @@ class SandboxManager:
         for record in self._tombstones.values():
             await self._release(record, Slot(record.slot), keep_record=True)
         self.storage.collect_unused_templates({r.template_dir for r in live})
+        self.network.refill()
 
     async def close(self) -> None:
+        await self.network.close()
         for sandbox in self._sandboxes.values():
             await sandbox.envd.close()
 
@@ -122,7 +124,7 @@ class SandboxManager:
             if req.sandbox_id in self._sandboxes:
                 return self._sandboxes[req.sandbox_id]
             template_dir = self.storage.template_dir(req.team_id, req.template_id, req.template)
-            slot = self.network.allocate()
+            slot = await self.network.acquire()
             record = SandboxRecord(
                 sandbox_id=req.sandbox_id,
                 runtime=self.runtime.name,
@@ -142,7 +144,6 @@ class SandboxManager:
             self.records.save(record)
             envd = EnvdClient(slot.host_ip)
             try:
-                await self.network.setup(slot)
                 await self.runtime.create(self._spec(record, slot))
                 await envd.wait_ready(time.monotonic() + ENVD_BOOT_TIMEOUT)
                 await envd.init(record.default_user, record.default_env)
@@ -158,7 +159,8 @@ class SandboxManager:
             self.records.save(record)
             sandbox = Sandbox(record, slot, envd, time.monotonic())
             self._sandboxes[req.sandbox_id] = sandbox
-            return sandbox
+        self.network.refill()
+        return sandbox
 
     async def destroy(self, sandbox_id: str) -> None:
         async with self._lock(sandbox_id):

@@ -14,6 +14,8 @@ its own slots, and namespaces that no slot file claims at all.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -91,10 +93,46 @@ class Slot:
 class Network:
     """Allocates slots and builds or removes their namespaces, links and NAT rules."""
 
-    def __init__(self, owner: str, slots_dir: Path = SLOTS_DIR) -> None:
+    def __init__(self, owner: str, slots_dir: Path = SLOTS_DIR, spare: int = 2) -> None:
         self._owner = owner
         self._slots = slots_dir
         self._used: set[int] = set()
+        # Building a slot's namespaces takes ~30 ms of `ip`/`nft` work; a few are kept ready so that a create
+        # does not wait for it. They are ordinary owned slots: a restarted agent reclaims them.
+        self._spare = spare
+        self._ready: list[Slot] = []
+        self._refilling: asyncio.Task[None] | None = None
+
+    async def acquire(self) -> Slot:
+        """A slot whose namespaces are built, from the spares when there is one."""
+        if self._ready:
+            return self._ready.pop()
+        slot = self.allocate()
+        await self.setup(slot)
+        return slot
+
+    def refill(self) -> None:
+        """Top up the spare slots in the background (call when the machine is not busy starting a capsule)."""
+        if self._spare and (self._refilling is None or self._refilling.done()):
+            self._refilling = asyncio.create_task(self._refill())
+
+    async def _refill(self) -> None:
+        while len(self._ready) < self._spare:
+            slot = self.allocate()
+            try:
+                await self.setup(slot)
+            except Exception:
+                log.exception("could not prepare a spare network slot")
+                return
+            self._ready.append(slot)
+
+    async def close(self) -> None:
+        if self._refilling is not None:
+            self._refilling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refilling
+        while self._ready:
+            await self.teardown(self._ready.pop())
 
     def _owner_of(self, index: int) -> str | None:
         try:
@@ -110,12 +148,12 @@ class Network:
         for index in live_slots:
             self.claim(index)
         for entry in self._slots.iterdir():
-            if (
-                entry.name.isdigit()
-                and int(entry.name) not in live_slots
-                and self._owner_of(int(entry.name)) == self._owner
-            ):
-                await self.teardown(Slot(int(entry.name)))
+            if not entry.name.isdigit() or int(entry.name) in live_slots:
+                continue
+            owner = self._owner_of(int(entry.name))
+            # An owner whose data directory is gone will never come back for its slot.
+            if owner == self._owner or (owner and not Path(owner).exists()):
+                await self.teardown(Slot(int(entry.name)), force=True)
         listing = await proc.run(["ip", "netns", "list"])
         for line in listing.stdout.decode().splitlines():
             name = line.split()[0] if line.strip() else ""
@@ -212,10 +250,10 @@ route add default via {GUEST_GATEWAY}
         )
         await proc.run(["ip", "-n", slot.capsule_ns, "route", "replace", "default", "via", GUEST_GATEWAY], check=False)
 
-    async def teardown(self, slot: Slot) -> None:
+    async def teardown(self, slot: Slot, force: bool = False) -> None:
         for ns in (slot.capsule_ns, slot.router_ns):
             await proc.run(["ip", "netns", "del", ns], check=False)
         await proc.run(["ip", "link", "del", slot.veth], check=False)
-        if self._owner_of(slot.index) == self._owner:
+        if force or self._owner_of(slot.index) == self._owner:
             (self._slots / str(slot.index)).unlink(missing_ok=True)
         self._used.discard(slot.index)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -94,6 +95,9 @@ def not_running(row: Sandbox) -> InvalidState:
     return InvalidState(f"sandbox is not running (status: {row.status})")
 
 
+RUNNING_CACHE_SEC = 1.0
+
+
 class CapsuleService:
     def __init__(
         self,
@@ -105,6 +109,7 @@ class CapsuleService:
     ) -> None:
         self._sessionmaker = sessionmaker
         self.activity = activity
+        self._running: dict[uuid.UUID, tuple[float, Sandbox, HostRef]] = {}
         self._pool = pool
         self._tasks = tasks
         self._wait_sec = wait_sec
@@ -199,6 +204,7 @@ class CapsuleService:
 
     async def destroy(self, principal: Principal, sandbox_id: uuid.UUID) -> None:
         """Idempotent: finished capsules are left as they are; everything else ends `stopped`."""
+        self._running.pop(sandbox_id, None)
         async with self._sessionmaker() as session:
             row = await self._scoped(session, principal, sandbox_id)
             host = await session.get(Host, row.host_id) if row.host_id else None
@@ -222,7 +228,21 @@ class CapsuleService:
         await wait_bounded(self._tasks.spawn(teardown, name=f"destroy-{row.id}"), self._wait_sec)
 
     async def running(self, principal: Principal, sandbox_id: uuid.UUID) -> tuple[Sandbox, HostRef]:
-        """The capsule and its host, or 409 `invalid_state` unless it is running."""
+        """The capsule and its host, or 409 `invalid_state` unless it is running.
+
+        Answers from a one-second cache: this lookup precedes every exec and file call, and the host agent
+        refuses work for a capsule that stopped running meanwhile, so a stale hit cannot do harm.
+        """
+        hit = self._running.get(sandbox_id)
+        if hit is not None and hit[0] > time.monotonic() and hit[1].team_id == principal.team_id:
+            return hit[1], hit[2]
+        row, host = await self._running_from_db(principal, sandbox_id)
+        self._running[sandbox_id] = (time.monotonic() + RUNNING_CACHE_SEC, row, host)
+        return row, host
+
+    async def _running_from_db(self, principal: Principal, sandbox_id: uuid.UUID) -> tuple[Sandbox, HostRef]:
+        if len(self._running) > 10_000:
+            self._running.clear()
         async with self._sessionmaker() as session:
             found = (
                 await session.execute(
