@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from wrenn import (
@@ -106,6 +107,14 @@ def test_files_write_read_list_exists_mkdir_remove(capsule: Capsule) -> None:
         files.read("/work/a/b/note.txt")
     with pytest.raises(WrennNotFoundError):
         files.list("/nowhere")
+
+
+def test_paths_never_leave_the_capsule(capsule: Capsule) -> None:
+    """Every path, traversal included, resolves inside the capsule's own filesystem."""
+    assert capsule.files.read("/../../../../etc/hostname") == "capsule\n"
+    capsule.files.write("/../../../../tmp/escape.txt", "inside")
+    assert capsule.commands.run("cat /tmp/escape.txt").stdout == "inside"
+    assert not Path("/tmp/escape.txt").exists() or Path("/tmp/escape.txt").read_text() != "inside"
 
 
 def test_streaming_upload_and_download(capsule: Capsule) -> None:
