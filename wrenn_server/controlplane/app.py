@@ -12,7 +12,7 @@ from wrenn_server import __version__
 from .errors import install_error_handlers
 from .limits import BodyLimitMiddleware
 from .logs import configure_logging
-from .routes import capsules, exec, files, health, hosts, processes
+from .routes import capsules, events, exec, files, health, hosts, processes, pty, streams
 from .settings import ControlPlaneSettings
 from .state import ControlPlane
 
@@ -45,6 +45,6 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
     app.state.max_upload_bytes = settings.max_upload_bytes
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_json_bytes)
-    for module in (health, capsules, exec, processes, files, hosts):
+    for module in (health, capsules, exec, processes, files, hosts, streams, pty, events):
         app.include_router(module.router)
     return app
