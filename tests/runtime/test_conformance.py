@@ -324,3 +324,27 @@ async def test_everyday_tools_work(agent: AgentHandle, capsule: pb.SandboxInfo) 
     )
     assert out.exit_code == 0, out.stderr
     assert out.stdout.split() == [b"3", b"4", b"42", b"done"]
+
+
+async def test_metrics_are_sampled_and_flushed(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:
+    sid = capsule.sandbox_id
+    await sh(agent, capsule, "head -c 2000000 /dev/urandom > /root/two-megs; python3 -c 'sum(range(10**6))'")
+    points: list[pb.MetricPoint] = []
+    for _ in range(50):
+        points = list(
+            (
+                await agent.stub.GetSandboxMetrics(pb.MetricsRequest(sandbox_id=sid, range="5m"), metadata=agent.md)
+            ).points
+        )
+        if len(points) >= 3 and points[-1].disk_bytes >= 2_000_000:
+            break
+        await asyncio.sleep(0.5)
+    assert len(points) >= 3
+    assert all(p.mem_bytes > 0 and 0 <= p.cpu_pct <= 100 for p in points)
+    assert points[-1].disk_bytes >= 2_000_000
+    assert points == sorted(points, key=lambda p: p.timestamp_unix)
+    flushed = await agent.stub.FlushSandboxMetrics(pb.SandboxRef(sandbox_id=sid), metadata=agent.md)
+    assert len(flushed.points_10m) >= len(points)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await agent.stub.GetSandboxMetrics(pb.MetricsRequest(sandbox_id=sid, range="3w"), metadata=agent.md)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .envd_client import EnvdClient
 from .errors import AgentError, InvalidArgument, NotFound, RuntimeFailure, WrongState
+from .metrics import Sampler
 from .network import Network, Slot
 from .runtimes.base import Runtime, RuntimeState, SandboxSpec
 from .state import RecordStore, SandboxRecord
@@ -56,6 +57,13 @@ class SandboxManager:
         self._sandboxes: dict[str, Sandbox] = {}
         self._tombstones: dict[str, SandboxRecord] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.sampler = Sampler(runtime, self._running_vcpus, self._disk_used_now)
+
+    def _running_vcpus(self) -> dict[str, int]:
+        return {sid: s.record.vcpus for sid, s in self._sandboxes.items()}
+
+    def _disk_used_now(self, sandbox_id: str) -> int:
+        return self.storage.disk_used(self.records.workdir(sandbox_id))
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
@@ -95,8 +103,10 @@ class SandboxManager:
             await self._release(record, Slot(record.slot), keep_record=True)
         self.storage.collect_unused_templates({r.template_dir for r in live})
         self.network.refill()
+        self.sampler.start()
 
     async def close(self) -> None:
+        await self.sampler.stop()
         await self.network.close()
         for sandbox in self._sandboxes.values():
             await sandbox.envd.close()
@@ -165,6 +175,7 @@ class SandboxManager:
     async def destroy(self, sandbox_id: str) -> None:
         async with self._lock(sandbox_id):
             sandbox = self._sandboxes.pop(sandbox_id, None)
+            self.sampler.forget(sandbox_id)
             if sandbox is not None:
                 await sandbox.envd.close()
                 await self._release(sandbox.record, sandbox.slot, keep_record=False)

@@ -9,6 +9,7 @@ import logging
 import os
 import platform
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from wrenn_server.proto._generated import hostagent_pb2_grpc as pb_grpc
 
 from .errors import AgentError, InvalidArgument
 from .manager import CreateRequest, SandboxManager
+from .metrics import RANGES, TIER_2H, TIER_10M, TIER_24H, Point
 from .state import SandboxRecord
 
 log = logging.getLogger(__name__)
@@ -304,9 +306,36 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
         return pb.Empty()
 
     @unary
+    async def GetSandboxMetrics(self, request: pb.MetricsRequest, context: Any) -> pb.MetricsResponse:
+        self.manager.get(request.sandbox_id)
+        if request.range not in RANGES:
+            raise InvalidArgument(f"range must be one of {', '.join(RANGES)}")
+        rings = self.manager.sampler.rings.get(request.sandbox_id)
+        points = rings.read(request.range, time.time()) if rings else []
+        return pb.MetricsResponse(points=_points(points))
+
+    @unary
+    async def FlushSandboxMetrics(self, request: pb.SandboxRef, context: Any) -> pb.FlushMetricsResponse:
+        self.manager.get(request.sandbox_id)
+        rings = self.manager.sampler.rings.get(request.sandbox_id)
+        tiers = rings.drain() if rings else {}
+        return pb.FlushMetricsResponse(
+            points_10m=_points(tiers.get(TIER_10M, [])),
+            points_2h=_points(tiers.get(TIER_2H, [])),
+            points_24h=_points(tiers.get(TIER_24H, [])),
+        )
+
+    @unary
     async def StatPath(self, request: pb.PathRequest, context: Any) -> pb.FileEntry:
         envd = self.manager.get(request.sandbox_id).envd
         return _entry(await envd.fs("stat", {"path": request.path}))
+
+
+def _points(points: list[Point]) -> list[pb.MetricPoint]:
+    return [
+        pb.MetricPoint(timestamp_unix=int(p.ts), cpu_pct=p.cpu_pct, mem_bytes=p.mem_bytes, disk_bytes=p.disk_bytes)
+        for p in points
+    ]
 
 
 def make_server(servicer: Servicer, listen: str) -> grpc.aio.Server:

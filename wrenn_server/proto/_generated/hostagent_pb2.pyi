@@ -304,3 +304,39 @@ class ListDirResponse(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[FileEntry]
     def __init__(self, entries: _Optional[_Iterable[_Union[FileEntry, _Mapping]]] = ...) -> None: ...
+
+class MetricsRequest(_message.Message):
+    __slots__ = ("sandbox_id", "range")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    range: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., range: _Optional[str] = ...) -> None: ...
+
+class MetricPoint(_message.Message):
+    __slots__ = ("timestamp_unix", "cpu_pct", "mem_bytes", "disk_bytes")
+    TIMESTAMP_UNIX_FIELD_NUMBER: _ClassVar[int]
+    CPU_PCT_FIELD_NUMBER: _ClassVar[int]
+    MEM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    timestamp_unix: int
+    cpu_pct: float
+    mem_bytes: int
+    disk_bytes: int
+    def __init__(self, timestamp_unix: _Optional[int] = ..., cpu_pct: _Optional[float] = ..., mem_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ...) -> None: ...
+
+class MetricsResponse(_message.Message):
+    __slots__ = ("points",)
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    points: _containers.RepeatedCompositeFieldContainer[MetricPoint]
+    def __init__(self, points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ...) -> None: ...
+
+class FlushMetricsResponse(_message.Message):
+    __slots__ = ("points_10m", "points_2h", "points_24h")
+    POINTS_10M_FIELD_NUMBER: _ClassVar[int]
+    POINTS_2H_FIELD_NUMBER: _ClassVar[int]
+    POINTS_24H_FIELD_NUMBER: _ClassVar[int]
+    points_10m: _containers.RepeatedCompositeFieldContainer[MetricPoint]
+    points_2h: _containers.RepeatedCompositeFieldContainer[MetricPoint]
+    points_24h: _containers.RepeatedCompositeFieldContainer[MetricPoint]
+    def __init__(self, points_10m: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., points_2h: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., points_24h: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ...) -> None: ...

@@ -134,6 +134,16 @@ class HostAgentServiceStub:
                 request_serializer=hostagent__pb2.PathRequest.SerializeToString,
                 response_deserializer=hostagent__pb2.FileEntry.FromString,
                 _registered_method=True)
+        self.GetSandboxMetrics = channel.unary_unary(
+                '/hostagent.v1.HostAgentService/GetSandboxMetrics',
+                request_serializer=hostagent__pb2.MetricsRequest.SerializeToString,
+                response_deserializer=hostagent__pb2.MetricsResponse.FromString,
+                _registered_method=True)
+        self.FlushSandboxMetrics = channel.unary_unary(
+                '/hostagent.v1.HostAgentService/FlushSandboxMetrics',
+                request_serializer=hostagent__pb2.SandboxRef.SerializeToString,
+                response_deserializer=hostagent__pb2.FlushMetricsResponse.FromString,
+                _registered_method=True)
 
 
 class HostAgentServiceServicer:
@@ -259,6 +269,18 @@ class HostAgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSandboxMetrics(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FlushSandboxMetrics(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostAgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -361,6 +383,16 @@ def add_HostAgentServiceServicer_to_server(servicer, server):
                     servicer.StatPath,
                     request_deserializer=hostagent__pb2.PathRequest.FromString,
                     response_serializer=hostagent__pb2.FileEntry.SerializeToString,
+            ),
+            'GetSandboxMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSandboxMetrics,
+                    request_deserializer=hostagent__pb2.MetricsRequest.FromString,
+                    response_serializer=hostagent__pb2.MetricsResponse.SerializeToString,
+            ),
+            'FlushSandboxMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.FlushSandboxMetrics,
+                    request_deserializer=hostagent__pb2.SandboxRef.FromString,
+                    response_serializer=hostagent__pb2.FlushMetricsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -903,6 +935,60 @@ class HostAgentService:
             '/hostagent.v1.HostAgentService/StatPath',
             hostagent__pb2.PathRequest.SerializeToString,
             hostagent__pb2.FileEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSandboxMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hostagent.v1.HostAgentService/GetSandboxMetrics',
+            hostagent__pb2.MetricsRequest.SerializeToString,
+            hostagent__pb2.MetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FlushSandboxMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hostagent.v1.HostAgentService/FlushSandboxMetrics',
+            hostagent__pb2.SandboxRef.SerializeToString,
+            hostagent__pb2.FlushMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,
