@@ -92,6 +92,7 @@ def final_key() -> str:
     h = hashlib.sha256(base_key().encode())
     h.update(_init_script())
     h.update(_shim_source())
+    h.update(Path(__file__).read_bytes())  # how the image is finished is an input too
     for path in sorted(_envd_dir().rglob("*.py")):
         h.update(path.name.encode())
         h.update(path.read_bytes())
@@ -161,6 +162,36 @@ def _debootstrap(base: Path, cache: Path, progress: Progress) -> None:
     (base / "done").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
+STATX_WRAPPED = ("ls", "dir", "vdir", "stat")
+
+
+def _install_statx_shim(rootfs: Path) -> None:
+    """ls and stat fail under runsc 20221219 (statx flags); see statx-shim.c."""
+    lib = rootfs / "usr/local/lib/wrenn/libstatx-shim.so"
+    wrapper = rootfs / "usr/local/lib/wrenn/statx-wrapper"
+    # The host is Debian bookworm like the guest, so what is built here links against the same glibc.
+    for out, extra in ((lib, ["-shared", "-fPIC"]), (wrapper, ["-DWRAPPER"])):
+        subprocess.run(["gcc", "-O2", *extra, "-o", str(out), "-x", "c", "-"], input=_shim_source(), check=True)
+    for name in STATX_WRAPPED:
+        # A diversion keeps the wrapper in place when a package upgrade in the capsule reinstalls coreutils.
+        subprocess.run(
+            [
+                "chroot",
+                str(rootfs),
+                "dpkg-divert",
+                "--quiet",
+                "--local",
+                "--rename",
+                "--divert",
+                f"/usr/bin/{name}.real",
+                "--add",
+                f"/usr/bin/{name}",
+            ],
+            check=True,
+        )
+        shutil.copy2(wrapper, rootfs / "usr/bin" / name)
+
+
 def _finalize(base_rootfs: Path, paths: ImagePaths, progress: Progress) -> None:
     key = final_key()
     staging = paths.template / f".staging-{key}"
@@ -175,12 +206,7 @@ def _finalize(base_rootfs: Path, paths: ImagePaths, progress: Progress) -> None:
     init = rootfs / "usr/local/bin/wrenn-init"
     init.write_bytes(_init_script())
     init.chmod(0o755)
-    shim = rootfs / "usr/local/lib/wrenn/libstatx-shim.so"
-    # The host is Debian bookworm like the guest, so a library built here links against the same glibc.
-    subprocess.run(
-        ["gcc", "-O2", "-shared", "-fPIC", "-o", str(shim), "-x", "c", "-"], input=_shim_source(), check=True
-    )
-    (rootfs / "etc/ld.so.preload").write_text("/usr/local/lib/wrenn/libstatx-shim.so\n")
+    _install_statx_shim(rootfs)
     (rootfs / "etc/hostname").write_text("capsule\n")
     (rootfs / "etc/hosts").write_text("127.0.0.1\tlocalhost capsule\n::1\tlocalhost ip6-localhost\n")
     (rootfs / "etc/resolv.conf").write_text("nameserver 1.1.1.1\nnameserver 8.8.8.8\n")
