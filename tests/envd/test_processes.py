@@ -293,3 +293,10 @@ async def test_slow_stream_client_is_dropped_not_the_process(client: httpx.Async
         pass
     writer.close()
     assert received < 64 * 1024 * 1024  # far less than the whole output: the connection was dropped
+
+
+async def test_children_inherit_only_their_stdio(client: httpx.AsyncClient) -> None:
+    """envd's own sockets, pipes and terminals never leak into a user's process."""
+    await start(client, "sleep", "30", tag=tag())  # another child's pipes exist meanwhile
+    result = await run(client, "python3", "-c", "import os; print(sorted(os.listdir('/proc/self/fd')))")
+    assert unb64(result["stdout"]).decode().strip() in ("['0', '1', '2']", "['0', '1', '2', '3']")
