@@ -30,7 +30,7 @@ def summary(samples_ms: list[float]) -> dict[str, float]:
     }
 
 
-def timed(fn: Callable[[], Any], n: int, warmup: int = 3) -> list[float]:
+def timed(fn: Callable[[], Any], n: int, warmup: int = 20) -> list[float]:
     for _ in range(warmup):
         fn()
     out = []
