@@ -141,7 +141,14 @@ def control_plane() -> None:
 
     settings = ControlPlaneSettings()
     host, _, port = settings.listen.rpartition(":")
-    uvicorn.run(create_app(settings), host=host or "127.0.0.1", port=int(port), log_level="warning", access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        host=host or "127.0.0.1",
+        port=int(port),
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=3,
+    )
 
 
 if __name__ == "__main__":

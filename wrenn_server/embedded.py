@@ -38,7 +38,14 @@ async def run_embedded(cp_settings: ControlPlaneSettings, agent_settings: AgentS
     app = create_app(cp_settings)
     server = _Server(
         uvicorn.Config(
-            app, host=host, port=int(port), log_level="warning", access_log=False, ws="websockets-sansio", lifespan="on"
+            app,
+            host=host,
+            port=int(port),
+            log_level="warning",
+            access_log=False,
+            ws="websockets-sansio",
+            lifespan="on",
+            timeout_graceful_shutdown=3,  # open event streams and sockets must not hold a shutdown forever
         )
     )
     serving = asyncio.create_task(server.serve())

@@ -47,7 +47,10 @@ class ControlPlaneSettings(BaseSettings):
     redis_url: str = Field(
         "",
         validation_alias=AliasChoices("WRENN_REDIS_URL", "REDIS_URL"),
-        description="Redis URL for multi-CP deployments (unused for now).",
+        description="Redis URL: control planes sharing one database share their events through it.",
+    )
+    sse_keepalive_sec: float = Field(
+        30.0, gt=0, description="Seconds of silence after which /v1/events/stream sends a keepalive comment."
     )
     proxy_domain: str = Field("", description="Domain of the subdomain proxy `{port}-{id}.{domain}`.")
     max_upload_mb: int = Field(100, ge=1, description="Size limit of /files/write uploads, in MiB.")

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .db.engine import SessionMaker, make_engine, make_sessionmaker
 from .db.migrate import migrate
+from .db.models import Sandbox
 from .services.activity import ActivityTracker
 from .services.agents import AgentPool
 from .services.auth import KeyCache
 from .services.capsules import CapsuleService
+from .services.events import CapsuleEvents, open_bus
 from .services.exec import ExecService
 from .services.files import FileService
 from .services.reconciler import Reconciler
 from .services.tasks import TaskTracker
 from .settings import ControlPlaneSettings
+
+
+def capsule_json(row: Sandbox) -> Mapping[str, Any]:
+    """A capsule exactly as `GET /v1/capsules/{id}` renders it (the `sandbox` of its events)."""
+    from .routes.capsules import Capsule  # not at the top: the routes import this module
+
+    return Capsule.of(row).model_dump(mode="json", exclude_none=True)
 
 
 @dataclass
@@ -32,6 +43,7 @@ class ControlPlane:
     files: FileService
     reconciler: Reconciler
     keys: KeyCache
+    events: CapsuleEvents
 
     @classmethod
     async def start(cls, settings: ControlPlaneSettings) -> ControlPlane:
@@ -42,13 +54,15 @@ class ControlPlane:
         pool = AgentPool()
         tasks = TaskTracker()
         activity = ActivityTracker(sessionmaker)
-        capsules = CapsuleService(sessionmaker, pool, tasks, settings.create_wait_sec, activity)
+        events = CapsuleEvents(await open_bus(settings.redis_url), sessionmaker, capsule_json)
+        capsules = CapsuleService(sessionmaker, pool, tasks, settings.create_wait_sec, activity, events)
         reconciler = Reconciler(
             sessionmaker,
             pool,
             interval=settings.reconcile_interval_sec,
             host_stale_sec=settings.host_stale_sec,
             is_booting=capsules.is_booting,
+            events=events,
         )
         cp = cls(
             settings=settings,
@@ -62,6 +76,7 @@ class ControlPlane:
             files=FileService(capsules, pool),
             reconciler=reconciler,
             keys=KeyCache(),
+            events=events,
         )
         reconciler.start()
         activity.start()
@@ -71,5 +86,6 @@ class ControlPlane:
         await self.reconciler.stop()
         await self.capsules.activity.stop()
         await self.tasks.close()
+        await self.events.bus.close()
         await self.pool.close()
         await self.engine.dispose()

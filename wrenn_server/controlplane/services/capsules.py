@@ -30,6 +30,7 @@ from . import lifecycle
 from .activity import ActivityTracker
 from .agents import AgentPool, HostRef
 from .auth import Principal
+from .events import Actor, CapsuleEvents
 from .scheduler import pick_host
 from .status import FINAL, Status
 from .tasks import TaskTracker, wait_bounded
@@ -106,8 +107,10 @@ class CapsuleService:
         tasks: TaskTracker,
         wait_sec: float,
         activity: ActivityTracker,
+        events: CapsuleEvents,
     ) -> None:
         self._sessionmaker = sessionmaker
+        self._events = events
         self.activity = activity
         self._running: dict[uuid.UUID, tuple[float, Sandbox, HostRef]] = {}
         self._pool = pool
@@ -164,8 +167,9 @@ class CapsuleService:
                 default_user=template.default_user,
                 default_env=dict(template.default_env or {}),
             )
-            plan = lifecycle.BootPlan(row.id, HostRef.of(host), request, metadata)
-        task = self._tasks.spawn(lifecycle.boot(self._sessionmaker, self._pool, plan), name=f"boot-{row.id}")
+            plan = lifecycle.BootPlan(row.id, HostRef.of(host), request, metadata, Actor.of(principal))
+        boot = lifecycle.boot(self._sessionmaker, self._pool, plan, self._events)
+        task = self._tasks.spawn(boot, name=f"boot-{row.id}")
         self._booting[row.id] = task
         task.add_done_callback(lambda _: self._booting.pop(row.id, None))
         if await wait_bounded(task, self._wait_sec):
@@ -209,6 +213,7 @@ class CapsuleService:
             row = await self._scoped(session, principal, sandbox_id)
             host = await session.get(Host, row.host_id) if row.host_id else None
             host_ref = HostRef.of(host) if host is not None else None
+        actor = Actor.of(principal)
         for _ in range(5):
             status = Status(row.status)
             if status in FINAL:
@@ -217,14 +222,15 @@ class CapsuleService:
                     wire_id = format_id(Kind.SANDBOX, row.id)
                     self._tasks.spawn(lifecycle.destroy_on_agent(self._pool, host_ref, wire_id), name=f"free-{row.id}")
                 return
-            if status == Status.STOPPING or await lifecycle.set_status(
-                self._sessionmaker, row.id, [status], Status.STOPPING
-            ):
+            if status == Status.STOPPING:
+                break
+            if await lifecycle.set_status(self._sessionmaker, row.id, [status], Status.STOPPING):
+                await self._events.state_changed(row.id, status, Status.STOPPING, actor)
                 break
             row = await self._load(row.id)  # it changed under us: decide again
         else:
             raise Conflict("the sandbox is changing state; try again")
-        teardown = lifecycle.teardown(self._sessionmaker, self._pool, row.id, host_ref)
+        teardown = lifecycle.teardown(self._sessionmaker, self._pool, row.id, host_ref, self._events, actor)
         await wait_bounded(self._tasks.spawn(teardown, name=f"destroy-{row.id}"), self._wait_sec)
 
     async def running(self, principal: Principal, sandbox_id: uuid.UUID) -> tuple[Sandbox, HostRef]:

@@ -23,26 +23,32 @@ from ..db.types import utcnow
 from ..errors import InternalError, NotFound, WrennError
 from ..ids import Kind, format_id
 from .agents import AgentPool, HostRef
+from .events import Actor, CapsuleEvents, EventName
 from .status import Status
 
 log = logging.getLogger(__name__)
+DESTROYED_WHILE_STARTING = "the capsule was destroyed while starting"
 
 
 async def set_status(
     sessionmaker: SessionMaker, sandbox_id: uuid.UUID, expected: Iterable[Status], new: Status, **values: Any
-) -> bool:
-    """Move a capsule to `new` only if it is still in one of `expected`; True when it moved."""
+) -> Status | None:
+    """Move a capsule to `new` only if it is still in one of `expected`; answers the status it moved from
+    (None: it did not move)."""
     async with sessionmaker() as session:
-        result = cast(
-            CursorResult[Any],
-            await session.execute(
-                update(Sandbox)
-                .where(Sandbox.id == sandbox_id, Sandbox.status.in_([s.value for s in expected]))
-                .values(status=new.value, last_updated=utcnow(), **values)
-            ),
-        )
-        await session.commit()
-        return result.rowcount == 1
+        for old in expected:  # one compare-and-set per status, so the answer names the one it moved from
+            result = cast(
+                CursorResult[Any],
+                await session.execute(
+                    update(Sandbox)
+                    .where(Sandbox.id == sandbox_id, Sandbox.status == old.value)
+                    .values(status=new.value, last_updated=utcnow(), **values)
+                ),
+            )
+            if result.rowcount == 1:
+                await session.commit()
+                return old
+        return None
 
 
 @dataclass(frozen=True)
@@ -53,9 +59,10 @@ class BootPlan:
     host: HostRef
     request: pb.CreateSandboxRequest
     user_metadata: dict[str, str]
+    actor: Actor
 
 
-async def boot(sessionmaker: SessionMaker, pool: AgentPool, plan: BootPlan) -> None:
+async def boot(sessionmaker: SessionMaker, pool: AgentPool, plan: BootPlan, events: CapsuleEvents) -> None:
     """CreateSandbox on the agent; `starting` → `running`, or → `error` with the reason (then re-raise)."""
     wire_id = format_id(Kind.SANDBOX, plan.sandbox_id)
     agent = pool.client(plan.host)
@@ -67,13 +74,16 @@ async def boot(sessionmaker: SessionMaker, pool: AgentPool, plan: BootPlan) -> N
         failure = exc if isinstance(exc, WrennError) else InternalError("internal error while starting")
         if not isinstance(exc, WrennError):
             log.exception("boot of %s failed", wire_id)
-        await set_status(
+        old = await set_status(
             sessionmaker, plan.sandbox_id, [Status.STARTING], Status.ERROR, error=failure.message
         )
+        if old is not None:
+            await events.state_changed(plan.sandbox_id, old, Status.ERROR, plan.actor)
+        await events.finished(EventName.CAPSULE_CREATE, plan.sandbox_id, plan.actor, error=failure.message)
         raise failure from exc
     now = utcnow()
     metadata = {**plan.user_metadata, **dict(info.metadata)}
-    moved = await set_status(
+    old = await set_status(
         sessionmaker,
         plan.sandbox_id,
         [Status.STARTING, Status.RUNNING, Status.MISSING],  # the reconciler may have seen it first
@@ -83,9 +93,14 @@ async def boot(sessionmaker: SessionMaker, pool: AgentPool, plan: BootPlan) -> N
         host_ip=info.host_ip,
         meta=metadata,
     )
-    if not moved:
+    if old is None:
         log.info("sandbox %s was destroyed while starting; removing it from its host", wire_id)
         await destroy_on_agent(pool, plan.host, wire_id)
+        await events.finished(EventName.CAPSULE_CREATE, plan.sandbox_id, plan.actor, error=DESTROYED_WHILE_STARTING)
+        return
+    if old != Status.RUNNING:
+        await events.state_changed(plan.sandbox_id, old, Status.RUNNING, plan.actor)
+    await events.finished(EventName.CAPSULE_CREATE, plan.sandbox_id, plan.actor)
 
 
 async def destroy_on_agent(pool: AgentPool, host: HostRef, wire_id: str) -> None:
@@ -100,9 +115,16 @@ async def destroy_on_agent(pool: AgentPool, host: HostRef, wire_id: str) -> None
 
 
 async def teardown(
-    sessionmaker: SessionMaker, pool: AgentPool, sandbox_id: uuid.UUID, host: HostRef | None
+    sessionmaker: SessionMaker,
+    pool: AgentPool,
+    sandbox_id: uuid.UUID,
+    host: HostRef | None,
+    events: CapsuleEvents,
+    actor: Actor,
 ) -> None:
     """`stopping` → agent DestroySandbox → `stopped`."""
     if host is not None:
         await destroy_on_agent(pool, host, format_id(Kind.SANDBOX, sandbox_id))
-    await set_status(sessionmaker, sandbox_id, [Status.STOPPING], Status.STOPPED)
+    if await set_status(sessionmaker, sandbox_id, [Status.STOPPING], Status.STOPPED):
+        await events.state_changed(sandbox_id, Status.STOPPING, Status.STOPPED, actor)
+        await events.finished(EventName.CAPSULE_DESTROY, sandbox_id, actor)

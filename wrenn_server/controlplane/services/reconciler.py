@@ -13,8 +13,10 @@ import logging
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 from sqlalchemy import select, update
+from sqlalchemy.engine import CursorResult
 
 from ..db.engine import SessionMaker
 from ..db.models import Host, Sandbox
@@ -22,6 +24,7 @@ from ..db.types import utcnow
 from ..errors import WrennError
 from ..ids import Kind, format_id
 from .agents import AgentPool, HostRef
+from .events import SYSTEM, CapsuleEvents
 from .lifecycle import destroy_on_agent
 from .status import FINAL, LOST_WITH_HOST, HostStatus, Status
 
@@ -41,8 +44,10 @@ class Reconciler:
         interval: float,
         host_stale_sec: float,
         is_booting: Callable[[uuid.UUID], bool],
+        events: CapsuleEvents | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
+        self._events = events
         self._pool = pool
         self._interval = interval
         self._stale = timedelta(seconds=host_stale_sec)
@@ -103,14 +108,21 @@ class Reconciler:
                 .where(Host.id.in_(stale), Host.status == HostStatus.ONLINE.value)
                 .values(status=HostStatus.UNREACHABLE.value, updated_at=now)
             )
-            await session.execute(
-                update(Sandbox)
-                .where(Sandbox.host_id.in_(stale), Sandbox.status.in_([s.value for s in LOST_WITH_HOST]))
-                .values(status=Status.MISSING.value, last_updated=now)
-            )
+            lost: list[tuple[uuid.UUID, Status]] = []
+            for old in LOST_WITH_HOST:  # one update per status, so each move's `from` is known
+                moved = await session.scalars(
+                    update(Sandbox)
+                    .where(Sandbox.host_id.in_(stale), Sandbox.status == old.value)
+                    .values(status=Status.MISSING.value, last_updated=now)
+                    .returning(Sandbox.id)
+                )
+                lost += [(sandbox_id, old) for sandbox_id in moved.all()]
             await session.commit()
         for host_id in stale:
             log.warning("host %s stopped heartbeating; marked unreachable", format_id(Kind.HOST, host_id))
+        for sandbox_id, old in lost:
+            if self._events is not None:
+                await self._events.state_changed(sandbox_id, old, Status.MISSING, SYSTEM)
 
     async def reconcile_host(self, host: HostRef) -> None:
         # Rows are read before the agent is asked: a row that changes afterwards fails the CAS below.
@@ -166,10 +178,15 @@ class Reconciler:
         if error:
             values["error"] = error
         async with self._sessionmaker() as session:
-            await session.execute(
-                update(Sandbox)
-                .where(Sandbox.id == sandbox_id, Sandbox.status == old.value, Sandbox.last_updated == stamp)
-                .values(**values)
+            result = cast(
+                CursorResult[Any],
+                await session.execute(
+                    update(Sandbox)
+                    .where(Sandbox.id == sandbox_id, Sandbox.status == old.value, Sandbox.last_updated == stamp)
+                    .values(**values)
+                ),
             )
             await session.commit()
         log.info("capsule %s: %s -> %s (reconciled)", format_id(Kind.SANDBOX, sandbox_id), old, new)
+        if result.rowcount == 1 and self._events is not None:
+            await self._events.state_changed(sandbox_id, old, new, SYSTEM)
