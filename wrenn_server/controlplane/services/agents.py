@@ -20,6 +20,7 @@ from ..errors import from_rpc_error
 
 TOKEN_HEADER = "x-wrenn-agent-token"
 CALL_TIMEOUT = 30.0
+INPUT_TIMEOUT = 5.0
 CREATE_TIMEOUT = 600.0
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
@@ -87,6 +88,31 @@ class AgentClient:
 
     async def kill_process(self, request: pb.KillProcessRequest) -> None:
         await self._unary("KillProcess", request, CALL_TIMEOUT)
+
+    async def _stream(self, method: str, request: Any) -> AsyncGenerator[Any, None]:
+        """A server-streaming call without deadline; errors surface on the first `__anext__`."""
+        call = getattr(self._stub, method)(request, metadata=self._metadata)
+        try:
+            async for message in call:
+                yield message
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from exc
+        finally:
+            call.cancel()
+
+    def exec_stream(self, request: pb.ExecRequest) -> AsyncGenerator[pb.ProcessEvent, None]:
+        """Start a process and follow it: `start`, its output, then `end`."""
+        return self._stream("ExecStream", request)
+
+    def connect_process(self, process: pb.ProcessRef) -> AsyncGenerator[pb.ProcessEvent, None]:
+        """Follow a running process: `start`, the replay of its kept output, live output, then `end`."""
+        return self._stream("ConnectProcess", process)
+
+    async def send_input(self, request: pb.SendInputRequest) -> None:
+        await self._unary("SendInput", request, INPUT_TIMEOUT)
+
+    async def resize_pty(self, request: pb.ResizeRequest) -> None:
+        await self._unary("ResizePty", request, CALL_TIMEOUT)
 
     async def list_dir(self, request: pb.ListDirRequest) -> pb.ListDirResponse:
         return cast(pb.ListDirResponse, await self._unary("ListDir", request, CALL_TIMEOUT))
