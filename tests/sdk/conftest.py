@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.cleanup import purge_data_dir
 from tests.controlplane.pg import PostgresServer, postgres_server
 from tests.stack import Stack, free_port
+
+if TYPE_CHECKING:
+    from wrenn import Capsule
 
 __all__ = ["postgres_server"]
 
@@ -46,3 +51,22 @@ def stack(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[Stack]:
         finally:
             stack.stop()
             purge_data_dir(root)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sdk_configured(stack: Stack) -> Iterator[None]:
+    """Configured the way a user does it: the lines `wrenn up` printed, as environment variables."""
+    saved = dict(os.environ)
+    os.environ.update(stack.config())
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def capsule(stack: Stack) -> Iterator[Capsule]:
+    """One capsule shared by a test module; leaving the block destroys it."""
+    from wrenn import Capsule
+
+    with Capsule() as box:
+        yield box

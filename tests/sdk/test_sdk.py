@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,22 +20,6 @@ from wrenn.models import Status
 from tests.stack import Stack
 
 pytestmark = pytest.mark.sdk
-
-
-@pytest.fixture(scope="module", autouse=True)
-def sdk_configured(stack: Stack) -> Iterator[None]:
-    """Configured the way a user does it: the lines `wrenn up` printed, as environment variables."""
-    saved = dict(os.environ)
-    os.environ.update(stack.config())
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-
-
-@pytest.fixture(scope="module")
-def capsule(stack: Stack) -> Iterator[Capsule]:
-    with Capsule() as box:  # leaving the block destroys it
-        yield box
 
 
 def test_create_answers_running_without_polling(capsule: Capsule) -> None:

@@ -5,34 +5,14 @@ One capsule serves the module. Terminal tests end their shell themselves: a shel
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
 
 import pytest
 from wrenn import Capsule, CommandHandle, PtySession, StreamEvent
 
-from tests.stack import Stack
-
 pytestmark = pytest.mark.sdk
 
 OLD_PROCESS_AGE_SEC = 62.0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def sdk_configured(stack: Stack) -> Iterator[None]:
-    """Configured the way a user does it: the lines `wrenn up` printed, as environment variables."""
-    saved = dict(os.environ)
-    os.environ.update(stack.config())
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-
-
-@pytest.fixture(scope="module")
-def capsule(stack: Stack) -> Iterator[Capsule]:
-    with Capsule() as box:  # leaving the block destroys it
-        yield box
 
 
 @pytest.fixture(scope="module")
