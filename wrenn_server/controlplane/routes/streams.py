@@ -59,7 +59,6 @@ class Socket:
 
     def __init__(self, ws: WebSocket, cp: ControlPlane, principal: Principal) -> None:
         self.ws = ws
-        self.cp = cp
         self.principal = principal
         self.streams = StreamService(cp.capsules, cp.pool)
         self._lock = asyncio.Lock()
