@@ -103,3 +103,22 @@ async def cleanup(agent: Agent) -> AsyncIterator[list[str]]:
     for wire_id in created:
         if wire_id in alive:
             await agent.destroy(wire_id)
+
+
+Running = tuple[str, dict[str, str]]  # a capsule id and the headers of its team
+
+
+@pytest.fixture(scope="module")
+async def running(server: ServerThread, harness: Harness, agent: Agent) -> AsyncIterator[Running]:
+    """One running capsule per test module (against that module's `server`), destroyed at its end."""
+    _, headers = await agent_team(harness, agent)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+        resp = await client.post("/v1/capsules", json={}, headers=headers)
+        assert resp.status_code == 201 and resp.json()["status"] == "running", resp.text
+        capsule = resp.json()["id"]
+        try:
+            yield capsule, headers
+        finally:
+            await client.delete(f"/v1/capsules/{capsule}", headers=headers)
+            if capsule in await agent.sandboxes():
+                await agent.destroy(capsule)

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .agent import Agent, agent_team
+from .conftest import Running
 from .harness import Harness, ServerThread
 from .test_errors_auth import assert_error
 
@@ -48,22 +48,6 @@ async def test_not_running_is_409(http: httpx.AsyncClient, harness: Harness, sta
         assert message == f"sandbox is not running (status: {status})", suffix
 
 
-Running = tuple[str, dict[str, str]]
-
-
-@pytest.fixture(scope="module")
-async def running(server: ServerThread, harness: Harness, agent: Agent) -> AsyncIterator[Running]:
-    _, headers = await agent_team(harness, agent)
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
-        resp = await client.post("/v1/capsules", json={}, headers=headers)
-        assert resp.status_code == 201 and resp.json()["status"] == "running", resp.text
-        capsule = resp.json()["id"]
-        try:
-            yield capsule, headers
-        finally:
-            await client.delete(f"/v1/capsules/{capsule}", headers=headers)
-            if capsule in await agent.sandboxes():
-                await agent.destroy(capsule)
 
 
 async def sh(http: httpx.AsyncClient, running: Running, script: str, **fields: Any) -> dict[str, Any]:

@@ -22,13 +22,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from wrenn_server.controlplane.ids import Kind, format_id
 
-from .agent import Agent, agent_team
+from .conftest import Running
 from .harness import Harness, ServerThread, settings_for
 
 IMPLEMENTATIONS = ["websockets-sansio", "wsproto"]
 FIVE_MIB = 5 * 1024 * 1024
 
-Running = tuple[str, dict[str, str]]
 
 
 @pytest.fixture(scope="module", params=IMPLEMENTATIONS)
@@ -42,21 +41,6 @@ async def ws_server(
         yield thread
     finally:
         await asyncio.to_thread(thread.stop)
-
-
-@pytest.fixture(scope="module")
-async def running(server: ServerThread, harness: Harness, agent: Agent) -> AsyncIterator[Running]:
-    _, headers = await agent_team(harness, agent)
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
-        resp = await client.post("/v1/capsules", json={}, headers=headers)
-        assert resp.status_code == 201 and resp.json()["status"] == "running", resp.text
-        capsule = resp.json()["id"]
-        try:
-            yield capsule, headers
-        finally:
-            await client.delete(f"/v1/capsules/{capsule}", headers=headers)
-            if capsule in await agent.sandboxes():
-                await agent.destroy(capsule)
 
 
 def open_ws(server: ServerThread, path: str, headers: dict[str, str] | None = None) -> connect:
