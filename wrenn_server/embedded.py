@@ -14,6 +14,7 @@ from .controlplane.app import create_app
 from .controlplane.services.bootstrap import ensure_admin_key, local_host_registration
 from .controlplane.settings import ControlPlaneSettings
 from .hostagent.app import HostAgent
+from .hostagent.local import LocalStub
 from .hostagent.settings import AgentSettings
 
 
@@ -67,6 +68,8 @@ async def run_embedded(cp_settings: ControlPlaneSettings, agent_settings: AgentS
         base_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
         agent_settings.cp_url = agent_settings.cp_url or base_url
         await agent.start(token or "")
+        assert agent.servicer is not None
+        control_plane.pool.attach_local(agent_settings.advertised_address, LocalStub(agent.servicer))
         control_plane.reconciler.kick()
         lines = [
             f"WRENN_BASE_URL={base_url}",

@@ -22,6 +22,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from wrenn_server.images.builder import build_spawner
+
 REPO = Path(__file__).resolve().parents[2]
 # The guest runs envd on its own python3 (3.11); override to try another interpreter.
 PYTHON = os.environ.get("WRENN_ENVD_PYTHON", "python3")
@@ -34,13 +36,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_SPAWNER = Path(tempfile.mkdtemp(prefix="wrenn-spawn-")) / "wrenn-spawn"
+
+
+def spawner() -> Path:
+    """envd's process helper, built the way the image builder builds it."""
+    if not _SPAWNER.exists():
+        build_spawner(_SPAWNER)
+    return _SPAWNER
+
+
 @asynccontextmanager
 async def running_envd() -> AsyncIterator[httpx.AsyncClient]:
     port = free_port()
     env = {**os.environ, "WRENN_ENVD_FORWARD_ADDR": FORWARD_ADDR, "ENVD_TEST_SECRET": "leak"}
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
-            [PYTHON, "-m", "wrenn_server.envd", "--host", "127.0.0.1", "--port", str(port)],
+            [
+                PYTHON,
+                "-m",
+                "wrenn_server.envd",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--spawner",
+                str(spawner()),
+            ],
             cwd=REPO,
             env=env,
             stdout=log,
@@ -102,9 +124,7 @@ def unb64(text: str) -> bytes:
 
 async def run(client: httpx.AsyncClient, cmd: str, *args: str, **fields: Any) -> dict[str, Any]:
     """Starts a process in run mode; answers the JSON body, asserting a 200."""
-    response = await client.post(
-        "/process/start", json={"cmd": cmd, "args": list(args), "mode": "run", **fields}
-    )
+    response = await client.post("/process/start", json={"cmd": cmd, "args": list(args), "mode": "run", **fields})
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body

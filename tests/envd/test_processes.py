@@ -102,6 +102,8 @@ async def test_missing_or_unexecutable_command(client: httpx.AsyncClient, tmp_pa
         response = await client.post("/process/start", json={"cmd": "no-such-cmd", "mode": mode})
         assert response.status_code == 404
         assert response.json() == {"code": "not_found", "message": "executable not found: no-such-cmd"}
+    response = await client.post("/process/start", json={"cmd": "/no/such-cmd", "mode": "run"})
+    assert response.json() == {"code": "not_found", "message": "executable not found: /no/such-cmd"}
     script = tmp_path / "script.sh"
     script.write_text("echo hi\n")
     response = await client.post("/process/start", json={"cmd": str(script), "mode": "run"})
@@ -178,9 +180,7 @@ async def test_kill_by_pid_and_by_tag(client: httpx.AsyncClient) -> None:
     by_pid = await start(client, "sleep", "30")
     name = tag()
     await start(client, "sleep", "30", tag=name)
-    assert (
-        await client.post("/process/signal", json={"pid": by_pid["pid"], "signal": "SIGKILL"})
-    ).status_code == 204
+    assert (await client.post("/process/signal", json={"pid": by_pid["pid"], "signal": "SIGKILL"})).status_code == 204
     assert (await client.post("/process/signal", json={"tag": name, "signal": 15})).status_code == 204
     assert (await connect(client, pid=by_pid["pid"]))[-1] == {"type": "end", "exit_code": 137, "signal": 9}
     assert (await connect(client, tag=name))[-1] == {"type": "end", "exit_code": 143, "signal": 15}
@@ -300,3 +300,26 @@ async def test_children_inherit_only_their_stdio(client: httpx.AsyncClient) -> N
     await start(client, "sleep", "30", tag=tag())  # another child's pipes exist meanwhile
     result = await run(client, "python3", "-c", "import os; print(sorted(os.listdir('/proc/self/fd')))")
     assert unb64(result["stdout"]).decode().strip() in ("['0', '1', '2']", "['0', '1', '2', '3']")
+
+
+async def test_nul_in_args_or_env_is_400(client: httpx.AsyncClient) -> None:
+    for fields in ({"args": ["a\u0000b"]}, {"envs": {"A": "x\u0000y"}}, {"envs": {"A=B": "x"}}):
+        response = await client.post("/process/start", json={"cmd": "true", "mode": "run", **fields})
+        assert response.status_code == 400, response.text
+        assert response.json()["code"] == "invalid_request"
+
+
+async def test_processes_outlive_a_dead_process_helper(fresh_client: httpx.AsyncClient) -> None:
+    """envd starts children through wrenn-spawn; when that helper dies, no exit is lost and starts go on."""
+    client = fresh_client
+    sleeper = await start(client, "sh", "-c", "sleep 1; exit 5", tag=tag())
+    helper = int(unb64((await sh(client, "echo $PPID"))["stdout"]))
+    assert helper != os.getpid()
+    os.kill(helper, 9)
+    # The sleeper, orphaned by the helper, is reaped by envd as its subreaper: its real exit code is reported.
+    events = await connect(client, pid=sleeper["pid"])
+    assert events[-1]["type"] == "end" and events[-1]["exit_code"] == 5
+    after = await sh(client, "echo $PPID; echo again")
+    assert after["exit_code"] == 0
+    new_helper, text = unb64(after["stdout"]).decode().split()
+    assert int(new_helper) != helper and text == "again"

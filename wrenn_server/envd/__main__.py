@@ -16,15 +16,15 @@ from .http import start_server
 from .metrics import Metrics
 from .ports import PortForwarder
 from .processes import ProcessTable
-from .spawn import oom_score, set_oom_score
+from .spawn import CHILD_OOM_SCORE, SPAWNER, oom_score, set_oom_score
 from .users import Defaults
 
 DEFAULT_PORT = 49983
 
 
-async def serve(host: str, port: int, forward_address: str | None, oom_score: int | None) -> None:
+async def serve(host: str, port: int, spawner: str, forward_address: str | None, oom_shielded: bool) -> None:
     loop = asyncio.get_running_loop()
-    processes = ProcessTable(oom_score)
+    processes = ProcessTable(spawner, CHILD_OOM_SCORE if oom_shielded else None)
     processes.install(loop)
     try:
         server = await start_server(App(Defaults(), processes, Metrics()), host, port)
@@ -41,12 +41,14 @@ async def serve(host: str, port: int, forward_address: str | None, oom_score: in
         forwarding.cancel()
         forwarder.close()
         server.close()
+        processes.close()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="envd", description="Wrenn guest agent")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--spawner", default=SPAWNER, help="path of the wrenn-spawn helper (spawner.c)")
     parser.add_argument("--version", action="version", version=f"envd {__version__}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="envd: %(levelname)s %(message)s", stream=sys.stderr)
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     # Only tests set this: they cannot bind the host's default-route address, so they forward to another one.
     forward_address = os.environ.get("WRENN_ENVD_FORWARD_ADDR") or None
     with suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port, forward_address, oom_score()))
+        asyncio.run(serve(args.host, args.port, args.spawner, forward_address, oom_score() is not None))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, Callable
 from enum import StrEnum
 from typing import Any
 
-from .errors import InvalidRequest, NotFound, Timeout
+from .errors import InvalidRequest, Timeout
 from .http import Handler, Request, Response, StreamAborted, json_response
 from .params import JsonObject, opt_bool, opt_int, opt_number, opt_str, read_json, req_str, str_list, str_map
 from .processes import Process, ProcessInfo, ProcessTable
@@ -151,8 +151,6 @@ def routes(defaults: Defaults, table: ProcessTable) -> dict[tuple[str, str], Han
             cwd = defaults.resolve_path(cwd)
         else:
             cwd = defaults.workdir or (user.home if os.path.isdir(user.home) else "/")
-        if not os.path.isdir(cwd):
-            raise NotFound(f"working directory not found: {cwd}")
         exe = resolve_executable(cmd, env.get("PATH", ""))
         launch = Launch([cmd, *args], exe, env, cwd, user, opt_bool(body, "stdin"), pty)
         return launch, ProcessInfo(opt_str(body, "tag"), cmd, args, envs, cwd, pty is not None)
@@ -181,9 +179,11 @@ def routes(defaults: Defaults, table: ProcessTable) -> dict[tuple[str, str], Han
         out = collected.out
         stdout, stderr = out[OutputKind.STDOUT] or out[OutputKind.PTY], out[OutputKind.STDERR]
         millis = int((time.monotonic() - began) * 1000)
-        return Response(200, b'{"pid":%d,"exit_code":%d,"stdout":"%s","stderr":"%s","duration_ms":%d}' % (
-            proc.pid, proc.exit_code or 0, base64.b64encode(stdout), base64.b64encode(stderr), millis
-        ))
+        return Response(
+            200,
+            b'{"pid":%d,"exit_code":%d,"stdout":"%s","stderr":"%s","duration_ms":%d}'
+            % (proc.pid, proc.exit_code or 0, base64.b64encode(stdout), base64.b64encode(stderr), millis),
+        )
 
     async def find(request: Request) -> tuple[Process, JsonObject]:
         body = await read_json(request)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .errors import Conflict, InvalidRequest, NotFound
-from .spawn import Launch, OutputKind, PtySize, Spawned, set_winsize, spawn
+from .spawn import Launch, OutputKind, PtySize, Spawned, Spawner, set_winsize
 
 RING_BYTES = 1 << 20
 KEEP_AFTER_EXIT = 60.0
@@ -40,11 +40,10 @@ class ProcessInfo:
 class Process:
     def __init__(self, info: ProcessInfo, spawned: Spawned) -> None:
         self.info = info
-        self.pid = spawned.popen.pid
+        self.pid = spawned.pid
         self.exit_code: int | None = None
         self.signal: int | None = None
         self.finished = asyncio.Event()
-        self._popen = spawned.popen
         self._outputs = spawned.outputs
         self._input_fd = spawned.input_fd
         self._master_fd = spawned.master_fd
@@ -111,7 +110,6 @@ class Process:
         """Called by the reaper with the wait status."""
         code = os.waitstatus_to_exitcode(status)
         self.exit_code, self.signal = (128 - code, -code) if code < 0 else (code, None)
-        self._popen.returncode = code  # the Popen must never wait on this (reaped, maybe reused) pid
         if self._outputs:
             self._loop.call_later(EOF_GRACE, self._stop_reading)
         self._maybe_finish()
@@ -175,18 +173,21 @@ class Process:
 
 
 class ProcessTable:
-    def __init__(self, own_oom_score: int | None) -> None:
-        self._own_oom_score = own_oom_score  # see `spawn`
+    def __init__(self, spawner_path: str, child_oom_score: int | None) -> None:
+        self._spawner = Spawner(spawner_path, self._exited, child_oom_score)
         self._by_pid: dict[int, Process] = {}
         self._by_tag: dict[str, Process] = {}
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.add_signal_handler(signal.SIGCHLD, self._reap)
 
+    def close(self) -> None:
+        self._spawner.close()
+
     def start(self, launch: Launch, info: ProcessInfo) -> Process:
         if info.tag is not None and (old := self._by_tag.get(info.tag)) is not None and old.running:
             raise Conflict(f"tag already in use by process {old.pid}: {info.tag}")
-        proc = Process(info, spawn(launch, self._own_oom_score))
+        proc = Process(info, self._spawner.spawn(launch))
         # Nothing awaits between spawn and here, so the reaper cannot see this pid before it is known.
         self._by_pid[proc.pid] = proc
         if info.tag is not None:
@@ -205,7 +206,8 @@ class ProcessTable:
         return [p for p in self._by_pid.values() if p.running]
 
     def _reap(self) -> None:
-        # envd may be PID 1 of its container, so it reaps every child, orphans included.
+        # envd's own children are the helper and, as their subreaper, orphans: a dead helper's children
+        # among them. The helper reports the exits of the children it reaps itself (see `_exited`).
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -213,10 +215,16 @@ class ProcessTable:
                 return
             if pid == 0:
                 return
-            proc = self._by_pid.get(pid)
-            if proc is not None and proc.running:
-                proc.exited(status)
-                asyncio.get_running_loop().call_later(KEEP_AFTER_EXIT, self._forget, proc)
+            if pid == self._spawner.helper_pid():
+                self._spawner.lost()
+            else:
+                self._exited(pid, status)
+
+    def _exited(self, pid: int, status: int) -> None:
+        proc = self._by_pid.get(pid)
+        if proc is not None and proc.running:
+            proc.exited(status)
+            asyncio.get_running_loop().call_later(KEEP_AFTER_EXIT, self._forget, proc)
 
     def _forget(self, proc: Process) -> None:
         if self._by_pid.get(proc.pid) is proc:

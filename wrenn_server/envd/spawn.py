@@ -1,21 +1,46 @@
-"""Starting one child: pipes or a pseudo-terminal, its own session, its user, and its OOM score."""
+"""Starting one child through wrenn-spawn (spawner.c): pipes or a pseudo-terminal, its own session, its user,
+its OOM score; and hearing when it exits."""
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
+import errno
 import fcntl
+import logging
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import termios
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 
 from .errors import InvalidRequest, NotFound
 from .users import User
 
+log = logging.getLogger(__name__)
+
+SPAWNER = "/usr/local/lib/wrenn/wrenn-spawn"
 CHILD_OOM_SCORE = 100
+_REQUEST = struct.Struct("=IIIIIIIi")  # struct request in spawner.c
+_REPLY = struct.Struct("=iii")
+_EXITED = struct.Struct("=ii")
+_NO_OOM_SCORE = -(2**31)
+_FLAG_TERMINAL, _FLAG_SWITCH_USER = 1, 2
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class Step(IntEnum):
+    NONE = 0
+    CHDIR = 1
+    EXEC = 2
+    USER = 3
+    FORK = 4
+    OTHER = 5
 
 
 class OutputKind(StrEnum):
@@ -45,13 +70,15 @@ class Launch:
 
 @dataclass
 class Spawned:
-    popen: subprocess.Popen[bytes]
+    pid: int
     outputs: dict[int, OutputKind]  # our read ends, non-blocking
     input_fd: int | None  # pipe to stdin, or the pty master
     master_fd: int | None
 
 
 def resolve_executable(cmd: str, path: str) -> str:
+    if "/" in cmd:
+        return cmd  # the exec itself reports a missing or non-executable file
     found = shutil.which(cmd, path=path)
     if found:
         return found
@@ -77,54 +104,189 @@ def set_oom_score(value: int) -> None:
         f.write(str(value))
 
 
-def _take_terminal() -> None:
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # in the child: its pty becomes its controlling terminal
+def _encode(value: str, what: str) -> bytes:
+    data = os.fsencode(value)
+    if b"\0" in data:
+        raise InvalidRequest(f"{what} must not contain NUL characters")
+    return data + b"\0"
 
 
-def spawn(launch: Launch, own_oom_score: int | None) -> Spawned:
-    """Starts `launch`; `own_oom_score` is envd's, None when there is no /proc to set it in."""
-    switch = launch.user if launch.user.uid != os.getuid() else None
-    master: int | None = None
-    if launch.pty:
-        master, slave = os.openpty()
-        set_winsize(master, launch.pty)
-        ours, theirs, stdio = [master], [slave], (slave, slave, slave)
-        outputs: dict[int, OutputKind] = {master: OutputKind.PTY}
-        input_fd: int | None = master
-    else:
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        in_r, in_w = os.pipe() if launch.stdin else (subprocess.DEVNULL, None)
-        ours = [out_r, err_r] + ([in_w] if in_w is not None else [])
-        theirs = [out_w, err_w] + ([in_r] if in_w is not None else [])
-        stdio = (in_r, out_w, err_w)
-        outputs, input_fd = {out_r: OutputKind.STDOUT, err_r: OutputKind.STDERR}, in_w
-    # The child inherits the OOM score at fork. Taking 100 ourselves for the moment of the fork, rather
-    # than setting it in a preexec_fn, lets Popen use vfork (no preexec_fn, no uid change): ~0.2 ms, not
-    # ~1.8. Going back down needs no privilege: the kernel lets a process return to its last privileged
-    # floor, which is -1000 when envd could set that at start and its inherited score otherwise.
-    if own_oom_score is not None:
-        set_oom_score(CHILD_OOM_SCORE)
-    try:
-        popen = subprocess.Popen(
-            launch.argv, executable=launch.executable, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
-            cwd=launch.cwd, env=launch.env, start_new_session=True,
-            # Every descriptor Python opens is close-on-exec already; skipping the child's sweep of
-            # /proc/self/fd saves ~0.6 ms per start under gVisor.
-            close_fds=False,
-            user=switch.uid if switch else None, group=switch.gid if switch else None,
-            extra_groups=os.getgrouplist(switch.name, switch.gid) if switch else None,
-            preexec_fn=_take_terminal if launch.pty else None,
+def _failure(launch: Launch, step: int, err: int) -> Exception:
+    reason = os.strerror(err)
+    if step == Step.EXEC:
+        if err == errno.ENOENT:
+            return NotFound(f"executable not found: {launch.argv[0]}")
+        return InvalidRequest(f"not executable: {launch.argv[0]} ({reason})")
+    if step == Step.CHDIR:
+        if err in (errno.ENOENT, errno.ENOTDIR):
+            return NotFound(f"working directory not found: {launch.cwd}")
+        return InvalidRequest(f"cannot enter working directory {launch.cwd}: {reason}")
+    if step == Step.USER:
+        return InvalidRequest(f"cannot run as user {launch.user.name}: {reason}")
+    return OSError(err, f"could not start {launch.argv[0]}: {reason}")
+
+
+class Spawner:
+    """envd's side of wrenn-spawn: it starts envd's children and reports their exits to `on_exit(pid, status)`.
+
+    The helper is started on first use and again after it dies. envd is the children's subreaper, so the
+    children of a helper that died come to envd, whose own reaper then reports their exits.
+    """
+
+    def __init__(self, path: str, on_exit: Callable[[int, int], None], child_oom_score: int | None) -> None:
+        self.path = path
+        self._on_exit = on_exit
+        self._oom_score = _NO_OOM_SCORE if child_oom_score is None else child_oom_score
+        self._helper: subprocess.Popen[bytes] | None = None
+        self._requests: socket.socket | None = None
+        self._events: socket.socket | None = None
+        self._pending = b""
+        self._null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        with suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+    def _start_helper(self) -> None:
+        requests, theirs = socket.socketpair()
+        events, their_events = socket.socketpair()
+        try:
+            self._helper = subprocess.Popen(
+                [self.path, str(theirs.fileno()), str(their_events.fileno())],
+                pass_fds=(theirs.fileno(), their_events.fileno()),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            requests.close()
+            events.close()
+            raise OSError(exc.errno, f"cannot start the process helper {self.path}: {exc.strerror}") from None
+        finally:
+            theirs.close()
+            their_events.close()
+        self._requests, self._events, self._pending = requests, events, b""
+        events.setblocking(False)
+        asyncio.get_running_loop().add_reader(events.fileno(), self._read_events)
+
+    def helper_pid(self) -> int | None:
+        return self._helper.pid if self._helper is not None else None
+
+    def lost(self) -> None:
+        """The helper is gone (envd reaped it, or its socket closed): the next start runs a new one."""
+        if self._events is not None:
+            asyncio.get_running_loop().remove_reader(self._events.fileno())
+            self._read_events()
+            self._events.close()
+        if self._requests is not None:
+            self._requests.close()
+        if self._helper is not None:
+            self._helper.returncode = self._helper.returncode or -1  # reaped by envd's reaper, never by Popen
+        self._helper = self._requests = self._events = None
+        self._pending = b""
+
+    def _read_events(self) -> None:
+        events = self._events
+        if events is None:
+            return
+        while True:
+            try:
+                data = events.recv(65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                log.warning("the process helper stopped; it starts again with the next process")
+                self._events = None
+                asyncio.get_running_loop().remove_reader(events.fileno())
+                events.close()
+                self.lost()
+                return
+            self._pending += data
+        whole = len(self._pending) - len(self._pending) % _EXITED.size
+        records, self._pending = self._pending[:whole], self._pending[whole:]
+        for pid, status in _EXITED.iter_unpack(records):
+            self._on_exit(pid, status)
+
+    def spawn(self, launch: Launch) -> Spawned:
+        switch = launch.user if launch.user.uid != os.getuid() else None
+        body = b"".join(
+            [
+                struct.pack(f"={len(switch.groups)}I", *switch.groups) if switch else b"",
+                _encode(launch.executable, "cmd"),
+                _encode(launch.cwd, "cwd"),
+                *(_encode(arg, "args") for arg in launch.argv),
+                *(_encode(f"{_env_key(k)}={v}", "envs") for k, v in launch.env.items()),
+            ]
         )
-    except BaseException:
+        flags = (_FLAG_TERMINAL if launch.pty else 0) | (_FLAG_SWITCH_USER if switch else 0)
+        header = _REQUEST.pack(
+            len(body),
+            flags,
+            switch.uid if switch else 0,
+            switch.gid if switch else 0,
+            len(switch.groups) if switch else 0,
+            len(launch.argv),
+            len(launch.env),
+            self._oom_score,
+        )
+        master: int | None = None
+        if launch.pty:
+            master, slave = os.openpty()
+            set_winsize(master, launch.pty)
+            ours, theirs, stdio = [master], [slave], (slave, slave, slave)
+            outputs: dict[int, OutputKind] = {master: OutputKind.PTY}
+            input_fd: int | None = master
+        else:
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            in_r, in_w = os.pipe() if launch.stdin else (self._null, None)
+            ours = [out_r, err_r] + ([in_w] if in_w is not None else [])
+            theirs = [out_w, err_w] + ([in_r] if in_w is not None else [])
+            stdio = (in_r, out_w, err_w)
+            outputs, input_fd = {out_r: OutputKind.STDOUT, err_r: OutputKind.STDERR}, in_w
+        try:
+            pid, err, step = self._exchange(header, body, stdio)
+            if err:
+                raise _failure(launch, step, err)
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
         for fd in ours:
-            os.close(fd)
-        raise
-    finally:
-        if own_oom_score is not None:
-            set_oom_score(own_oom_score)
-        for fd in theirs:
-            os.close(fd)
-    for fd in ours:
-        os.set_blocking(fd, False)
-    return Spawned(popen, outputs, input_fd, master)
+            os.set_blocking(fd, False)
+        return Spawned(pid, outputs, input_fd, master)
+
+    def _exchange(self, header: bytes, body: bytes, stdio: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Sends one start request; answers the helper's reply: (pid, errno, step)."""
+        if self._requests is None:
+            self._start_helper()
+        requests = self._requests
+        assert requests is not None
+        try:
+            requests.sendmsg([header], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("3i", *stdio))])
+            requests.sendall(body)
+            reply = b""
+            while len(reply) < _REPLY.size:
+                chunk = requests.recv(_REPLY.size - len(reply))
+                if not chunk:
+                    raise ConnectionResetError("the process helper closed its socket")
+                reply += chunk
+        except OSError as exc:
+            self.lost()
+            raise OSError(errno.EAGAIN, f"the process helper stopped ({exc}); try again") from None
+        pid, err, step = _REPLY.unpack(reply)
+        return pid, err, step
+
+    def close(self) -> None:
+        if self._requests is not None:
+            self._requests.close()  # the helper exits when it reads the end
+            self._requests = None
+
+
+def _env_key(key: str) -> str:
+    if not key or "=" in key:
+        raise InvalidRequest(f"invalid environment variable name: {key!r}")
+    return key

@@ -24,6 +24,7 @@ class HostAgent:
         self.settings = settings
         self.auth = Auth()
         self.manager: SandboxManager | None = None
+        self.servicer: Servicer | None = None
         self._server: object | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -37,7 +38,8 @@ class HostAgent:
         runtime = await select_runtime(self.settings.runtime, self.settings.dir)
         self.manager = SandboxManager(runtime, Network(str(self.settings.dir.resolve())), Storage(self.settings.dir))
         await self.manager.start()
-        server = make_server(Servicer(self.manager, self.auth), self.settings.host_listen_addr)
+        self.servicer = Servicer(self.manager, self.auth)
+        server = make_server(self.servicer, self.settings.host_listen_addr)
         await server.start()
         self._server = server
         log.info("host agent serving on %s with runtime %s", self.settings.host_listen_addr, runtime.name)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ..envd.spawn import SPAWNER
+
 PACKAGES = (
     "python3",
     "bash",
@@ -93,7 +95,7 @@ def final_key() -> str:
     h.update(_init_script())
     h.update(_shim_source())
     h.update(Path(__file__).read_bytes())  # how the image is finished is an input too
-    for path in sorted(_envd_dir().rglob("*.py")):
+    for path in sorted([*_envd_dir().rglob("*.py"), *_envd_dir().rglob("*.c")]):
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -165,6 +167,13 @@ def _debootstrap(base: Path, cache: Path, progress: Progress) -> None:
 STATX_WRAPPED = ("ls", "dir", "vdir", "stat")
 
 
+def build_spawner(out: Path) -> None:
+    """envd's process helper (envd/spawner.c); static, so it maps little and starts children cheaply."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    source = _envd_dir() / "spawner.c"
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-static", "-o", str(out), str(source)], check=True)
+
+
 def _install_statx_shim(rootfs: Path) -> None:
     """ls and stat fail under runsc 20221219 (statx flags); see statx-shim.c."""
     lib = rootfs / "usr/local/lib/wrenn/libstatx-shim.so"
@@ -202,7 +211,8 @@ def _finalize(base_rootfs: Path, paths: ImagePaths, progress: Progress) -> None:
     rootfs = staging / "rootfs"
     progress("installing envd and wrenn-init", 0.97)
     target = rootfs / "usr/local/lib/wrenn/envd"
-    shutil.copytree(_envd_dir(), target, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(_envd_dir(), target, ignore=shutil.ignore_patterns("__pycache__", "*.c"))
+    build_spawner(rootfs / SPAWNER.lstrip("/"))
     init = rootfs / "usr/local/bin/wrenn-init"
     init.write_bytes(_init_script())
     init.chmod(0o755)

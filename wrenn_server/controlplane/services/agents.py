@@ -130,9 +130,7 @@ class AgentClient:
 
     async def read_file_stream(self, sandbox_id: str, path: str) -> AsyncGenerator[bytes, None]:
         """The file's bytes chunk by chunk; errors surface on the first `__anext__`."""
-        call = self._stub.ReadFileStream(
-            pb.PathRequest(sandbox_id=sandbox_id, path=path), metadata=self._metadata
-        )
+        call = self._stub.ReadFileStream(pb.PathRequest(sandbox_id=sandbox_id, path=path), metadata=self._metadata)
         try:
             async for chunk in call:
                 yield cast(pb.FileChunk, chunk).data
@@ -160,9 +158,7 @@ class UploadCall:
         self._abandoned = False
         self._call = stub.WriteFileStream(self._messages(meta, chunks), metadata=metadata)
 
-    async def _messages(
-        self, meta: pb.PathRequest, chunks: AsyncIterable[bytes]
-    ) -> AsyncIterator[pb.WriteFileChunk]:
+    async def _messages(self, meta: pb.PathRequest, chunks: AsyncIterable[bytes]) -> AsyncIterator[pb.WriteFileChunk]:
         yield pb.WriteFileChunk(meta=meta)
         async for chunk in chunks:
             if self._abandoned:
@@ -190,16 +186,26 @@ class AgentPool:
 
     def __init__(self) -> None:
         self._channels: dict[str, Any] = {}
+        self._stubs: dict[str, Any] = {}
+        self._local: dict[str, Any] = {}
+
+    def attach_local(self, address: str, stub: Any) -> None:
+        """Calls to the agent at `address` go to `stub`, an agent in this process (see hostagent.local)."""
+        self._local[address] = stub
 
     def client(self, host: HostRef) -> AgentClient:
+        stub = self._local.get(host.address) or self._stubs.get(host.address)
+        if stub is not None:
+            return AgentClient(stub, host.rpc_token)
         channel = self._channels.get(host.address)
         if channel is None:
             channel = grpc.aio.insecure_channel(host.address, options=_CHANNEL_OPTIONS)
             self._channels[host.address] = channel
-        stub = pb_grpc.HostAgentServiceStub(channel)  # type: ignore[no-untyped-call]
+        stub = self._stubs[host.address] = pb_grpc.HostAgentServiceStub(channel)  # type: ignore[no-untyped-call]
         return AgentClient(stub, host.rpc_token)
 
     async def close(self) -> None:
+        self._local, self._stubs = {}, {}
         channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
             await channel.close()
