@@ -12,7 +12,8 @@ from wrenn_server import __version__
 from .errors import install_error_handlers
 from .limits import BodyLimitMiddleware
 from .logs import configure_logging
-from .routes import capsules, events, exec, files, health, hosts, processes, pty, streams
+from .proxy import PortProxy
+from .routes import capsules, events, exec, files, health, hosts, metrics, processes, pty, streams
 from .settings import ControlPlaneSettings
 from .state import ControlPlane
 
@@ -45,6 +46,8 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
     app.state.max_upload_bytes = settings.max_upload_bytes
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_json_bytes)
-    for module in (health, capsules, exec, processes, files, hosts, streams, pty, events):
+    app.add_middleware(PortProxy, required_auth=settings.proxy_auth == "required")  # outside the body limit
+    # metrics first: its /v1/capsules/stats and /usage must win over /v1/capsules/{id}.
+    for module in (health, metrics, capsules, exec, processes, files, hosts, streams, pty, events):
         app.include_router(module.router)
     return app

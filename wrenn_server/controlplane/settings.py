@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
@@ -53,6 +54,11 @@ class ControlPlaneSettings(BaseSettings):
         30.0, gt=0, description="Seconds of silence after which /v1/events/stream sends a keepalive comment."
     )
     proxy_domain: str = Field("", description="Domain of the subdomain proxy `{port}-{id}.{domain}`.")
+    proxy_auth: Literal["optional", "required"] = Field(
+        "optional",
+        description="Port proxy credentials: `optional` (the reference's default; a key sent must be the "
+        "capsule team's) or `required`.",
+    )
     max_upload_mb: int = Field(100, ge=1, description="Size limit of /files/write uploads, in MiB.")
     max_json_kb: int = Field(1024, ge=1, description="Size limit of JSON request bodies, in KiB.")
     log_level: str = Field("info", description="Log level of the control plane.")

@@ -11,16 +11,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .db.engine import SessionMaker, make_engine, make_sessionmaker
 from .db.migrate import migrate
 from .db.models import Sandbox
+from .errors import Unauthorized
+from .ids import hash_secret
 from .services.activity import ActivityTracker
 from .services.agents import AgentPool
-from .services.auth import KeyCache
+from .services.auth import KeyCache, Principal, principal_from_api_key, principal_from_user_jwt
 from .services.capsules import CapsuleService
 from .services.events import CapsuleEvents, open_bus
 from .services.exec import ExecService
 from .services.files import FileService
+from .services.metrics import MetricsService
 from .services.reconciler import Reconciler
 from .services.tasks import TaskTracker
 from .settings import ControlPlaneSettings
+from .upstream import Upstream
 
 
 def capsule_json(row: Sandbox) -> Mapping[str, Any]:
@@ -44,6 +48,8 @@ class ControlPlane:
     reconciler: Reconciler
     keys: KeyCache
     events: CapsuleEvents
+    upstream: Upstream
+    metrics: MetricsService
 
     @classmethod
     async def start(cls, settings: ControlPlaneSettings) -> ControlPlane:
@@ -77,12 +83,35 @@ class ControlPlane:
             reconciler=reconciler,
             keys=KeyCache(),
             events=events,
+            upstream=Upstream(),
+            metrics=MetricsService(sessionmaker, pool, capsules),
         )
         reconciler.start()
         activity.start()
+        cp.metrics.start()
         return cp
 
+    async def authenticate(self, api_key: str | None, authorization: str | None) -> Principal:
+        """`X-API-Key` first, then `Authorization: Bearer <JWT>`; anything else is 401."""
+        if api_key:
+            key_hash = hash_secret(api_key)
+            cached = self.keys.get(key_hash)
+            if cached is not None:
+                return cached
+        async with self.sessionmaker() as session:
+            if api_key:
+                principal = await principal_from_api_key(session, api_key)
+                self.keys.put(key_hash, principal)
+                return principal
+            if authorization:
+                scheme, _, token = authorization.partition(" ")
+                if scheme.lower() == "bearer" and token.strip():
+                    return await principal_from_user_jwt(session, self.jwt_secret, token.strip())
+        raise Unauthorized("missing or invalid credentials: send X-API-Key or Authorization: Bearer")
+
     async def close(self) -> None:
+        await self.metrics.stop()
+        await self.upstream.close()
         await self.reconciler.stop()
         await self.capsules.activity.stop()
         await self.tasks.close()

@@ -89,6 +89,14 @@ class AgentClient:
     async def kill_process(self, request: pb.KillProcessRequest) -> None:
         await self._unary("KillProcess", request, CALL_TIMEOUT)
 
+    async def sandbox_metrics(self, sandbox_id: str, range_name: str) -> pb.MetricsResponse:
+        request = pb.MetricsRequest(sandbox_id=sandbox_id, range=range_name)
+        return cast(pb.MetricsResponse, await self._unary("GetSandboxMetrics", request, CALL_TIMEOUT))
+
+    async def flush_sandbox_metrics(self, sandbox_id: str) -> pb.FlushMetricsResponse:
+        request = pb.SandboxRef(sandbox_id=sandbox_id)
+        return cast(pb.FlushMetricsResponse, await self._unary("FlushSandboxMetrics", request, CALL_TIMEOUT))
+
     async def _stream(self, method: str, request: Any) -> AsyncGenerator[Any, None]:
         """A server-streaming call without deadline; errors surface on the first `__anext__`."""
         call = getattr(self._stub, method)(request, metadata=self._metadata)

@@ -99,6 +99,10 @@ def not_running(row: Sandbox) -> InvalidState:
 RUNNING_CACHE_SEC = 1.0
 
 
+def _owns(principal: Principal | None, row: Sandbox) -> bool:
+    return principal is None or row.team_id == principal.team_id
+
+
 class CapsuleService:
     def __init__(
         self,
@@ -233,20 +237,20 @@ class CapsuleService:
         teardown = lifecycle.teardown(self._sessionmaker, self._pool, row.id, host_ref, self._events, actor)
         await wait_bounded(self._tasks.spawn(teardown, name=f"destroy-{row.id}"), self._wait_sec)
 
-    async def running(self, principal: Principal, sandbox_id: uuid.UUID) -> tuple[Sandbox, HostRef]:
-        """The capsule and its host, or 409 `invalid_state` unless it is running.
+    async def running(self, principal: Principal | None, sandbox_id: uuid.UUID) -> tuple[Sandbox, HostRef]:
+        """The capsule and its host, or 409 `invalid_state` unless it is running; any team's without `principal`.
 
         Answers from a one-second cache: this lookup precedes every exec and file call, and the host agent
         refuses work for a capsule that stopped running meanwhile, so a stale hit cannot do harm.
         """
         hit = self._running.get(sandbox_id)
-        if hit is not None and hit[0] > time.monotonic() and hit[1].team_id == principal.team_id:
+        if hit is not None and hit[0] > time.monotonic() and _owns(principal, hit[1]):
             return hit[1], hit[2]
         row, host = await self._running_from_db(principal, sandbox_id)
         self._running[sandbox_id] = (time.monotonic() + RUNNING_CACHE_SEC, row, host)
         return row, host
 
-    async def _running_from_db(self, principal: Principal, sandbox_id: uuid.UUID) -> tuple[Sandbox, HostRef]:
+    async def _running_from_db(self, principal: Principal | None, sandbox_id: uuid.UUID) -> tuple[Sandbox, HostRef]:
         if len(self._running) > 10_000:
             self._running.clear()
         async with self._sessionmaker() as session:
@@ -257,7 +261,7 @@ class CapsuleService:
                     .where(Sandbox.id == sandbox_id)
                 )
             ).first()
-            if found is None or found[0].team_id != principal.team_id:
+            if found is None or not _owns(principal, found[0]):
                 raise NotFound("sandbox not found")
             row, host = found
             if row.status != Status.RUNNING.value:

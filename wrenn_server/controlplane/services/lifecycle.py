@@ -22,6 +22,7 @@ from ..db.models import Sandbox
 from ..db.types import utcnow
 from ..errors import InternalError, NotFound, WrennError
 from ..ids import Kind, format_id
+from . import metric_store
 from .agents import AgentPool, HostRef
 from .events import Actor, CapsuleEvents, EventName
 from .status import Status
@@ -122,8 +123,9 @@ async def teardown(
     events: CapsuleEvents,
     actor: Actor,
 ) -> None:
-    """`stopping` → agent DestroySandbox → `stopped`."""
+    """`stopping` → keep the 24 h metrics → agent DestroySandbox → `stopped`."""
     if host is not None:
+        await metric_store.flush(sessionmaker, pool, host, sandbox_id, ("24h",))
         await destroy_on_agent(pool, host, format_id(Kind.SANDBOX, sandbox_id))
     if await set_status(sessionmaker, sandbox_id, [Status.STOPPING], Status.STOPPED):
         await events.state_changed(sandbox_id, Status.STOPPING, Status.STOPPED, actor)
