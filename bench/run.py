@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from . import create_latency, exec_latency
+from . import create_latency, exec_latency, interactive
 from .common import emit
 
 if __name__ == "__main__":
-    emit({**exec_latency.measure(), **create_latency.measure()})
+    emit({**exec_latency.measure(), **create_latency.measure(), **interactive.measure()})
