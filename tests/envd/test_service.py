@@ -111,3 +111,17 @@ async def test_init_unknown_user_is_404(fresh_client: httpx.AsyncClient) -> None
     response = await fresh_client.post("/init", json={"defaultUser": "no-such-user-here"})
     assert response.status_code == 404
     assert response.json()["code"] == "not_found"
+
+
+async def test_snapshot_prepare_resets_the_other_clients(fresh_client: httpx.AsyncClient) -> None:
+    """Before a checkpoint envd drops every other client connection (with a reset) and keeps the caller's."""
+    async with httpx.AsyncClient(base_url=str(fresh_client.base_url), timeout=10) as other:
+        async with other.stream("POST", "/process/start", json={"cmd": "sleep", "args": ["30"], "mode": "stream"}) as s:
+            lines = s.aiter_lines()
+            assert '"start"' in await anext(lines)
+            assert (await fresh_client.post("/snapshot/prepare", json={})).status_code == 204
+            with pytest.raises(httpx.TransportError):
+                async for _ in lines:
+                    pass
+        assert (await fresh_client.get("/health")).status_code == 200  # the caller's connection is still fine
+    assert (await fresh_client.post("/snapshot/resume", json={})).status_code == 204

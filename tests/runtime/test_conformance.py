@@ -348,3 +348,44 @@ async def test_metrics_are_sampled_and_flushed(agent: AgentHandle, capsule: pb.S
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await agent.stub.GetSandboxMetrics(pb.MetricsRequest(sandbox_id=sid, range="3w"), metadata=agent.md)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_pause_and_resume_keep_the_whole_guest(agent: AgentHandle) -> None:
+    """Checkpoint and restore: memory, processes, files and address continue; a paused capsule refuses work,
+    survives an agent restart, and is destroyed with everything it held."""
+    box = await create(agent)
+    ref = pb.SandboxRef(sandbox_id=box.sandbox_id)
+    await sh(agent, box, "echo on-disk > /root/kept; echo in-tmpfs > /tmp/kept")
+    counter = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"
+    await agent.stub.StartBackground(
+        pb.ExecRequest(sandbox_id=box.sandbox_id, cmd="/bin/sh", args=["-c", counter], tag="counter"),
+        metadata=agent.md,
+    )
+    await asyncio.sleep(0.5)
+    for cycle in range(3):
+        before = int((await sh(agent, box, "cat /tmp/count")).stdout)
+        paused = await agent.stub.PauseSandbox(ref, metadata=agent.md)
+        assert paused.status == "paused" and paused.host_ip == box.host_ip
+        assert (await agent.stub.PauseSandbox(ref, metadata=agent.md)).status == "paused"  # idempotent
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await sh(agent, box, "true")
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        if cycle == 1:
+            await agent.agent.stop()
+            await agent.restart()
+            listed = {
+                s.sandbox_id: s.status
+                for s in (await agent.stub.ListSandboxes(pb.Empty(), metadata=agent.md)).sandboxes
+            }
+            assert listed[box.sandbox_id] == "paused"
+        resumed = await agent.stub.ResumeSandbox(ref, metadata=agent.md)
+        assert resumed.status == "running"
+        assert (await agent.stub.ResumeSandbox(ref, metadata=agent.md)).status == "running"  # idempotent
+        after = int((await sh(agent, box, "cat /tmp/count")).stdout)
+        assert after >= before
+        await asyncio.sleep(0.4)
+        assert int((await sh(agent, box, "cat /tmp/count")).stdout) > after
+        assert (await sh(agent, box, "cat /root/kept /tmp/kept")).stdout == b"on-disk\nin-tmpfs\n"
+    await agent.stub.PauseSandbox(ref, metadata=agent.md)
+    await agent.stub.DestroySandbox(ref, metadata=agent.md)
+    assert not (agent.settings.dir / "sandboxes" / box.sandbox_id).exists()

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import selectors
 import signal
 import sys
 from contextlib import suppress
@@ -26,11 +27,11 @@ async def serve(host: str, port: int, spawner: str, forward_address: str | None,
     loop = asyncio.get_running_loop()
     processes = ProcessTable(spawner, CHILD_OOM_SCORE if oom_shielded else None)
     processes.install(loop)
+    forwarder = PortForwarder(forward_address, {DEFAULT_PORT, port})
     try:
-        server = await start_server(App(Defaults(), processes, Metrics()), host, port)
+        server = await start_server(App(Defaults(), processes, Metrics(), forwarder), host, port)
     except OSError as exc:
         raise SystemExit(f"envd: {exc.strerror}") from None
-    forwarder = PortForwarder(forward_address, {DEFAULT_PORT, port})
     forwarding = asyncio.create_task(forwarder.run())
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -57,7 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     # Only tests set this: they cannot bind the host's default-route address, so they forward to another one.
     forward_address = os.environ.get("WRENN_ENVD_FORWARD_ADDR") or None
     with suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port, args.spawner, forward_address, oom_score() is not None))
+        # poll, not epoll: gVisor (runsc 20221219) cannot checkpoint a TCP socket that sits in an epoll set,
+        # and pausing a capsule is a checkpoint. A poll registers its waiters only while it waits.
+        with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(selectors.PollSelector())) as runner:
+            runner.run(serve(args.host, args.port, args.spawner, forward_address, oom_score() is not None))
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ import os
 
 from . import __version__, files, process_routes
 from .errors import EnvdError, InvalidRequest, NotFound, from_os_error
-from .http import Handler, ProtocolError, Request, Response, json_response
+from .http import Handler, ProtocolError, Request, Response, abort_connections, json_response
 from .metrics import Metrics
 from .params import opt_str, read_json, str_map
+from .ports import PortForwarder
 from .processes import ProcessTable
 from .users import Defaults, User
 
@@ -17,11 +18,14 @@ log = logging.getLogger("envd")
 
 
 class App:
-    def __init__(self, defaults: Defaults, processes: ProcessTable, metrics: Metrics) -> None:
+    def __init__(self, defaults: Defaults, processes: ProcessTable, metrics: Metrics, forwarder: PortForwarder) -> None:
         self.defaults = defaults
         self.metrics = metrics
+        self.forwarder = forwarder
         self.routes: dict[tuple[str, str], Handler] = {
             ("GET", "/health"): self.health,
+            ("POST", "/snapshot/prepare"): self.prepare,
+            ("POST", "/snapshot/resume"): self.resume,
             ("POST", "/init"): self.init,
             ("GET", "/envs"): self.envs,
             ("GET", "/metrics"): self.sample_metrics,
@@ -61,6 +65,18 @@ class App:
         self.defaults.user = user or self.defaults.user
         self.defaults.env = self.defaults.env if env is None else env
         self.defaults.workdir = os.path.normpath(workdir) if workdir else self.defaults.workdir
+        return Response(204)
+
+    async def prepare(self, request: Request) -> Response:
+        """Before a checkpoint: stop port forwarding and reset every other client's connection (the caller
+        resets this one), so that no TCP connection of envd's is left open in the guest."""
+        self.forwarder.suspend()
+        abort_connections(request)
+        return Response(204)
+
+    async def resume(self, request: Request) -> Response:
+        """After a restore, or when the checkpoint did not happen: forward ports again."""
+        self.forwarder.unsuspend()
         return Response(204)
 
     async def envs(self, request: Request) -> Response:

@@ -175,7 +175,18 @@ async def _write(resp: Response, reader: StreamReader, writer: StreamWriter, kee
         await resp.stream.aclose()
 
 
+_connections: set[StreamWriter] = set()
+
+
+def abort_connections(keep: Request) -> None:
+    """Reset every client connection but the one `keep` arrived on (before a checkpoint: no socket may be open)."""
+    for writer in list(_connections):
+        if writer.transport.abort != keep.abort:
+            writer.transport.abort()
+
+
 async def _serve(handler: Handler, reader: StreamReader, writer: StreamWriter) -> None:
+    _connections.add(writer)
     sock = writer.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -202,6 +213,7 @@ async def _serve(handler: Handler, reader: StreamReader, writer: StreamWriter) -
     except ProtocolError as exc:
         log.warning("closing connection: %s", exc)
     finally:
+        _connections.discard(writer)
         if clean:
             writer.close()
         else:

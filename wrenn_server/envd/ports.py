@@ -80,6 +80,8 @@ class PortForwarder:
         self._address: str | None = None
         self._servers: dict[int, asyncio.Server] = {}
         self._failed: set[int] = set()  # ports we could not bind, left alone until their listener goes
+        self._relays: set[StreamWriter] = set()
+        self._suspended = False
 
     async def run(self) -> None:
         while True:
@@ -89,7 +91,20 @@ class PortForwarder:
                 log.warning("port scan failed: %s", exc)
             await asyncio.sleep(SCAN_EVERY)
 
+    def suspend(self) -> None:
+        """Stop forwarding and drop every relayed connection (with a reset): a checkpoint comes next."""
+        self._suspended = True
+        self.close()
+        for writer in list(self._relays):
+            writer.transport.abort()
+        self._relays.clear()
+
+    def unsuspend(self) -> None:
+        self._suspended = False
+
     async def scan(self) -> None:
+        if self._suspended:
+            return
         address = self._fixed or default_route_address()
         if address != self._address:
             self.close()
@@ -117,12 +132,18 @@ class PortForwarder:
             return
         _nodelay(writer)
         _nodelay(up_writer)
-        await asyncio.gather(_pipe(reader, up_writer, writer), _pipe(up_reader, writer, up_writer))
-        writer.close()
-        up_writer.close()
+        self._relays.add(writer)
+        try:
+            await asyncio.gather(_pipe(reader, up_writer, writer), _pipe(up_reader, writer, up_writer))
+        finally:
+            self._relays.discard(writer)
+            writer.close()
+            up_writer.close()
 
     def close(self) -> None:
         for server in self._servers.values():
             server.close()
         self._servers.clear()
         self._failed.clear()
+        self._address = None
+

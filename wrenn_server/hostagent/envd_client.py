@@ -67,6 +67,16 @@ class EnvdClient:
             await asyncio.sleep(0.002)
         raise Unreachable(f"capsule agent did not come up in time ({last})")
 
+    async def prepare_checkpoint(self) -> None:
+        """envd stops forwarding ports and resets its other connections; `reset` then drops ours."""
+        await self._call("POST", "/snapshot/prepare", {})
+
+    async def forward_again(self) -> None:
+        await self._call("POST", "/snapshot/resume", {})
+
+    def reset(self) -> None:
+        self._http.reset()
+
     async def health(self) -> dict[str, Any]:
         return dict(await self._call("GET", "/health", timeout=5.0))
 

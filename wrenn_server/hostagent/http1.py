@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -98,6 +99,15 @@ class Client:
     async def close(self) -> None:
         for conn in self._idle:
             conn.close()
+        self._idle.clear()
+
+    def reset(self) -> None:
+        """Drop the idle connections with a reset (no FIN, so the peer keeps no TIME_WAIT or half-closed state)."""
+        for conn in self._idle:
+            sock = conn.writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.writer.transport.abort()
         self._idle.clear()
 
     async def _connect(self, timeout: float) -> _Connection:

@@ -60,7 +60,7 @@ class SandboxManager:
         self.sampler = Sampler(runtime, self._running_vcpus, self._disk_used_now)
 
     def _running_vcpus(self) -> dict[str, int]:
-        return {sid: s.record.vcpus for sid, s in self._sandboxes.items()}
+        return {sid: s.record.vcpus for sid, s in self._sandboxes.items() if s.record.status == "running"}
 
     def _disk_used_now(self, sandbox_id: str) -> int:
         return self.storage.disk_used(self.records.workdir(sandbox_id))
@@ -83,6 +83,9 @@ class SandboxManager:
             state = await self.runtime.state(record.sandbox_id)
             netns_alive = Slot(record.slot).guest.netns_path.exists() and self.network.owns(record.slot)
             if record.status == "running" and state is RuntimeState.RUNNING and netns_alive:
+                live.append(record)
+                continue
+            if record.status == "paused" and netns_alive and self._paused_intact(record, state):
                 live.append(record)
                 continue
             if record.status != "error":
@@ -111,12 +114,28 @@ class SandboxManager:
         for sandbox in self._sandboxes.values():
             await sandbox.envd.close()
 
-    def get(self, sandbox_id: str) -> Sandbox:
+    def _paused_intact(self, record: SandboxRecord, state: RuntimeState) -> bool:
+        if record.paused_mode == "frozen":
+            return state is RuntimeState.PAUSED
+        return (self._checkpoint_dir(record.sandbox_id) / "checkpoint.img").is_file()
+
+    def _checkpoint_dir(self, sandbox_id: str) -> Path:
+        return self.records.workdir(sandbox_id) / "checkpoint"
+
+    def lookup(self, sandbox_id: str) -> Sandbox:
+        """The capsule in whatever state it is."""
         sandbox = self._sandboxes.get(sandbox_id)
         if sandbox is None:
             if sandbox_id in self._tombstones:
                 raise WrongState(f"capsule {sandbox_id} is not running: {self._tombstones[sandbox_id].error}")
             raise NotFound(f"capsule {sandbox_id} not found on this host")
+        return sandbox
+
+    def get(self, sandbox_id: str) -> Sandbox:
+        """The capsule, which must be running."""
+        sandbox = self.lookup(sandbox_id)
+        if sandbox.record.status != "running":
+            raise WrongState(f"capsule {sandbox_id} is {sandbox.record.status}")
         return sandbox
 
     def active(self, sandbox_id: str) -> EnvdClient:
@@ -171,6 +190,63 @@ class SandboxManager:
             self._sandboxes[req.sandbox_id] = sandbox
         self.network.refill()
         return sandbox
+
+    async def pause(self, sandbox_id: str) -> Sandbox:
+        """Checkpoint the capsule to disk and stop it; one that still holds network connections (a checkpoint
+        would fail, and take the capsule with it) is frozen in memory instead. Paused already: nothing to do."""
+        async with self._lock(sandbox_id):
+            sandbox = self.lookup(sandbox_id)
+            if sandbox.record.status == "paused":
+                return sandbox
+            sandbox = self.get(sandbox_id)
+            record = sandbox.record
+            await sandbox.envd.prepare_checkpoint()
+            sandbox.envd.reset()
+            open_connections = await self.network.open_tcp_states(sandbox.slot)
+            if not open_connections:
+                checkpoint = self._checkpoint_dir(sandbox_id)
+                shutil.rmtree(checkpoint, ignore_errors=True)
+                try:
+                    await self.runtime.pause(sandbox_id, checkpoint)
+                except AgentError as exc:
+                    record.status, record.error = "error", f"the checkpoint failed: {exc.message}"
+                    self.records.save(record)
+                    self._sandboxes.pop(sandbox_id, None)
+                    self._tombstones[sandbox_id] = record
+                    raise RuntimeFailure(record.error) from exc
+                record.paused_mode = "checkpoint"
+            else:
+                log.info("capsule %s has TCP connections %s: frozen in memory", sandbox_id, open_connections)
+                await self.runtime.freeze(sandbox_id)
+                record.paused_mode = "frozen"
+            record.status = "paused"
+            self.records.save(record)
+            return sandbox
+
+    async def resume(self, sandbox_id: str) -> Sandbox:
+        """Continue a paused capsule where it stopped; running already: nothing to do."""
+        async with self._lock(sandbox_id):
+            sandbox = self.lookup(sandbox_id)
+            record = sandbox.record
+            if record.status == "running":
+                return sandbox
+            if record.status != "paused":
+                raise WrongState(f"capsule {sandbox_id} is {record.status}")
+            if record.paused_mode == "frozen":
+                await self.runtime.thaw(sandbox_id)
+            else:
+                await self.network.readdress(sandbox.slot)
+                try:
+                    await self.runtime.resume(self._spec(record, sandbox.slot), self._checkpoint_dir(sandbox_id))
+                    await sandbox.envd.wait_ready(time.monotonic() + ENVD_BOOT_TIMEOUT)
+                except AgentError as exc:
+                    raise RuntimeFailure(f"the capsule could not be restored: {exc.message}") from exc
+            await sandbox.envd.forward_again()
+            record.status, record.paused_mode = "running", ""
+            self.records.save(record)
+            await asyncio.to_thread(shutil.rmtree, self._checkpoint_dir(sandbox_id), True)
+            sandbox.touch()
+            return sandbox
 
     async def destroy(self, sandbox_id: str) -> None:
         async with self._lock(sandbox_id):

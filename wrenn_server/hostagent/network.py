@@ -250,6 +250,17 @@ route add default via {GUEST_GATEWAY}
         )
         await proc.run(["ip", "-n", slot.capsule_ns, "route", "replace", "default", "via", GUEST_GATEWAY], check=False)
 
+    async def open_tcp_states(self, slot: Slot) -> list[str]:
+        """States of the capsule's TCP connections as its router's connection tracking saw them, closed ones
+        left out. Conservative: tracking keeps TIME_WAIT longer than the guest does."""
+        done = await proc.run(["ip", "netns", "exec", slot.router_ns, "cat", "/proc/net/nf_conntrack"], check=False)
+        states = []
+        for line in done.stdout.decode().splitlines():
+            fields = line.split()
+            if len(fields) > 5 and fields[2] == "tcp" and fields[5] != "CLOSE":
+                states.append(fields[5])
+        return states
+
     async def teardown(self, slot: Slot, force: bool = False) -> None:
         for ns in (slot.capsule_ns, slot.router_ns):
             await proc.run(["ip", "netns", "del", ns], check=False)

@@ -178,13 +178,23 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
 
     @unary
     async def GetSandbox(self, request: pb.SandboxRef, context: Any) -> pb.SandboxInfo:
-        sandbox = self.manager.get(request.sandbox_id)
+        sandbox = self.manager.lookup(request.sandbox_id)
         used = await self.manager.disk_used(request.sandbox_id)
         return _info(sandbox.record, sandbox.slot.host_ip, used)
 
     @unary
     async def ListSandboxes(self, request: pb.Empty, context: Any) -> pb.ListSandboxesResponse:
         return pb.ListSandboxesResponse(sandboxes=[_info(r, "") for r in self.manager.list()])
+
+    @unary
+    async def PauseSandbox(self, request: pb.SandboxRef, context: Any) -> pb.SandboxInfo:
+        sandbox = await self.manager.pause(request.sandbox_id)
+        return _info(sandbox.record, sandbox.slot.host_ip)
+
+    @unary
+    async def ResumeSandbox(self, request: pb.SandboxRef, context: Any) -> pb.SandboxInfo:
+        sandbox = await self.manager.resume(request.sandbox_id)
+        return _info(sandbox.record, sandbox.slot.host_ip)
 
     @unary
     async def PingSandbox(self, request: pb.SandboxRef, context: Any) -> pb.Empty:
@@ -307,7 +317,7 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
 
     @unary
     async def GetSandboxMetrics(self, request: pb.MetricsRequest, context: Any) -> pb.MetricsResponse:
-        self.manager.get(request.sandbox_id)
+        self.manager.lookup(request.sandbox_id)
         if request.range not in RANGES:
             raise InvalidArgument(f"range must be one of {', '.join(RANGES)}")
         rings = self.manager.sampler.rings.get(request.sandbox_id)
@@ -316,7 +326,7 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
 
     @unary
     async def FlushSandboxMetrics(self, request: pb.SandboxRef, context: Any) -> pb.FlushMetricsResponse:
-        self.manager.get(request.sandbox_id)
+        self.manager.lookup(request.sandbox_id)
         rings = self.manager.sampler.rings.get(request.sandbox_id)
         tiers = rings.drain() if rings else {}
         return pb.FlushMetricsResponse(

@@ -25,6 +25,8 @@ class SandboxRecord:
     default_user: str = ""
     default_env: dict[str, str] = field(default_factory=dict)
     status: str = "starting"
+    # How a paused capsule waits: "checkpoint" (its state on disk, no memory held) or "frozen" (in memory).
+    paused_mode: str = ""
     error: str = ""
     created_at: float = 0.0
 

@@ -94,6 +94,18 @@ async def destroy_capsule(principal: Caller, cp: CP, sandbox_id: CapsuleId) -> R
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+@router.post("/{id}/pause", response_model_exclude_none=True)
+async def pause_capsule(principal: Caller, cp: CP, sandbox_id: CapsuleId) -> Capsule:
+    """Freeze the whole capsule (memory, processes, files, address); already paused: answered as it is."""
+    return Capsule.of(await cp.capsules.pause(principal, sandbox_id))
+
+
+@router.post("/{id}/resume", response_model_exclude_none=True)
+async def resume_capsule(principal: Caller, cp: CP, sandbox_id: CapsuleId) -> Capsule:
+    """Continue a paused capsule where it stopped; already running: answered as it is."""
+    return Capsule.of(await cp.capsules.resume(principal, sandbox_id))
+
+
 @router.post("/{id}/ping", status_code=status.HTTP_204_NO_CONTENT)
 async def ping_capsule(principal: Caller, cp: CP, sandbox_id: CapsuleId) -> Response:
     await cp.capsules.ping(principal, sandbox_id)

@@ -72,6 +72,15 @@ class AgentClient:
     async def list_sandboxes(self) -> pb.ListSandboxesResponse:
         return cast(pb.ListSandboxesResponse, await self._unary("ListSandboxes", pb.Empty(), 15.0))
 
+    async def get_sandbox(self, sandbox_id: str) -> pb.SandboxInfo:
+        return cast(pb.SandboxInfo, await self._unary("GetSandbox", pb.SandboxRef(sandbox_id=sandbox_id), CALL_TIMEOUT))
+
+    async def pause_sandbox(self, sandbox_id: str) -> pb.SandboxInfo:
+        return cast(pb.SandboxInfo, await self._unary("PauseSandbox", pb.SandboxRef(sandbox_id=sandbox_id), 300.0))
+
+    async def resume_sandbox(self, sandbox_id: str) -> pb.SandboxInfo:
+        return cast(pb.SandboxInfo, await self._unary("ResumeSandbox", pb.SandboxRef(sandbox_id=sandbox_id), 300.0))
+
     async def ping_sandbox(self, sandbox_id: str) -> None:
         await self._unary("PingSandbox", pb.SandboxRef(sandbox_id=sandbox_id), CALL_TIMEOUT)
 

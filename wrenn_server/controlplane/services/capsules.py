@@ -15,6 +15,7 @@ from wrenn_server.proto._generated import hostagent_pb2 as pb
 
 from ..db.engine import SessionMaker
 from ..db.models import Host, Sandbox, Team
+from ..db.types import utcnow
 from ..errors import (
     Conflict,
     HostUnavailable,
@@ -26,11 +27,11 @@ from ..errors import (
     WrennError,
 )
 from ..ids import Kind, format_id, new_uuid
-from . import lifecycle
+from . import lifecycle, metric_store
 from .activity import ActivityTracker
-from .agents import AgentPool, HostRef
+from .agents import AgentClient, AgentPool, HostRef
 from .auth import Principal
-from .events import Actor, CapsuleEvents
+from .events import Actor, CapsuleEvents, EventName
 from .scheduler import pick_host
 from .status import FINAL, Status
 from .tasks import TaskTracker, wait_bounded
@@ -277,3 +278,69 @@ class CapsuleService:
         row, host = await self.running(principal, sandbox_id)
         await self._pool.client(host).ping_sandbox(format_id(Kind.SANDBOX, row.id))
         self.touch(row.id)
+
+    async def pause(self, principal: Principal, sandbox_id: uuid.UUID) -> Sandbox:
+        """running → pausing → paused, the whole guest kept; paused already: as it is."""
+        return await self._transition(
+            principal, sandbox_id, Status.RUNNING, Status.PAUSING, Status.PAUSED, EventName.CAPSULE_PAUSE
+        )
+
+    async def resume(self, principal: Principal, sandbox_id: uuid.UUID) -> Sandbox:
+        """paused → resuming → running, where it stopped; running already: as it is."""
+        return await self._transition(
+            principal, sandbox_id, Status.PAUSED, Status.RESUMING, Status.RUNNING, EventName.CAPSULE_RESUME
+        )
+
+    async def _transition(
+        self,
+        principal: Principal,
+        sandbox_id: uuid.UUID,
+        source: Status,
+        during: Status,
+        target: Status,
+        event: EventName,
+    ) -> Sandbox:
+        async with self._sessionmaker() as session:
+            row = await self._scoped(session, principal, sandbox_id)
+            host = await session.get(Host, row.host_id) if row.host_id else None
+        if row.status == target.value:
+            return row
+        if row.status != source.value:
+            if target == Status.PAUSED:
+                raise not_running(row)
+            raise InvalidState(f"sandbox is not paused (status: {row.status})")
+        if host is None:
+            raise HostUnavailable("the sandbox's host is gone")
+        actor = Actor.of(principal)
+        if await lifecycle.set_status(self._sessionmaker, row.id, [source], during) is None:
+            raise Conflict("the sandbox is changing state; try again")
+        self._running.pop(row.id, None)
+        await self._events.state_changed(row.id, source, during, actor)
+        agent = self._pool.client(HostRef.of(host))
+        wire_id = format_id(Kind.SANDBOX, row.id)
+        try:
+            if target == Status.PAUSED:
+                tiers = ("10m", "2h", "24h")
+                await metric_store.flush(self._sessionmaker, self._pool, HostRef.of(host), row.id, tiers)
+                await agent.pause_sandbox(wire_id)
+            else:
+                await agent.resume_sandbox(wire_id)
+        except WrennError as exc:
+            # The agent says what became of the capsule: back where it was, or lost (error).
+            back = await self._agent_status(agent, wire_id, source)
+            await lifecycle.set_status(self._sessionmaker, row.id, [during], back, error=exc.message)
+            await self._events.state_changed(row.id, during, back, actor)
+            await self._events.finished(event, row.id, actor, error=exc.message)
+            raise
+        values = {"last_active_at": utcnow()} if target == Status.RUNNING else {}
+        await lifecycle.set_status(self._sessionmaker, row.id, [during], target, **values)
+        await self._events.state_changed(row.id, during, target, actor)
+        await self._events.finished(event, row.id, actor)
+        return await self._load(row.id)
+
+    async def _agent_status(self, agent: AgentClient, wire_id: str, fallback: Status) -> Status:
+        try:
+            info = await agent.get_sandbox(wire_id)
+        except WrennError:
+            return fallback
+        return Status(info.status) if info.status in Status.__members__.values() else fallback

@@ -31,6 +31,7 @@ from .status import FINAL, LOST_WITH_HOST, HostStatus, Status
 log = logging.getLogger(__name__)
 # A `starting` row no process is booting any more is given this long before it is judged.
 STARTING_GRACE = timedelta(minutes=10)
+TRANSITION_GRACE = timedelta(minutes=5)  # no pause or resume takes longer
 # Rows whose sandbox must not exist on a host any more: found alive, it is destroyed.
 STOPPED_OR_STOPPING = FINAL | {Status.STOPPING}
 
@@ -137,7 +138,7 @@ class Reconciler:
             info = alive.get(wire_id)
             agent_status = info.status if info is not None else ""
             target = self._decide(
-                sandbox_id, status, created, info is not None, agent_status, wire_id in auto_paused
+                sandbox_id, status, created, info is not None, agent_status, wire_id in auto_paused, stamp
             )
             if target is not None:
                 error = info.error if info is not None and target == Status.ERROR else None
@@ -150,8 +151,22 @@ class Reconciler:
                 await destroy_on_agent(self._pool, host, wire_id)
 
     def _decide(
-        self, sandbox_id: uuid.UUID, status: Status, created: datetime, alive: bool, agent: str, paused: bool
+        self,
+        sandbox_id: uuid.UUID,
+        status: Status,
+        created: datetime,
+        alive: bool,
+        agent: str,
+        paused: bool,
+        stamp: datetime,
     ) -> Status | None:
+        if status in (Status.PAUSING, Status.RESUMING):
+            # A pause or resume whose control plane went away: the agent knows how it ended.
+            if utcnow() - stamp < TRANSITION_GRACE:
+                return None
+            if not alive:
+                return Status.STOPPED
+            return {"running": Status.RUNNING, "paused": Status.PAUSED, "error": Status.ERROR}.get(agent)
         if status == Status.STARTING:
             if self._is_booting(sandbox_id) or (not alive and utcnow() - created < STARTING_GRACE):
                 return None

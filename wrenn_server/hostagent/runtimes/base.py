@@ -87,3 +87,9 @@ class Runtime(Protocol):
 
     async def resume(self, spec: SandboxSpec, checkpoint_dir: Path) -> None:
         """Start the guest again from a checkpoint made by `pause`. Needs `pause_with_memory`."""
+
+    async def freeze(self, sandbox_id: str) -> None:
+        """Stop the guest's CPUs at once, its memory kept where it is."""
+
+    async def thaw(self, sandbox_id: str) -> None:
+        """Continue a frozen guest."""

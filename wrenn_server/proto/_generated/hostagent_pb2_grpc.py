@@ -64,6 +64,16 @@ class HostAgentServiceStub:
                 request_serializer=hostagent__pb2.SandboxRef.SerializeToString,
                 response_deserializer=hostagent__pb2.Empty.FromString,
                 _registered_method=True)
+        self.PauseSandbox = channel.unary_unary(
+                '/hostagent.v1.HostAgentService/PauseSandbox',
+                request_serializer=hostagent__pb2.SandboxRef.SerializeToString,
+                response_deserializer=hostagent__pb2.SandboxInfo.FromString,
+                _registered_method=True)
+        self.ResumeSandbox = channel.unary_unary(
+                '/hostagent.v1.HostAgentService/ResumeSandbox',
+                request_serializer=hostagent__pb2.SandboxRef.SerializeToString,
+                response_deserializer=hostagent__pb2.SandboxInfo.FromString,
+                _registered_method=True)
         self.Exec = channel.unary_unary(
                 '/hostagent.v1.HostAgentService/Exec',
                 request_serializer=hostagent__pb2.ExecRequest.SerializeToString,
@@ -180,6 +190,19 @@ class HostAgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PingSandbox(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSandbox(self, request, context):
+        """Pause keeps the whole guest (memory, processes, files, address); both are no-ops when already there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSandbox(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -313,6 +336,16 @@ def add_HostAgentServiceServicer_to_server(servicer, server):
                     servicer.PingSandbox,
                     request_deserializer=hostagent__pb2.SandboxRef.FromString,
                     response_serializer=hostagent__pb2.Empty.SerializeToString,
+            ),
+            'PauseSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSandbox,
+                    request_deserializer=hostagent__pb2.SandboxRef.FromString,
+                    response_serializer=hostagent__pb2.SandboxInfo.SerializeToString,
+            ),
+            'ResumeSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSandbox,
+                    request_deserializer=hostagent__pb2.SandboxRef.FromString,
+                    response_serializer=hostagent__pb2.SandboxInfo.SerializeToString,
             ),
             'Exec': grpc.unary_unary_rpc_method_handler(
                     servicer.Exec,
@@ -557,6 +590,60 @@ class HostAgentService:
             '/hostagent.v1.HostAgentService/PingSandbox',
             hostagent__pb2.SandboxRef.SerializeToString,
             hostagent__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hostagent.v1.HostAgentService/PauseSandbox',
+            hostagent__pb2.SandboxRef.SerializeToString,
+            hostagent__pb2.SandboxInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hostagent.v1.HostAgentService/ResumeSandbox',
+            hostagent__pb2.SandboxRef.SerializeToString,
+            hostagent__pb2.SandboxInfo.FromString,
             options,
             channel_credentials,
             insecure,

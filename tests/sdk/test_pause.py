@@ -1,0 +1,123 @@
+"""Pause and resume through the SDK: the whole capsule (memory, processes, files, terminals, address) continues."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from tests.stack import Stack
+
+if TYPE_CHECKING:
+    from wrenn import Capsule
+
+
+def count(box: Capsule) -> int:
+    return int(box.commands.run("cat /tmp/count").stdout)
+
+
+def test_a_counter_keeps_counting_and_files_stay(capsule: Capsule) -> None:
+    from wrenn.models import Status
+
+    capsule.files.write("/root/kept.txt", "on disk")
+    capsule.commands.run("echo in-tmpfs > /tmp/kept")
+    handle = capsule.commands.run(
+        "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done", background=True, tag="counter"
+    )
+    time.sleep(0.5)
+    for _ in range(5):
+        before = count(capsule)
+        assert capsule.pause().status == Status.paused
+        assert capsule.get_info().status == Status.paused
+        assert capsule.resume().status == Status.running
+        after = count(capsule)
+        assert after >= before, "the counter went back: its memory was not kept"
+        time.sleep(0.4)
+        assert count(capsule) > after, "the counter stopped counting after resume"
+        assert capsule.files.read("/root/kept.txt") == "on disk"
+        assert capsule.commands.run("cat /tmp/kept").stdout == "in-tmpfs\n"
+        assert handle.pid in [p.pid for p in capsule.commands.list()]
+
+
+def test_paused_capsule_refuses_work_and_transitions_are_idempotent(capsule: Capsule) -> None:
+    from wrenn.exceptions import WrennConflictError
+    from wrenn.models import Status
+
+    capsule.pause()
+    try:
+        assert capsule.pause().status == Status.paused  # pausing a paused capsule: nothing to do
+        with pytest.raises(WrennConflictError):
+            capsule.commands.run("true")
+        with pytest.raises(WrennConflictError):
+            capsule.files.write("/tmp/x", "x")
+    finally:
+        capsule.resume()
+    assert capsule.resume().status == Status.running  # resuming a running capsule: nothing to do
+    assert capsule.commands.run("echo ok").stdout == "ok\n"
+
+
+def test_a_terminal_is_reattached_after_resume(capsule: Capsule) -> None:
+    with capsule.pty() as term:
+        term.write(b"export MARK=$((6*7)); echo set-$MARK\n")
+        seen = b""
+        while b"set-42" not in seen:
+            seen += next(term).data or b""
+        tag = term.tag
+    assert tag is not None
+    capsule.pause()
+    capsule.resume()
+    with capsule.pty_connect(tag) as again:
+        again.write(b"echo back-$MARK\n")
+        seen = b""
+        deadline = time.monotonic() + 30
+        while b"back-42" not in seen and time.monotonic() < deadline:
+            seen += next(again).data or b""
+        assert b"back-42" in seen
+        again.kill()
+
+
+def test_open_connections_keep_the_capsule_in_memory(capsule: Capsule) -> None:
+    """A capsule holding a network connection cannot be checkpointed here; it is frozen in memory instead."""
+    from wrenn.models import Status
+
+    capsule.commands.run("python3 -m http.server 8001 --bind 0.0.0.0", background=True)
+    url = capsule.get_url(8001)
+    with httpx.Client() as client:  # a kept-alive connection through the proxy into the capsule
+        deadline = time.monotonic() + 30
+        while client.get(url).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert capsule.pause().status == Status.paused
+        assert capsule.resume().status == Status.running
+        assert client.get(url).status_code == 200
+    assert capsule.commands.run("echo fine").stdout == "fine\n"
+
+
+def test_pause_of_a_destroyed_capsule_is_409() -> None:
+    from wrenn import Capsule
+    from wrenn.exceptions import WrennConflictError
+
+    with Capsule() as box:
+        box.destroy()
+        with pytest.raises(WrennConflictError):
+            box.pause()
+        with pytest.raises(WrennConflictError):
+            box.resume()
+
+
+def test_a_paused_capsule_survives_a_restart_of_wrenn_up(stack: Stack) -> None:
+    from wrenn import Capsule
+    from wrenn.models import Status
+
+    with Capsule() as box:
+        box.commands.run("echo before > /root/mark")
+        handle = box.commands.run("sleep 600", background=True)
+        box.pause()
+        stack.stop()
+        stack.start()
+        with Capsule.connect(box.capsule_id) as again:  # connect resumes a paused capsule
+            assert again.get_info().status == Status.running
+            assert again.commands.run("cat /root/mark").stdout == "before\n"
+            assert handle.pid in [p.pid for p in again.commands.list()]
