@@ -42,13 +42,13 @@ def timed(fn: Callable[[], Any], n: int, warmup: int = 20) -> list[float]:
 
 
 @contextmanager
-def platform() -> Iterator[Stack]:
+def platform(**env: str) -> Iterator[Stack]:
     """`wrenn up` on SQLite in a private data dir sharing the built images; the SDK configured for it."""
     if not (IMAGES / "minimal" / "current").exists():
         sys.exit("no base image: run `make bootstrap` first")
     root = Path(tempfile.mkdtemp(prefix="wrenn-bench-", dir="/var/tmp"))
     (root / "images").symlink_to(IMAGES)
-    stack = Stack(root, f"sqlite+aiosqlite:///{root / 'wrenn.db'}", free_port(), free_port())
+    stack = Stack(root, f"sqlite+aiosqlite:///{root / 'wrenn.db'}", free_port(), free_port(), extra_env=env)
     stack.start()
     saved = dict(os.environ)
     os.environ.update(stack.config())

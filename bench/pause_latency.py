@@ -1,6 +1,6 @@
-"""Pause → paused and resume → running through the SDK, beside the raw runtime: `runsc checkpoint`, and
-`runsc restore` until envd answers, on a sandbox of the same template, bundle and network; and `runsc pause` /
-`runsc resume` (a freeze in memory) for scale."""
+"""Pause → paused and resume → running through the SDK (a capsule frozen moments ago, and one whose checkpoint
+is on disk), beside the raw runtime on a sandbox of the same template, bundle and network: `runsc pause` /
+`runsc resume` (a freeze in memory), `runsc checkpoint`, and `runsc restore` until envd answers."""
 
 from __future__ import annotations
 
@@ -89,21 +89,25 @@ def raw_cycles(root: Path, n: int) -> dict[str, list[float]]:
 
 
 def measure(n: int = 10) -> dict[str, Any]:
-    with platform() as stack, Capsule() as capsule:
+    # Checkpointed half a second after the pause: an immediate resume thaws, a later one restores.
+    with platform(WRENN_CHECKPOINT_AFTER_SEC="0.5") as stack, Capsule() as capsule:
         capsule.commands.run("sleep 100000", background=True)
-        pause, resume = [], []
-        for _ in range(n + 1):
+        pause, recent, cold = [], [], []
+        for i in range(2 * n + 1):
             start = time.perf_counter()
             capsule.pause()
             pause.append(_ms(start))
+            if i % 2:
+                time.sleep(1.5)
             start = time.perf_counter()
             capsule.resume()
-            resume.append(_ms(start))
+            (cold if i % 2 else recent).append(_ms(start))
         raw = raw_cycles(stack.data_dir / "raw", n)
     return {
         "pause_resume": {
             "sdk_pause": summary(pause[1:]),
-            "sdk_resume": summary(resume[1:]),
+            "sdk_resume_recently_paused": summary(recent[1:]),
+            "sdk_resume_from_checkpoint": summary(cold),
             "raw_runsc_checkpoint": summary(raw["checkpoint"]),
             "raw_runsc_restore_until_envd": summary(raw["restore_until_envd"]),
             "raw_runsc_freeze": summary(raw["freeze"]),

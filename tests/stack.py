@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -27,6 +27,7 @@ class Stack:
     cp_port: int
     agent_port: int
     process: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def env_file(self) -> Path:
@@ -56,6 +57,7 @@ class Stack:
             "WRENN_CP_LISTEN_ADDR": f"127.0.0.1:{self.cp_port}",
             "WRENN_HOST_LISTEN_ADDR": f"127.0.0.1:{self.agent_port}",
             "DATABASE_URL": self.database_url,
+            **self.extra_env,
         }
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(

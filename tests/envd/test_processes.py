@@ -323,3 +323,11 @@ async def test_processes_outlive_a_dead_process_helper(fresh_client: httpx.Async
     assert after["exit_code"] == 0
     new_helper, text = unb64(after["stdout"]).decode().split()
     assert int(new_helper) != helper and text == "again"
+
+
+async def test_sigkill_answers_once_the_process_is_gone(client: httpx.AsyncClient) -> None:
+    for _ in range(5):
+        started = await start(client, "sleep", "300", tag=tag())
+        response = await client.post("/process/signal", json={"pid": started["pid"], "signal": "SIGKILL"})
+        assert response.status_code == 204
+        assert started["pid"] not in [p["pid"] for p in await listed(client)]

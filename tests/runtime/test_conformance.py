@@ -362,6 +362,10 @@ async def test_pause_and_resume_keep_the_whole_guest(agent: AgentHandle) -> None
         metadata=agent.md,
     )
     await asyncio.sleep(0.5)
+    manager = agent.agent.manager
+    assert manager is not None
+    manager.checkpoint_after_sec = agent.settings.checkpoint_after_sec = 0.2  # the restarted agent's too
+    checkpoint = agent.settings.dir / "sandboxes" / box.sandbox_id / "checkpoint" / "checkpoint.img"
     for cycle in range(3):
         before = int((await sh(agent, box, "cat /tmp/count")).stdout)
         paused = await agent.stub.PauseSandbox(ref, metadata=agent.md)
@@ -370,9 +374,16 @@ async def test_pause_and_resume_keep_the_whole_guest(agent: AgentHandle) -> None
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await sh(agent, box, "true")
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        if cycle > 0:  # cycle 0 thaws the frozen guest; the others restore it from its checkpoint
+            for _ in range(100):
+                if checkpoint.is_file() and await agent.agent.manager.runtime.state(box.sandbox_id) != "paused":
+                    break
+                await asyncio.sleep(0.1)
+            assert checkpoint.is_file(), "no checkpoint after the delay"
         if cycle == 1:
             await agent.agent.stop()
             await agent.restart()
+            assert agent.agent.manager is not None
             listed = {
                 s.sandbox_id: s.status
                 for s in (await agent.stub.ListSandboxes(pb.Empty(), metadata=agent.md)).sandboxes
@@ -388,4 +399,5 @@ async def test_pause_and_resume_keep_the_whole_guest(agent: AgentHandle) -> None
         assert (await sh(agent, box, "cat /root/kept /tmp/kept")).stdout == b"on-disk\nin-tmpfs\n"
     await agent.stub.PauseSandbox(ref, metadata=agent.md)
     await agent.stub.DestroySandbox(ref, metadata=agent.md)
+    agent.settings.checkpoint_after_sec = 10.0
     assert not (agent.settings.dir / "sandboxes" / box.sandbox_id).exists()

@@ -41,7 +41,10 @@ def stack(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[Stack]:
     else:
         server: PostgresServer = request.getfixturevalue("postgres_server")
         url = server.create_database()
-    stack = Stack(root, url, free_port(), free_port())
+    # A paused capsule is checkpointed to disk after a second: the tests see both ways back, thaw and restore.
+    # The reconciler runs every 2 s, so a capsule the agent paused for inactivity soon shows `paused`.
+    env = {"WRENN_CHECKPOINT_AFTER_SEC": "1", "WRENN_RECONCILE_INTERVAL_SEC": "2"}
+    stack = Stack(root, url, free_port(), free_port(), extra_env=env)
     stack.start()
     try:
         yield stack

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import httpx
@@ -12,6 +13,16 @@ from tests.stack import Stack
 
 if TYPE_CHECKING:
     from wrenn import Capsule
+
+
+@pytest.fixture(scope="module", autouse=True)
+def idle() -> Iterator[Capsule]:
+    """A capsule with the shortest inactivity timeout (60 s), made first so its clock runs during the module."""
+    from wrenn import Capsule
+
+    with Capsule(timeout=60) as box:
+        box.files.write("/root/idle.txt", "still here")
+        yield box
 
 
 def count(box: Capsule) -> int:
@@ -27,10 +38,12 @@ def test_a_counter_keeps_counting_and_files_stay(capsule: Capsule) -> None:
         "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done", background=True, tag="counter"
     )
     time.sleep(0.5)
-    for _ in range(5):
+    for cycle in range(5):
         before = count(capsule)
         assert capsule.pause().status == Status.paused
         assert capsule.get_info().status == Status.paused
+        if cycle % 2:
+            time.sleep(2)  # checkpointed to disk meanwhile (WRENN_CHECKPOINT_AFTER_SEC=1): resume restores it
         assert capsule.resume().status == Status.running
         after = count(capsule)
         assert after >= before, "the counter went back: its memory was not kept"
@@ -115,9 +128,23 @@ def test_a_paused_capsule_survives_a_restart_of_wrenn_up(stack: Stack) -> None:
         box.commands.run("echo before > /root/mark")
         handle = box.commands.run("sleep 600", background=True)
         box.pause()
+        time.sleep(2)  # checkpointed to disk: the restart finds its checkpoint
         stack.stop()
         stack.start()
         with Capsule.connect(box.capsule_id) as again:  # connect resumes a paused capsule
             assert again.get_info().status == Status.running
             assert again.commands.run("cat /root/mark").stdout == "before\n"
             assert handle.pid in [p.pid for p in again.commands.list()]
+
+
+def test_an_idle_capsule_is_paused_and_connect_resumes_it(idle: Capsule) -> None:
+    from wrenn import Capsule
+    from wrenn.models import Status
+
+    deadline = time.monotonic() + 150
+    while idle.get_info().status != Status.paused:
+        assert time.monotonic() < deadline, "not paused 150 s after its last activity (timeout 60 s)"
+        time.sleep(2)
+    with Capsule.connect(idle.capsule_id) as again:
+        assert again.get_info().status == Status.running
+        assert again.files.read("/root/idle.txt") == "still here"

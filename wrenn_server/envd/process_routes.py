@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncGenerator, Callable
+from contextlib import suppress
 from enum import StrEnum
 from typing import Any
 
@@ -30,6 +31,9 @@ class Mode(StrEnum):
     BACKGROUND = "background"
     STREAM = "stream"
     RUN = "run"
+
+
+KILL_WAIT = 2.0
 
 
 def _line(event: dict[str, Any]) -> bytes:
@@ -213,7 +217,12 @@ def routes(defaults: Defaults, table: ProcessTable) -> dict[tuple[str, str], Han
 
     async def signal_(request: Request) -> Response:
         proc, body = await find(request)
-        proc.send_signal(_signal(body.get("signal")))
+        sig = _signal(body.get("signal"))
+        proc.send_signal(sig)
+        if sig == signal.SIGKILL:
+            # Answer once it is gone, so a list right after a kill no longer shows it.
+            with suppress(TimeoutError):
+                await asyncio.wait_for(proc.finished.wait(), KILL_WAIT)
         return Response(204)
 
     async def resize(request: Request) -> Response:

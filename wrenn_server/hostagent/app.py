@@ -36,7 +36,12 @@ class HostAgent:
         self.settings.dir.mkdir(parents=True, exist_ok=True)
         proc.install_reaper(asyncio.get_running_loop())
         runtime = await select_runtime(self.settings.runtime, self.settings.dir)
-        self.manager = SandboxManager(runtime, Network(str(self.settings.dir.resolve())), Storage(self.settings.dir))
+        self.manager = SandboxManager(
+            runtime,
+            Network(str(self.settings.dir.resolve())),
+            Storage(self.settings.dir),
+            checkpoint_after_sec=self.settings.checkpoint_after_sec,
+        )
         await self.manager.start()
         self.servicer = Servicer(self.manager, self.auth)
         server = make_server(self.servicer, self.settings.host_listen_addr)

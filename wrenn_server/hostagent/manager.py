@@ -21,6 +21,7 @@ from .storage import Storage
 log = logging.getLogger(__name__)
 
 ENVD_BOOT_TIMEOUT = 60.0
+REAP_EVERY = 2.0
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,14 @@ class Sandbox:
 
 
 class SandboxManager:
-    def __init__(self, runtime: Runtime, network: Network, storage: Storage) -> None:
+    def __init__(
+        self, runtime: Runtime, network: Network, storage: Storage, checkpoint_after_sec: float = 10.0
+    ) -> None:
         self.runtime = runtime
+        self.checkpoint_after_sec = checkpoint_after_sec
+        self._checkpoints: dict[str, asyncio.Task[None]] = {}
+        self.auto_paused: set[str] = set()  # paused for inactivity since this agent started
+        self._reaper: asyncio.Task[None] | None = None
         self.network = network
         self.storage = storage
         self.records = RecordStore(storage.sandboxes)
@@ -101,14 +108,40 @@ class SandboxManager:
         for record in live:
             slot = self.network.claim(record.slot)
             self._sandboxes[record.sandbox_id] = Sandbox(record, slot, EnvdClient(slot.host_ip), time.monotonic())
+            if record.status == "paused" and record.checkpoint_pending:
+                self._schedule_checkpoint(record.sandbox_id, self.checkpoint_after_sec)
             log.info("re-adopted capsule %s", record.sandbox_id)
         for record in self._tombstones.values():
             await self._release(record, Slot(record.slot), keep_record=True)
         self.storage.collect_unused_templates({r.template_dir for r in live})
         self.network.refill()
         self.sampler.start()
+        self._reaper = asyncio.create_task(self._reap_idle())
+
+    async def _reap_idle(self) -> None:
+        """Pause capsules idle for longer than their `timeout_sec` (0: never)."""
+        while True:
+            await asyncio.sleep(REAP_EVERY)
+            now = time.monotonic()
+            for sandbox_id, sandbox in list(self._sandboxes.items()):
+                record = sandbox.record
+                if record.status != "running" or record.timeout_sec <= 0:
+                    continue
+                if now - sandbox.last_active < record.timeout_sec:
+                    continue
+                try:
+                    await self.pause(sandbox_id)
+                except AgentError as exc:
+                    log.warning("auto-pause of %s failed: %s", sandbox_id, exc.message)
+                    continue
+                self.auto_paused.add(sandbox_id)
+                log.info("capsule %s paused after %d s without activity", sandbox_id, record.timeout_sec)
 
     async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for task in self._checkpoints.values():
+            task.cancel()  # the next agent schedules them again (the records say so)
         await self.sampler.stop()
         await self.network.close()
         for sandbox in self._sandboxes.values():
@@ -192,8 +225,9 @@ class SandboxManager:
         return sandbox
 
     async def pause(self, sandbox_id: str) -> Sandbox:
-        """Checkpoint the capsule to disk and stop it; one that still holds network connections (a checkpoint
-        would fail, and take the capsule with it) is frozen in memory instead. Paused already: nothing to do."""
+        """Freeze the capsule at once; checkpoint it to disk (memory released) `checkpoint_after_sec` later.
+        One that holds a network connection stays frozen: a checkpoint would fail, and take the capsule with it
+        (runsc 20221219). Paused already: nothing to do."""
         async with self._lock(sandbox_id):
             sandbox = self.lookup(sandbox_id)
             if sandbox.record.status == "paused":
@@ -202,29 +236,53 @@ class SandboxManager:
             record = sandbox.record
             await sandbox.envd.prepare_checkpoint()
             sandbox.envd.reset()
-            open_connections = await self.network.open_tcp_states(sandbox.slot)
-            if not open_connections:
-                checkpoint = self._checkpoint_dir(sandbox_id)
-                shutil.rmtree(checkpoint, ignore_errors=True)
-                try:
-                    await self.runtime.pause(sandbox_id, checkpoint)
-                except AgentError as exc:
+            connections = await self.network.open_tcp_states(sandbox.slot)
+            await self.runtime.freeze(sandbox_id)
+            if connections:
+                log.info("capsule %s has TCP connections %s: it stays frozen in memory", sandbox_id, connections)
+            record.status, record.paused_mode, record.checkpoint_pending = "paused", "frozen", not connections
+            self.records.save(record)
+            if record.checkpoint_pending:
+                self._schedule_checkpoint(sandbox_id, self.checkpoint_after_sec)
+            return sandbox
+
+    def _schedule_checkpoint(self, sandbox_id: str, delay: float) -> None:
+        old = self._checkpoints.pop(sandbox_id, None)
+        if old is not None:
+            old.cancel()
+        self._checkpoints[sandbox_id] = asyncio.create_task(self._checkpoint(sandbox_id, delay))
+
+    async def _checkpoint(self, sandbox_id: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        async with self._lock(sandbox_id):
+            self._checkpoints.pop(sandbox_id, None)
+            sandbox = self._sandboxes.get(sandbox_id)
+            if sandbox is None or sandbox.record.status != "paused" or not sandbox.record.checkpoint_pending:
+                return
+            record = sandbox.record
+            checkpoint = self._checkpoint_dir(sandbox_id)
+            await asyncio.to_thread(shutil.rmtree, checkpoint, True)
+            try:
+                await self.runtime.pause(sandbox_id, checkpoint)
+            except AgentError as exc:
+                if await self.runtime.state(sandbox_id) is RuntimeState.PAUSED:
+                    log.warning("capsule %s stays frozen: its checkpoint failed: %s", sandbox_id, exc.message)
+                    record.checkpoint_pending = False
+                else:
                     record.status, record.error = "error", f"the checkpoint failed: {exc.message}"
-                    self.records.save(record)
                     self._sandboxes.pop(sandbox_id, None)
                     self._tombstones[sandbox_id] = record
-                    raise RuntimeFailure(record.error) from exc
-                record.paused_mode = "checkpoint"
-            else:
-                log.info("capsule %s has TCP connections %s: frozen in memory", sandbox_id, open_connections)
-                await self.runtime.freeze(sandbox_id)
-                record.paused_mode = "frozen"
-            record.status = "paused"
+                self.records.save(record)
+                return
+            record.paused_mode, record.checkpoint_pending = "checkpoint", False
             self.records.save(record)
-            return sandbox
+            log.info("capsule %s checkpointed; its memory is released", sandbox_id)
 
     async def resume(self, sandbox_id: str) -> Sandbox:
         """Continue a paused capsule where it stopped; running already: nothing to do."""
+        pending = self._checkpoints.pop(sandbox_id, None)
+        if pending is not None:
+            pending.cancel()
         async with self._lock(sandbox_id):
             sandbox = self.lookup(sandbox_id)
             record = sandbox.record
@@ -242,13 +300,17 @@ class SandboxManager:
                 except AgentError as exc:
                     raise RuntimeFailure(f"the capsule could not be restored: {exc.message}") from exc
             await sandbox.envd.forward_again()
-            record.status, record.paused_mode = "running", ""
+            record.status, record.paused_mode, record.checkpoint_pending = "running", "", False
+            self.auto_paused.discard(sandbox_id)
             self.records.save(record)
             await asyncio.to_thread(shutil.rmtree, self._checkpoint_dir(sandbox_id), True)
             sandbox.touch()
             return sandbox
 
     async def destroy(self, sandbox_id: str) -> None:
+        pending = self._checkpoints.pop(sandbox_id, None)
+        if pending is not None:
+            pending.cancel()
         async with self._lock(sandbox_id):
             sandbox = self._sandboxes.pop(sandbox_id, None)
             self.sampler.forget(sandbox_id)

@@ -184,7 +184,10 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
 
     @unary
     async def ListSandboxes(self, request: pb.Empty, context: Any) -> pb.ListSandboxesResponse:
-        return pb.ListSandboxesResponse(sandboxes=[_info(r, "") for r in self.manager.list()])
+        return pb.ListSandboxesResponse(
+            sandboxes=[_info(r, "") for r in self.manager.list()],
+            auto_paused_sandbox_ids=sorted(self.manager.auto_paused),
+        )
 
     @unary
     async def PauseSandbox(self, request: pb.SandboxRef, context: Any) -> pb.SandboxInfo:

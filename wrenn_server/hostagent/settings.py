@@ -19,6 +19,12 @@ class AgentSettings(BaseSettings):
     runtime: str = Field("auto", description="auto | gvisor | microvm")
     heartbeat_sec: float = Field(10.0, description="Seconds between heartbeats to the control plane.")
     log_level: str = Field("warning", description="Log level of the agent.")
+    checkpoint_after_sec: float = Field(
+        10.0,
+        ge=0,
+        description="A paused capsule is frozen in memory at once (fast resume) and checkpointed to disk, its "
+        "memory released, this many seconds later.",
+    )
 
     @property
     def advertised_address(self) -> str:

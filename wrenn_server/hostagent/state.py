@@ -27,6 +27,7 @@ class SandboxRecord:
     status: str = "starting"
     # How a paused capsule waits: "checkpoint" (its state on disk, no memory held) or "frozen" (in memory).
     paused_mode: str = ""
+    checkpoint_pending: bool = False  # frozen, and to be checkpointed (it holds no network connection)
     error: str = ""
     created_at: float = 0.0
 

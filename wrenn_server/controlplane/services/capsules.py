@@ -320,8 +320,6 @@ class CapsuleService:
         wire_id = format_id(Kind.SANDBOX, row.id)
         try:
             if target == Status.PAUSED:
-                tiers = ("10m", "2h", "24h")
-                await metric_store.flush(self._sessionmaker, self._pool, HostRef.of(host), row.id, tiers)
                 await agent.pause_sandbox(wire_id)
             else:
                 await agent.resume_sandbox(wire_id)
@@ -334,6 +332,11 @@ class CapsuleService:
             raise
         values = {"last_active_at": utcnow()} if target == Status.RUNNING else {}
         await lifecycle.set_status(self._sessionmaker, row.id, [during], target, **values)
+        if target == Status.PAUSED:
+            # The agent keeps a paused capsule's rings: they reach the database after the answer.
+            tiers = ("10m", "2h", "24h")
+            flush = metric_store.flush(self._sessionmaker, self._pool, HostRef.of(host), row.id, tiers)
+            self._tasks.spawn(flush, name=f"metrics-{row.id}")
         await self._events.state_changed(row.id, during, target, actor)
         await self._events.finished(event, row.id, actor)
         return await self._load(row.id)

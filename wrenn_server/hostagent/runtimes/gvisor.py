@@ -153,7 +153,7 @@ class GVisorRuntime:
         # why the manager only asks once the guest holds no network connection (see envd /snapshot/prepare).
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         await proc.run(self._runsc("checkpoint", "--image-path", str(checkpoint_dir), sandbox_id), timeout=120)
-        await proc.run(self._runsc("delete", "--force", sandbox_id), check=False, timeout=30)
+        await proc.run(self._runsc("delete", "--force", sandbox_id), check=False, timeout=30)  # frees its memory
 
     async def resume(self, spec: SandboxSpec, checkpoint_dir: Path) -> None:
         await proc.run(self._runsc("delete", "--force", spec.sandbox_id), check=False, timeout=30)
