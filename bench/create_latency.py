@@ -44,7 +44,7 @@ def raw_runs(root: Path, n: int) -> list[float]:
         sandbox_id = f"bench-{uuid.uuid4().hex[:12]}"
         workdir = root / sandbox_id
         spec = SandboxSpec(sandbox_id, template, workdir, 1, 512, 0, slot.guest)
-        rootfs = asyncio.run(_mount_overlay(template / "rootfs", workdir))
+        rootfs = asyncio.run(_mount_overlay([template / "rootfs"], workdir))
         (workdir / "bundle").mkdir()
         (workdir / "bundle" / "config.json").write_text(json.dumps(_oci_spec(spec, rootfs)))
         runsc = ["runsc", "--root", str(root / "runsc"), "--platform", "ptrace", "--network", "sandbox"]

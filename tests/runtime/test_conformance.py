@@ -401,3 +401,30 @@ async def test_pause_and_resume_keep_the_whole_guest(agent: AgentHandle) -> None
     await agent.stub.DestroySandbox(ref, metadata=agent.md)
     agent.settings.checkpoint_after_sec = 10.0
     assert not (agent.settings.dir / "sandboxes" / box.sandbox_id).exists()
+
+
+async def test_snapshot_template_starts_new_capsules_where_the_source_was(agent: AgentHandle) -> None:
+    source = await create(agent)
+    await sh(agent, source, "echo snap > /root/snap; echo mem > /tmp/snap")
+    await agent.stub.StartBackground(
+        pb.ExecRequest(sandbox_id=source.sandbox_id, cmd="sleep", args=["600"], tag="carried"), metadata=agent.md
+    )
+    team, template_id = str(uuid.uuid4()), str(uuid.uuid4())
+    request = pb.SnapshotRequest(sandbox_id=source.sandbox_id, team_id=team, template_id=template_id)
+    info = await agent.stub.SnapshotSandbox(request, metadata=agent.md)
+    assert info.size_bytes > 0
+    assert (await sh(agent, source, "cat /root/snap")).stdout == b"snap\n"  # the source goes on
+    child = await agent.stub.CreateSandbox(
+        pb.CreateSandboxRequest(
+            sandbox_id=new_id(), template="snap", template_id=template_id, team_id=team, vcpus=1, memory_mb=512
+        ),
+        metadata=agent.md,
+    )
+    assert (await sh(agent, child, "cat /root/snap /tmp/snap")).stdout == b"snap\nmem\n"
+    procs = (await agent.stub.ListProcesses(pb.SandboxRef(sandbox_id=child.sandbox_id), metadata=agent.md)).processes
+    assert any(p.tag == "carried" for p in procs)
+    await agent.stub.DeleteTemplate(pb.TemplateRef(team_id=team, template_id=template_id), metadata=agent.md)
+    assert (await sh(agent, child, "echo still")).stdout == b"still\n"  # in use: kept until the child goes
+    for box in (source, child):
+        await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=box.sandbox_id), metadata=agent.md)
+    assert not (agent.settings.dir / "images" / "teams" / team / template_id).exists()

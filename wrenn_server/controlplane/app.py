@@ -13,7 +13,7 @@ from .errors import install_error_handlers
 from .limits import BodyLimitMiddleware
 from .logs import configure_logging
 from .proxy import PortProxy
-from .routes import capsules, events, exec, files, health, hosts, metrics, processes, pty, streams
+from .routes import capsules, events, exec, files, health, hosts, metrics, processes, pty, snapshots, streams
 from .settings import ControlPlaneSettings
 from .state import ControlPlane
 
@@ -48,6 +48,6 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_json_bytes)
     app.add_middleware(PortProxy, required_auth=settings.proxy_auth == "required")  # outside the body limit
     # metrics first: its /v1/capsules/stats and /usage must win over /v1/capsules/{id}.
-    for module in (health, metrics, capsules, exec, processes, files, hosts, streams, pty, events):
+    for module in (health, metrics, capsules, exec, processes, files, hosts, streams, pty, events, snapshots):
         app.include_router(module.router)
     return app

@@ -22,6 +22,7 @@ from .services.exec import ExecService
 from .services.files import FileService
 from .services.metrics import MetricsService
 from .services.reconciler import Reconciler
+from .services.snapshots import SnapshotService
 from .services.tasks import TaskTracker
 from .settings import ControlPlaneSettings
 from .upstream import Upstream
@@ -50,6 +51,7 @@ class ControlPlane:
     events: CapsuleEvents
     upstream: Upstream
     metrics: MetricsService
+    snapshots: SnapshotService
 
     @classmethod
     async def start(cls, settings: ControlPlaneSettings) -> ControlPlane:
@@ -85,6 +87,7 @@ class ControlPlane:
             events=events,
             upstream=Upstream(),
             metrics=MetricsService(sessionmaker, pool, capsules),
+            snapshots=SnapshotService(sessionmaker, pool, capsules, events),
         )
         reconciler.start()
         activity.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 import time
@@ -10,13 +11,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import proc
 from .envd_client import EnvdClient
-from .errors import AgentError, InvalidArgument, NotFound, RuntimeFailure, WrongState
+from .errors import AgentError, Conflict, InvalidArgument, NotFound, RuntimeFailure, WrongState
 from .metrics import Sampler
 from .network import Network, Slot
-from .runtimes.base import Runtime, RuntimeState, SandboxSpec
+from .runtimes.base import SNAPSHOT_FILE, Runtime, RuntimeState, SandboxSpec, template_checkpoint
 from .state import RecordStore, SandboxRecord
-from .storage import Storage
+from .storage import DELETED_FILE, Storage
 
 log = logging.getLogger(__name__)
 
@@ -205,9 +207,14 @@ class SandboxManager:
             )
             self.records.save(record)
             envd = EnvdClient(slot.host_ip)
+            restored = template_checkpoint(template_dir) is not None
             try:
+                if restored:
+                    await self.network.readdress(slot)
                 await self.runtime.create(self._spec(record, slot))
                 await envd.wait_ready(time.monotonic() + ENVD_BOOT_TIMEOUT)
+                if restored:
+                    await envd.forward_again()  # the snapshot was taken with forwarding stopped
                 await envd.init(record.default_user, record.default_env)
             except BaseException as exc:
                 await envd.close()
@@ -307,6 +314,69 @@ class SandboxManager:
             sandbox.touch()
             return sandbox
 
+    async def snapshot(self, sandbox_id: str, team_id: str, template_id: str) -> Path:
+        """A template of the running capsule as it is now: its files over its template's, and its guest state
+        (memory, processes); capsules created from it continue from there. The capsule itself goes on after
+        a short freeze (it is checkpointed, then restored from that checkpoint)."""
+        async with self._lock(sandbox_id):
+            sandbox = self.get(sandbox_id)
+            record = sandbox.record
+            await sandbox.envd.prepare_checkpoint()
+            sandbox.envd.reset()
+            if connections := await self.network.open_tcp_states(sandbox.slot):
+                await sandbox.envd.forward_again()
+                raise Conflict(
+                    f"the capsule holds network connections ({', '.join(connections)}), which a snapshot cannot "
+                    "keep: close them, or wait a minute for closed ones to expire"
+                )
+            target = self.storage.team_template(team_id, template_id)
+            staging = target.with_name(f".staging-{template_id}")
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+            staging.mkdir(parents=True)
+            workdir = self.records.workdir(sandbox_id)
+            try:
+                await self.runtime.freeze(sandbox_id)
+                await self.runtime.pause(sandbox_id, staging / "checkpoint")
+                await proc.run(["cp", "-a", "--reflink=auto", str(workdir / "upper"), str(staging / "upper")])
+            except AgentError as exc:
+                await self._lost(record, f"the snapshot failed: {exc.message}")
+                raise RuntimeFailure(record.error) from exc
+            (staging / SNAPSHOT_FILE).write_text(json.dumps({"base": record.template_dir, "source": sandbox_id}))
+            if target.exists():  # overwrite: capsules made from the old one keep it until they go
+                old = target.with_name(f".replaced-{template_id}-{int(time.time() * 1000)}")
+                target.rename(old)
+                (old / DELETED_FILE).touch()
+            staging.rename(target)
+            try:
+                await self.network.readdress(sandbox.slot)
+                await self.runtime.resume(self._spec(record, sandbox.slot), target / "checkpoint")
+                await sandbox.envd.wait_ready(time.monotonic() + ENVD_BOOT_TIMEOUT)
+                await sandbox.envd.forward_again()
+            except AgentError as exc:
+                await self._lost(record, f"the capsule did not come back after its snapshot: {exc.message}")
+                raise RuntimeFailure(record.error) from exc
+            sandbox.touch()
+            return target
+
+    async def _lost(self, record: SandboxRecord, reason: str) -> None:
+        record.status, record.error = "error", reason
+        self.records.save(record)
+        self._sandboxes.pop(record.sandbox_id, None)
+        self._tombstones[record.sandbox_id] = record
+
+    def delete_template(self, team_id: str, template_id: str) -> None:
+        """Removed at once when nothing uses it; otherwise marked, and removed once its last capsule is gone."""
+        target = self.storage.team_template(team_id, template_id)
+        if not target.exists():
+            return
+        (target / DELETED_FILE).touch()
+        self.storage.collect_unused_templates(self._templates_in_use())
+
+    def _templates_in_use(self) -> set[str]:
+        return {s.record.template_dir for s in self._sandboxes.values()} | {
+            r.template_dir for r in self._tombstones.values()
+        }
+
     async def destroy(self, sandbox_id: str) -> None:
         pending = self._checkpoints.pop(sandbox_id, None)
         if pending is not None:
@@ -323,6 +393,7 @@ class SandboxManager:
             else:
                 raise NotFound(f"capsule {sandbox_id} not found on this host")
         self._locks.pop(sandbox_id, None)
+        self.storage.collect_unused_templates(self._templates_in_use())
 
     async def _release(self, record: SandboxRecord, slot: Slot, *, keep_record: bool) -> None:
         workdir = self.records.workdir(record.sandbox_id)

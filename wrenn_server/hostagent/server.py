@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import functools
 import hmac
 import logging
@@ -11,6 +13,7 @@ import platform
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -200,6 +203,18 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
         return _info(sandbox.record, sandbox.slot.host_ip)
 
     @unary
+    async def SnapshotSandbox(self, request: pb.SnapshotRequest, context: Any) -> pb.TemplateInfo:
+        if not (request.team_id and request.template_id):
+            raise InvalidArgument("team_id and template_id are required")
+        path = await self.manager.snapshot(request.sandbox_id, request.team_id, request.template_id)
+        return pb.TemplateInfo(size_bytes=await asyncio.to_thread(_tree_size, path))
+
+    @unary
+    async def DeleteTemplate(self, request: pb.TemplateRef, context: Any) -> pb.Empty:
+        self.manager.delete_template(request.team_id, request.template_id)
+        return pb.Empty()
+
+    @unary
     async def PingSandbox(self, request: pb.SandboxRef, context: Any) -> pb.Empty:
         self.manager.active(request.sandbox_id)
         return pb.Empty()
@@ -342,6 +357,15 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
     async def StatPath(self, request: pb.PathRequest, context: Any) -> pb.FileEntry:
         envd = self.manager.get(request.sandbox_id).envd
         return _entry(await envd.fs("stat", {"path": request.path}))
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
 
 
 def _points(points: list[Point]) -> list[pb.MetricPoint]:

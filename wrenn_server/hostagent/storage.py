@@ -8,9 +8,11 @@ import shutil
 from pathlib import Path
 
 from .errors import NotFound
+from .runtimes.base import SNAPSHOT_FILE, template_layers
 
 log = logging.getLogger(__name__)
 
+DELETED_FILE = "deleted"
 PLATFORM_TEAM = "00000000-0000-0000-0000-000000000000"
 MINIMAL_TEMPLATE = "00000000-0000-0000-0000-000000000000"
 
@@ -27,13 +29,23 @@ class Storage:
         if template_id in ("", MINIMAL_TEMPLATE):
             link = self.images / "minimal" / "current"
         else:
-            link = self.images / "teams" / team_id / template_id
-        if not (link / "rootfs").is_dir():
+            link = self.team_template(team_id, template_id)
+        if not (link / "rootfs").is_dir() and not (link / SNAPSHOT_FILE).is_file():
             raise NotFound(f"template {name!r} is not available on this host; build it with `wrenn image build`")
         return link.resolve()
 
+    def team_template(self, team_id: str, template_id: str) -> Path:
+        return self.images / "teams" / team_id / template_id
+
     def collect_unused_templates(self, in_use: set[str]) -> None:
-        """Remove superseded versions of the minimal image that no capsule uses any more."""
+        """Remove superseded versions of the minimal image, and deleted snapshot templates, that no capsule
+        (nor a snapshot template built on it) uses any more."""
+        for marker in self.images.glob("teams/*/*/" + DELETED_FILE):
+            template = marker.parent.resolve()
+            if not any(path == str(template) or path.startswith(f"{template}/") for path in in_use):
+                log.info("removing deleted template %s", template.name)
+                shutil.rmtree(template, ignore_errors=True)
+        in_use = in_use | {str(base) for base in self._snapshot_bases()}
         base = self.images / "minimal"
         current = (base / "current").resolve() if (base / "current").exists() else None
         for version in base.glob("*"):
@@ -44,6 +56,15 @@ class Storage:
                 continue
             log.info("removing unused image version %s", version.name)
             shutil.rmtree(version, ignore_errors=True)
+
+    def _snapshot_bases(self) -> set[Path]:
+        bases = set()
+        for snapshot in self.images.glob("teams/*/*/" + SNAPSHOT_FILE):
+            try:
+                bases.update(template_layers(snapshot.parent))
+            except (OSError, ValueError):
+                continue
+        return {b.parent for b in bases}
 
     @staticmethod
     def disk_used(workdir: Path) -> int:

@@ -75,6 +75,12 @@ class AgentClient:
     async def get_sandbox(self, sandbox_id: str) -> pb.SandboxInfo:
         return cast(pb.SandboxInfo, await self._unary("GetSandbox", pb.SandboxRef(sandbox_id=sandbox_id), CALL_TIMEOUT))
 
+    async def snapshot_sandbox(self, request: pb.SnapshotRequest) -> pb.TemplateInfo:
+        return cast(pb.TemplateInfo, await self._unary("SnapshotSandbox", request, 600.0))
+
+    async def delete_template(self, team_id: str, template_id: str) -> None:
+        await self._unary("DeleteTemplate", pb.TemplateRef(team_id=team_id, template_id=template_id), CALL_TIMEOUT)
+
     async def pause_sandbox(self, sandbox_id: str) -> pb.SandboxInfo:
         return cast(pb.SandboxInfo, await self._unary("PauseSandbox", pb.SandboxRef(sandbox_id=sandbox_id), 300.0))
 

@@ -140,10 +140,12 @@ class CapsuleService:
             if team is None or team.deleted_at is not None:
                 raise Unauthorized("team not found")
             template = await resolve_template(session, team.id, spec.template or DEFAULT_TEMPLATE)
+            only_host = None
             if template.type == "snapshot":
                 vcpus = template.vcpus or vcpus
                 memory_mb = template.memory_mb or memory_mb
-            host = await pick_host(session, team, vcpus, memory_mb)
+                only_host = uuid.UUID(template.meta["host_id"]) if template.meta.get("host_id") else None
+            host = await pick_host(session, team, vcpus, memory_mb, only_host)
             row = Sandbox(
                 id=new_uuid(),
                 team_id=team.id,

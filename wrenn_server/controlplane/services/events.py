@@ -367,6 +367,20 @@ class CapsuleEvents:
         outcome = Outcome.ERROR if error is not None else Outcome.SUCCESS
         await self._publish(name, sandbox_id, actor, outcome=outcome, error=error)
 
+    async def template(self, name: EventName, principal: Any, template_name: str) -> None:
+        """A template event (`template.snapshot.create` / `.delete`) for the caller's team."""
+        self.bus.publish(
+            Event(
+                name=name,
+                team_id=principal.team_id,
+                resource_id=template_name,
+                actor=Actor.of(principal),
+                outcome=Outcome.SUCCESS,
+                resource_type="template",
+                metadata={"name": template_name},
+            )
+        )
+
     async def _publish(
         self,
         name: EventName,

@@ -62,16 +62,15 @@ def _score(host: Host, load: Load, vcpus: int, memory_mb: int) -> float | None:
     return min(mem_free, cpu_free)
 
 
-async def pick_host(session: AsyncSession, team: Team, vcpus: int, memory_mb: int) -> Host:
-    hosts = list(
-        (
-            await session.scalars(
-                select(Host).where(Host.status == HostStatus.ONLINE.value, *_eligible(team)).order_by(Host.id)
-            )
-        ).all()
-    )
+async def pick_host(
+    session: AsyncSession, team: Team, vcpus: int, memory_mb: int, only: uuid.UUID | None = None
+) -> Host:
+    """The least loaded eligible host; `only`: the one host that has what the capsule needs (a snapshot)."""
+    where = [Host.status == HostStatus.ONLINE.value, *_eligible(team)] + ([Host.id == only] if only else [])
+    hosts = list((await session.scalars(select(Host).where(*where).order_by(Host.id))).all())
     if not hosts:
-        raise NoHostsAvailable("no online hosts available")
+        reason = "the host that holds this template is not online" if only else "no online hosts available"
+        raise NoHostsAvailable(reason)
     possible = [host for host in hosts if _fits_at_all(host, vcpus, memory_mb)]
     if not possible:
         cores = max(host.cpu_cores for host in hosts)

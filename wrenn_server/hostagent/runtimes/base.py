@@ -10,9 +10,29 @@ no database.
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol
+
+SNAPSHOT_FILE = "snapshot.json"
+CHECKPOINT_IMAGE = "checkpoint.img"
+
+
+def template_layers(template_dir: Path) -> list[Path]:
+    """A template's read-only filesystem layers, top first: a base template is its `rootfs`; a snapshot
+    template is the capsule's own changes (`upper`) over the layers of the template it came from."""
+    snapshot = template_dir / SNAPSHOT_FILE
+    if not snapshot.is_file():
+        return [template_dir / "rootfs"]
+    base = Path(json.loads(snapshot.read_text())["base"])
+    return [template_dir / "upper", *template_layers(base)]
+
+
+def template_checkpoint(template_dir: Path) -> Path | None:
+    """Where a snapshot template's guest state (memory, processes) is, if it has one."""
+    checkpoint = template_dir / "checkpoint"
+    return checkpoint if (checkpoint / CHECKPOINT_IMAGE).is_file() else None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from .. import proc
 from ..errors import RuntimeFailure
 from ..kvm import probe_kvm
-from .base import Capabilities, Probe, RuntimeState, SandboxSpec, Usage
+from .base import Capabilities, Probe, RuntimeState, SandboxSpec, Usage, template_checkpoint, template_layers
 
 INIT = "/usr/local/bin/wrenn-init"
 # runsc refuses a sandbox network when it believes it runs in the root network namespace, which it decides
@@ -60,7 +60,7 @@ class GVisorConfig:
 class GVisorRuntime:
     name: ClassVar[str] = "gvisor"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        pause_with_memory=True, snapshot=False, hardware_acceleration=False, disk_size_limit=False
+        pause_with_memory=True, snapshot=True, hardware_acceleration=False, disk_size_limit=False
     )
 
     def __init__(self, config: GVisorConfig) -> None:
@@ -86,11 +86,16 @@ class GVisorRuntime:
 
     async def create(self, spec: SandboxSpec) -> None:
         self._config.state_dir.mkdir(parents=True, exist_ok=True)
-        rootfs = await _mount_overlay(spec.template_dir / "rootfs", spec.workdir)
+        rootfs = await _mount_overlay(template_layers(spec.template_dir), spec.workdir)
         bundle = spec.workdir / "bundle"
         bundle.mkdir(exist_ok=True)
         (bundle / "config.json").write_text(json.dumps(_oci_spec(spec, rootfs)))
-        await self._run_detached(["run", "--detach", "--bundle", str(bundle), spec.sandbox_id], spec.workdir)
+        checkpoint = template_checkpoint(spec.template_dir)
+        if checkpoint is None:
+            command = ["run", "--detach", "--bundle", str(bundle), spec.sandbox_id]
+        else:  # a snapshot template: its guest continues, processes and all, in this new capsule
+            command = ["restore", "--detach", "--image-path", str(checkpoint), "--bundle", str(bundle), spec.sandbox_id]
+        await self._run_detached(command, spec.workdir)
 
     async def _run_detached(self, command: list[str], workdir: Path) -> None:
         argv = [
@@ -157,7 +162,7 @@ class GVisorRuntime:
 
     async def resume(self, spec: SandboxSpec, checkpoint_dir: Path) -> None:
         await proc.run(self._runsc("delete", "--force", spec.sandbox_id), check=False, timeout=30)
-        await _mount_overlay(spec.template_dir / "rootfs", spec.workdir)  # gone after a reboot of the host
+        await _mount_overlay(template_layers(spec.template_dir), spec.workdir)  # gone after a reboot of the host
         bundle = spec.workdir / "bundle"
         command = ["restore", "--detach", "--image-path", str(checkpoint_dir), "--bundle", str(bundle), spec.sandbox_id]
         await self._run_detached(command, spec.workdir)
@@ -169,9 +174,10 @@ class GVisorRuntime:
         await proc.run(self._runsc("resume", sandbox_id), timeout=30)
 
 
-async def _mount_overlay(lower: Path, workdir: Path) -> Path:
-    if not lower.is_dir():
-        raise RuntimeFailure(f"template rootfs {lower} is missing; run `wrenn image build`")
+async def _mount_overlay(layers: list[Path], workdir: Path) -> Path:
+    for lower in layers:
+        if not lower.is_dir():
+            raise RuntimeFailure(f"template layer {lower} is missing; run `wrenn image build`")
     upper, work, merged = workdir / "upper", workdir / "work", workdir / "rootfs"
     for d in (upper, work, merged):
         d.mkdir(parents=True, exist_ok=True)
@@ -183,7 +189,7 @@ async def _mount_overlay(lower: Path, workdir: Path) -> Path:
                 "overlay",
                 "overlay",
                 "-o",
-                f"lowerdir={lower},upperdir={upper},workdir={work}",
+                f"lowerdir={':'.join(map(str, layers))},upperdir={upper},workdir={work}",
                 str(merged),
             ]
         )

@@ -340,3 +340,27 @@ class FlushMetricsResponse(_message.Message):
     points_2h: _containers.RepeatedCompositeFieldContainer[MetricPoint]
     points_24h: _containers.RepeatedCompositeFieldContainer[MetricPoint]
     def __init__(self, points_10m: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., points_2h: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., points_24h: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ...) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ("sandbox_id", "team_id", "template_id")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    team_id: str
+    template_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., team_id: _Optional[str] = ..., template_id: _Optional[str] = ...) -> None: ...
+
+class TemplateRef(_message.Message):
+    __slots__ = ("team_id", "template_id")
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    team_id: str
+    template_id: str
+    def __init__(self, team_id: _Optional[str] = ..., template_id: _Optional[str] = ...) -> None: ...
+
+class TemplateInfo(_message.Message):
+    __slots__ = ("size_bytes",)
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    size_bytes: int
+    def __init__(self, size_bytes: _Optional[int] = ...) -> None: ...

@@ -74,6 +74,16 @@ class HostAgentServiceStub:
                 request_serializer=hostagent__pb2.SandboxRef.SerializeToString,
                 response_deserializer=hostagent__pb2.SandboxInfo.FromString,
                 _registered_method=True)
+        self.SnapshotSandbox = channel.unary_unary(
+                '/hostagent.v1.HostAgentService/SnapshotSandbox',
+                request_serializer=hostagent__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=hostagent__pb2.TemplateInfo.FromString,
+                _registered_method=True)
+        self.DeleteTemplate = channel.unary_unary(
+                '/hostagent.v1.HostAgentService/DeleteTemplate',
+                request_serializer=hostagent__pb2.TemplateRef.SerializeToString,
+                response_deserializer=hostagent__pb2.Empty.FromString,
+                _registered_method=True)
         self.Exec = channel.unary_unary(
                 '/hostagent.v1.HostAgentService/Exec',
                 request_serializer=hostagent__pb2.ExecRequest.SerializeToString,
@@ -204,6 +214,20 @@ class HostAgentServiceServicer:
 
     def ResumeSandbox(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SnapshotSandbox(self, request, context):
+        """A template of the capsule as it is now (files and guest state); the capsule goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTemplate(self, request, context):
+        """Removes a team template's files once no capsule uses them any more.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -346,6 +370,16 @@ def add_HostAgentServiceServicer_to_server(servicer, server):
                     servicer.ResumeSandbox,
                     request_deserializer=hostagent__pb2.SandboxRef.FromString,
                     response_serializer=hostagent__pb2.SandboxInfo.SerializeToString,
+            ),
+            'SnapshotSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.SnapshotSandbox,
+                    request_deserializer=hostagent__pb2.SnapshotRequest.FromString,
+                    response_serializer=hostagent__pb2.TemplateInfo.SerializeToString,
+            ),
+            'DeleteTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTemplate,
+                    request_deserializer=hostagent__pb2.TemplateRef.FromString,
+                    response_serializer=hostagent__pb2.Empty.SerializeToString,
             ),
             'Exec': grpc.unary_unary_rpc_method_handler(
                     servicer.Exec,
@@ -644,6 +678,60 @@ class HostAgentService:
             '/hostagent.v1.HostAgentService/ResumeSandbox',
             hostagent__pb2.SandboxRef.SerializeToString,
             hostagent__pb2.SandboxInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SnapshotSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hostagent.v1.HostAgentService/SnapshotSandbox',
+            hostagent__pb2.SnapshotRequest.SerializeToString,
+            hostagent__pb2.TemplateInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hostagent.v1.HostAgentService/DeleteTemplate',
+            hostagent__pb2.TemplateRef.SerializeToString,
+            hostagent__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,
