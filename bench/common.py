@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tests.cleanup import purge_data_dir
 from tests.stack import Stack, free_port
+from wrenn_server.hostagent.network import Network, Slot
+from wrenn_server.hostagent.runtimes.base import SandboxSpec
+from wrenn_server.hostagent.runtimes.gvisor import _HIDE_NET_SYSCTL, _mount_overlay, _oci_spec
 
 IMAGES = Path("/var/lib/wrenn/images")
 
@@ -60,6 +67,52 @@ def platform(**env: str) -> Iterator[Stack]:
         stack.destroy_all()
         stack.stop()
         purge_data_dir(root)
+
+
+@dataclass
+class RawSandbox:
+    """A runsc sandbox of the minimal template in a network slot of its own, set up as the agent sets one up,
+    then driven by hand: the raw runtime figures the platform's are printed beside."""
+
+    root: Path
+    network: Network
+    slot: Slot
+    sandbox_id: str
+    workdir: Path
+    rootfs: Path
+
+    @classmethod
+    def prepare(cls, root: Path, network: Network) -> RawSandbox:
+        template = (IMAGES / "minimal" / "current").resolve()
+        slot = network.allocate()
+        asyncio.run(network.setup(slot))
+        sandbox_id = f"bench-{uuid.uuid4().hex[:12]}"
+        workdir = root / sandbox_id
+        spec = SandboxSpec(sandbox_id, template, workdir, 1, 512, 0, slot.guest)
+        rootfs = asyncio.run(_mount_overlay([template / "rootfs"], workdir))
+        (workdir / "bundle").mkdir()
+        (workdir / "bundle" / "config.json").write_text(json.dumps(_oci_spec(spec, rootfs)))
+        return cls(root, network, slot, sandbox_id, workdir, rootfs)
+
+    def runsc(self, *args: str) -> list[str]:
+        return ["runsc", "--root", str(self.root / "runsc"), *args]
+
+    def boot(self, *command: str) -> None:
+        """`runsc run` or `restore` as the agent starts them (see runtimes/gvisor.py)."""
+        flags = ["--platform", "ptrace", "--network", "sandbox", "--overlay2", "none"]
+        argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", _HIDE_NET_SYSCTL, "sh"]
+        with (self.workdir / "console.log").open("ab") as log:
+            subprocess.run(
+                [*argv, *self.runsc(*flags, *command)], check=True, stdout=log, stderr=log, start_new_session=True
+            )
+
+    def run(self) -> None:
+        self.boot("run", "--detach", "--bundle", str(self.workdir / "bundle"), self.sandbox_id)
+
+    def remove(self) -> None:
+        subprocess.run(self.runsc("delete", "--force", self.sandbox_id), check=False, capture_output=True)
+        subprocess.run(["umount", "-l", str(self.rootfs)], check=False)
+        asyncio.run(self.network.teardown(self.slot))
 
 
 def emit(result: dict[str, Any]) -> None:

@@ -6,9 +6,6 @@ the difference is what the platform adds (scheduling, database, namespaces, over
 
 from __future__ import annotations
 
-import asyncio
-import json
-import subprocess
 import time
 import urllib.request
 import uuid
@@ -18,10 +15,8 @@ from typing import Any
 from wrenn import Capsule
 
 from wrenn_server.hostagent.network import Network
-from wrenn_server.hostagent.runtimes.base import SandboxSpec
-from wrenn_server.hostagent.runtimes.gvisor import _HIDE_NET_SYSCTL, _mount_overlay, _oci_spec
 
-from .common import IMAGES, emit, platform, summary
+from .common import RawSandbox, emit, platform, summary
 
 
 def _wait_envd(address: str, deadline: float) -> None:
@@ -36,28 +31,14 @@ def _wait_envd(address: str, deadline: float) -> None:
 
 def raw_runs(root: Path, n: int) -> list[float]:
     network = Network(f"bench-{uuid.uuid4().hex[:8]}")
-    template = (IMAGES / "minimal" / "current").resolve()
     samples = []
     for _ in range(n):
-        slot = network.allocate()
-        asyncio.run(network.setup(slot))
-        sandbox_id = f"bench-{uuid.uuid4().hex[:12]}"
-        workdir = root / sandbox_id
-        spec = SandboxSpec(sandbox_id, template, workdir, 1, 512, 0, slot.guest)
-        rootfs = asyncio.run(_mount_overlay([template / "rootfs"], workdir))
-        (workdir / "bundle").mkdir()
-        (workdir / "bundle" / "config.json").write_text(json.dumps(_oci_spec(spec, rootfs)))
-        runsc = ["runsc", "--root", str(root / "runsc"), "--platform", "ptrace", "--network", "sandbox"]
-        argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", _HIDE_NET_SYSCTL, "sh", *runsc,
-                "run", "--detach", "--bundle", str(workdir / "bundle"), sandbox_id]
+        raw = RawSandbox.prepare(root, network)
         start = time.perf_counter()
-        with (workdir / "console.log").open("wb") as log:
-            subprocess.run(argv, check=True, stdout=log, stderr=log, start_new_session=True)
-        _wait_envd(slot.host_ip, time.monotonic() + 30)
+        raw.run()
+        _wait_envd(raw.slot.host_ip, time.monotonic() + 30)
         samples.append((time.perf_counter() - start) * 1000)
-        subprocess.run([*runsc[:3], "delete", "--force", sandbox_id], check=False, capture_output=True)
-        subprocess.run(["umount", "-l", str(rootfs)], check=False)
-        asyncio.run(network.teardown(slot))
+        raw.remove()
     return samples
 
 

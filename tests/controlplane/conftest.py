@@ -3,7 +3,6 @@ agent behind it (see `agent.py`: it serves from the test loop, so never block th
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from wrenn_server.hostagent.runtimes import build_runtime
 
 from .agent import Agent, agent_team
-from .harness import Harness, ServerThread, settings_for
+from .harness import Harness, ServerThread, serving, settings_for
 from .pg import PostgresServer, postgres_server
 
 __all__ = ["postgres_server"]
@@ -40,12 +39,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="session")
 async def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServerThread]:
-    thread = ServerThread(settings_for(tmp_path_factory.mktemp("cp-dir"), database_url))
-    await asyncio.to_thread(thread.start)
-    try:
+    async with serving(settings_for(tmp_path_factory.mktemp("cp-dir"), database_url)) as thread:
         yield thread
-    finally:
-        await asyncio.to_thread(thread.stop)
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +64,19 @@ class ServerThread:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+@asynccontextmanager
+async def serving(settings: ControlPlaneSettings, ws: str | None = None) -> AsyncIterator[ServerThread]:
+    """A control plane over HTTP for the block (`ws`: the WebSocket implementation, if any)."""
+    thread = ServerThread(settings)
+    if ws is not None:
+        thread.server.config.ws = ws  # read when the server starts
+    await asyncio.to_thread(thread.start)
+    try:
+        yield thread
+    finally:
+        await asyncio.to_thread(thread.stop)
 
 
 def settings_for(data_dir: Path, database_url: str, **overrides: Any) -> ControlPlaneSettings:

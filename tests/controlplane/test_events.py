@@ -50,7 +50,7 @@ from wrenn_server.controlplane.services.reconciler import Reconciler
 from wrenn_server.controlplane.state import ControlPlane, capsule_json
 
 from .agent import Agent, agent_team
-from .harness import AGENT_TOKEN, Harness, ServerThread, settings_for
+from .harness import AGENT_TOKEN, Harness, ServerThread, serving, settings_for
 from .pg import free_port
 from .test_errors_auth import assert_error
 
@@ -374,12 +374,8 @@ async def quick_server(
     database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[ServerThread]:
     """A control plane that sends keepalives after one second of silence."""
-    thread = ServerThread(settings_for(tmp_path_factory.mktemp("cp-quick"), database_url, sse_keepalive_sec=1))
-    await asyncio.to_thread(thread.start)
-    try:
+    async with serving(settings_for(tmp_path_factory.mktemp("cp-quick"), database_url, sse_keepalive_sec=1)) as thread:
         yield thread
-    finally:
-        await asyncio.to_thread(thread.stop)
 
 
 async def test_keepalive_and_no_leak(quick_server: ServerThread, harness: Harness) -> None:

@@ -3,14 +3,13 @@ What it proxies is tested end to end with the SDK (tests/sdk/test_proxy.py)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .harness import Harness, ServerThread, settings_for
+from .harness import Harness, ServerThread, serving, settings_for
 from .test_errors_auth import assert_error
 
 
@@ -43,12 +42,8 @@ async def test_api_routes_are_untouched_by_other_hosts(http: httpx.AsyncClient) 
 
 @pytest.fixture
 async def strict_server(database_url: str, tmp_path: Path) -> AsyncIterator[ServerThread]:
-    thread = ServerThread(settings_for(tmp_path, database_url, proxy_auth="required"))
-    await asyncio.to_thread(thread.start)
-    try:
+    async with serving(settings_for(tmp_path, database_url, proxy_auth="required")) as thread:
         yield thread
-    finally:
-        await asyncio.to_thread(thread.stop)
 
 
 async def test_required_credentials(strict_server: ServerThread, harness: Harness) -> None:

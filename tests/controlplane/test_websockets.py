@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from wrenn_server.controlplane.ids import Kind, format_id
 
 from .conftest import Running
-from .harness import Harness, ServerThread, settings_for
+from .harness import Harness, ServerThread, serving, settings_for
 
 IMPLEMENTATIONS = ["websockets-sansio", "wsproto"]
 FIVE_MIB = 5 * 1024 * 1024
@@ -34,13 +34,8 @@ FIVE_MIB = 5 * 1024 * 1024
 async def ws_server(
     request: pytest.FixtureRequest, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[ServerThread]:
-    thread = ServerThread(settings_for(Path(tmp_path_factory.mktemp("cp-ws")), database_url))
-    thread.server.config.ws = request.param  # read when the server starts
-    await asyncio.to_thread(thread.start)
-    try:
+    async with serving(settings_for(Path(tmp_path_factory.mktemp("cp-ws")), database_url), request.param) as thread:
         yield thread
-    finally:
-        await asyncio.to_thread(thread.stop)
 
 
 def open_ws(server: ServerThread, path: str, headers: dict[str, str] | None = None) -> connect:
