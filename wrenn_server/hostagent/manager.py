@@ -364,13 +364,13 @@ class SandboxManager:
         self._sandboxes.pop(record.sandbox_id, None)
         self._tombstones[record.sandbox_id] = record
 
-    def delete_template(self, team_id: str, template_id: str) -> None:
+    async def delete_template(self, team_id: str, template_id: str) -> None:
         """Removed at once when nothing uses it; otherwise marked, and removed once its last capsule is gone."""
         target = self.storage.team_template(team_id, template_id)
         if not target.exists():
             return
         (target / DELETED_FILE).touch()
-        self.storage.collect_unused_templates(self._templates_in_use())
+        await asyncio.to_thread(self.storage.collect_unused_templates, self._templates_in_use())
 
     def _templates_in_use(self) -> set[str]:
         return {s.record.template_dir for s in self._sandboxes.values()} | {
@@ -393,7 +393,7 @@ class SandboxManager:
             else:
                 raise NotFound(f"capsule {sandbox_id} not found on this host")
         self._locks.pop(sandbox_id, None)
-        self.storage.collect_unused_templates(self._templates_in_use())
+        await asyncio.to_thread(self.storage.collect_unused_templates, self._templates_in_use())
 
     async def _release(self, record: SandboxRecord, slot: Slot, *, keep_record: bool) -> None:
         workdir = self.records.workdir(record.sandbox_id)

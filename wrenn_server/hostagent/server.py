@@ -211,7 +211,7 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
 
     @unary
     async def DeleteTemplate(self, request: pb.TemplateRef, context: Any) -> pb.Empty:
-        self.manager.delete_template(request.team_id, request.template_id)
+        await self.manager.delete_template(request.team_id, request.template_id)
         return pb.Empty()
 
     @unary

@@ -367,7 +367,7 @@ class CapsuleEvents:
         outcome = Outcome.ERROR if error is not None else Outcome.SUCCESS
         await self._publish(name, sandbox_id, actor, outcome=outcome, error=error)
 
-    async def template(self, name: EventName, principal: Any, template_name: str) -> None:
+    async def template(self, name: EventName, principal: Principal, template_name: str) -> None:
         """A template event (`template.snapshot.create` / `.delete`) for the caller's team."""
         self.bus.publish(
             Event(
