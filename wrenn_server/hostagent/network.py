@@ -245,10 +245,8 @@ route add default via {GUEST_GATEWAY}
 
     async def readdress(self, slot: Slot) -> None:
         """Give the capsule's eth0 its address back: runsc takes it away when it adopts the interface."""
-        await proc.run(
-            ["ip", "-n", slot.capsule_ns, "addr", "replace", f"{GUEST_ADDRESS}/{GUEST_PREFIX}", "dev", "eth0"]
-        )
-        await proc.run(["ip", "-n", slot.capsule_ns, "route", "replace", "default", "via", GUEST_GATEWAY], check=False)
+        batch = f"addr replace {GUEST_ADDRESS}/{GUEST_PREFIX} dev eth0\nroute replace default via {GUEST_GATEWAY}\n"
+        await proc.run(["ip", "-n", slot.capsule_ns, "-batch", "-"], input=batch.encode())
 
     async def open_tcp_states(self, slot: Slot) -> list[str]:
         """States of the capsule's TCP connections as its router's connection tracking saw them, closed ones

@@ -161,11 +161,15 @@ class GVisorRuntime:
         await proc.run(self._runsc("delete", "--force", sandbox_id), check=False, timeout=30)  # frees its memory
 
     async def resume(self, spec: SandboxSpec, checkpoint_dir: Path) -> None:
-        await proc.run(self._runsc("delete", "--force", spec.sandbox_id), check=False, timeout=30)
         await _mount_overlay(template_layers(spec.template_dir), spec.workdir)  # gone after a reboot of the host
         bundle = spec.workdir / "bundle"
         command = ["restore", "--detach", "--image-path", str(checkpoint_dir), "--bundle", str(bundle), spec.sandbox_id]
-        await self._run_detached(command, spec.workdir)
+        try:
+            await self._run_detached(command, spec.workdir)
+        except RuntimeFailure:
+            # A container record left behind (pause deletes it, but may have been cut short) blocks the name.
+            await proc.run(self._runsc("delete", "--force", spec.sandbox_id), check=False, timeout=30)
+            await self._run_detached(command, spec.workdir)
 
     async def freeze(self, sandbox_id: str) -> None:
         await proc.run(self._runsc("pause", sandbox_id), timeout=30)
