@@ -428,3 +428,28 @@ async def test_snapshot_template_starts_new_capsules_where_the_source_was(agent:
     for box in (source, child):
         await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=box.sandbox_id), metadata=agent.md)
     assert not (agent.settings.dir / "images" / "teams" / team / template_id).exists()
+
+
+async def test_a_capsule_whose_checkpoint_is_damaged_ends_in_error(agent: AgentHandle) -> None:
+    box = await create(agent)
+    ref = pb.SandboxRef(sandbox_id=box.sandbox_id)
+    manager = agent.agent.manager
+    assert manager is not None
+    manager.checkpoint_after_sec = 0.1
+    try:
+        await agent.stub.PauseSandbox(ref, metadata=agent.md)
+        image = agent.settings.dir / "sandboxes" / box.sandbox_id / "checkpoint" / "checkpoint.img"
+        for _ in range(100):
+            if image.is_file() and await manager.runtime.state(box.sandbox_id) != "paused":
+                break
+            await asyncio.sleep(0.1)
+        image.write_bytes(b"not a checkpoint")
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await agent.stub.ResumeSandbox(ref, metadata=agent.md)
+        assert "could not be restored" in (failed.value.details() or "")
+        info = await agent.stub.GetSandbox(ref, metadata=agent.md)
+        assert info.status == "error" and "could not be restored" in info.error
+    finally:
+        manager.checkpoint_after_sec = agent.settings.checkpoint_after_sec
+        await agent.stub.DestroySandbox(ref, metadata=agent.md)
+    assert not (agent.settings.dir / "sandboxes" / box.sandbox_id).exists()

@@ -148,3 +148,23 @@ def test_an_idle_capsule_is_paused_and_connect_resumes_it(idle: Capsule) -> None
     with Capsule.connect(idle.capsule_id) as again:
         assert again.get_info().status == Status.running
         assert again.files.read("/root/idle.txt") == "still here"
+
+
+def test_a_lost_checkpoint_ends_in_error_not_a_hang(stack: Stack) -> None:
+    from wrenn import Capsule
+    from wrenn.exceptions import WrennError
+    from wrenn.models import Status
+
+    with Capsule() as box:
+        box.pause()
+        image = stack.data_dir / "sandboxes" / box.capsule_id / "checkpoint" / "checkpoint.img"
+        deadline = time.monotonic() + 30
+        while not image.is_file():  # checkpointed a second after the pause (WRENN_CHECKPOINT_AFTER_SEC=1)
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(0.5)
+        image.unlink()
+        with pytest.raises(WrennError) as failed:
+            box.resume()
+        assert "checkpoint" in str(failed.value)
+        assert box.get_info().status == Status.error

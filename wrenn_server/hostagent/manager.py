@@ -16,7 +16,7 @@ from .envd_client import EnvdClient
 from .errors import AgentError, Conflict, InvalidArgument, NotFound, RuntimeFailure, WrongState
 from .metrics import Sampler
 from .network import Network, Slot
-from .runtimes.base import SNAPSHOT_FILE, Runtime, RuntimeState, SandboxSpec, template_checkpoint
+from .runtimes.base import CHECKPOINT_IMAGE, SNAPSHOT_FILE, Runtime, RuntimeState, SandboxSpec, template_checkpoint
 from .state import RecordStore, SandboxRecord
 from .storage import DELETED_FILE, Storage
 
@@ -166,6 +166,12 @@ class SandboxManager:
             raise NotFound(f"capsule {sandbox_id} not found on this host")
         return sandbox
 
+    def record_of(self, sandbox_id: str) -> SandboxRecord:
+        """The capsule's record, tombstones (capsules that failed) included."""
+        if sandbox_id in self._tombstones:
+            return self._tombstones[sandbox_id]
+        return self.lookup(sandbox_id).record
+
     def get(self, sandbox_id: str) -> Sandbox:
         """The capsule, which must be running."""
         sandbox = self.lookup(sandbox_id)
@@ -301,11 +307,16 @@ class SandboxManager:
                 await self.runtime.thaw(sandbox_id)
             else:
                 await self.network.readdress(sandbox.slot)
+                checkpoint = self._checkpoint_dir(sandbox_id)
                 try:
-                    await self.runtime.resume(self._spec(record, sandbox.slot), self._checkpoint_dir(sandbox_id))
+                    if not (checkpoint / CHECKPOINT_IMAGE).is_file():
+                        raise RuntimeFailure(f"its checkpoint {checkpoint / CHECKPOINT_IMAGE} is missing")
+                    await self.runtime.resume(self._spec(record, sandbox.slot), checkpoint)
                     await sandbox.envd.wait_ready(time.monotonic() + ENVD_BOOT_TIMEOUT)
                 except AgentError as exc:
-                    raise RuntimeFailure(f"the capsule could not be restored: {exc.message}") from exc
+                    # Its state is gone or unreadable: the capsule cannot continue, and says why.
+                    await self._lost(record, f"the capsule could not be restored: {exc.message}")
+                    raise RuntimeFailure(record.error) from exc
             await sandbox.envd.forward_again()
             record.status, record.paused_mode, record.checkpoint_pending = "running", "", False
             self.auto_paused.discard(sandbox_id)

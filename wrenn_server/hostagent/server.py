@@ -181,6 +181,9 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
 
     @unary
     async def GetSandbox(self, request: pb.SandboxRef, context: Any) -> pb.SandboxInfo:
+        record = self.manager.record_of(request.sandbox_id)
+        if record.status == "error":
+            return _info(record, "")
         sandbox = self.manager.lookup(request.sandbox_id)
         used = await self.manager.disk_used(request.sandbox_id)
         return _info(sandbox.record, sandbox.slot.host_ip, used)
