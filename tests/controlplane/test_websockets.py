@@ -144,15 +144,25 @@ BAD_FIRST_FRAMES: list[str | bytes] = [
 ]
 
 
-@pytest.mark.parametrize("frame", BAD_FIRST_FRAMES)
-async def test_exec_stream_bad_first_frame(ws_server: ServerThread, running: Running, frame: str | bytes) -> None:
+async def refused_first_frame(
+    ws_server: ServerThread, running: Running, path: str, frame: str | bytes
+) -> list[dict[str, Any]]:
+    """Sends `frame` first on the capsule's socket at `path`; answers the frames the server sent before closing
+    normally, having checked that no process was started (or left behind) by it."""
     capsule, headers = running
     before = await process_pids(ws_server, running)
-    async with open_ws(ws_server, f"/v1/capsules/{capsule}/exec/stream", headers) as ws:
+    async with open_ws(ws_server, f"/v1/capsules/{capsule}/{path}", headers) as ws:
         await ws.send(frame)
         frames, code = await until_closed(ws)
-    assert [f["type"] for f in frames] == ["error"] and code == 1000
+    assert code == 1000
     assert await process_pids(ws_server, running) == before
+    return frames
+
+
+@pytest.mark.parametrize("frame", BAD_FIRST_FRAMES)
+async def test_exec_stream_bad_first_frame(ws_server: ServerThread, running: Running, frame: str | bytes) -> None:
+    frames = await refused_first_frame(ws_server, running, "exec/stream", frame)
+    assert [f["type"] for f in frames] == ["error"]
 
 
 async def test_exec_stream_stop_kills(ws_server: ServerThread, running: Running) -> None:
@@ -250,14 +260,8 @@ BAD_PTY_FIRST_FRAMES: list[str | bytes] = [
 
 @pytest.mark.parametrize("frame", BAD_PTY_FIRST_FRAMES)
 async def test_pty_bad_first_frame(ws_server: ServerThread, running: Running, frame: str | bytes) -> None:
-    capsule, headers = running
-    before = await process_pids(ws_server, running)
-    async with open_ws(ws_server, f"/v1/capsules/{capsule}/pty", headers) as ws:
-        await ws.send(frame)
-        frames, code = await until_closed(ws)
+    frames = await refused_first_frame(ws_server, running, "pty", frame)
     assert len(frames) == 1 and frames[0]["type"] == "error" and frames[0]["fatal"] is True, frames
-    assert code == 1000
-    assert await process_pids(ws_server, running) == before
 
 
 async def test_pty_controls_and_reattach(ws_server: ServerThread, running: Running) -> None:

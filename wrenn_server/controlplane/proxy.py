@@ -115,10 +115,11 @@ class PortProxy:
             response = await upstream.request(
                 target.address, target.port, scope["method"], raw_target, headers, body, chunked
             )
-        except (UpstreamError, ClientGone) as exc:
-            if isinstance(exc, UpstreamError):
-                await _refuse(scope, send, _unreachable(target, exc))
+        except UpstreamError as exc:
+            await _refuse(scope, send, _unreachable(target, exc))
             return
+        except ClientGone:
+            return  # nobody is left to answer
         try:
             out = [(k, v) for k, v in response.headers if k.lower() not in _RESPONSE_HOP]
             out = [(k, _rewrite_location(v, target, scope)) if k.lower() == b"location" else (k, v) for k, v in out]

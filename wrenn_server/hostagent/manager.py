@@ -7,7 +7,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,9 +247,7 @@ class SandboxManager:
                 return sandbox
             sandbox = self.get(sandbox_id)
             record = sandbox.record
-            await sandbox.envd.prepare_checkpoint()
-            sandbox.envd.reset()
-            connections = await self.network.open_tcp_states(sandbox.slot)
+            connections = await self._quiesce(sandbox)
             await self.runtime.freeze(sandbox_id)
             if connections:
                 log.info("capsule %s has TCP connections %s: it stays frozen in memory", sandbox_id, connections)
@@ -258,6 +256,13 @@ class SandboxManager:
             if record.checkpoint_pending:
                 self._schedule_checkpoint(sandbox_id, self.checkpoint_after_sec)
             return sandbox
+
+    async def _quiesce(self, sandbox: Sandbox) -> Sequence[str]:
+        """Close every TCP connection to the guest a checkpoint would trip over (envd's clients, port relays,
+        ours); answers the live TCP states left, which make a checkpoint fail (and kill the guest)."""
+        await sandbox.envd.prepare_checkpoint()
+        sandbox.envd.reset()
+        return await self.network.open_tcp_states(sandbox.slot)
 
     def _schedule_checkpoint(self, sandbox_id: str, delay: float) -> None:
         old = self._checkpoints.pop(sandbox_id, None)
@@ -281,11 +286,9 @@ class SandboxManager:
                 if await self.runtime.state(sandbox_id) is RuntimeState.PAUSED:
                     log.warning("capsule %s stays frozen: its checkpoint failed: %s", sandbox_id, exc.message)
                     record.checkpoint_pending = False
+                    self.records.save(record)
                 else:
-                    record.status, record.error = "error", f"the checkpoint failed: {exc.message}"
-                    self._sandboxes.pop(sandbox_id, None)
-                    self._tombstones[sandbox_id] = record
-                self.records.save(record)
+                    self._lost(record, f"the checkpoint failed: {exc.message}")
                 return
             record.paused_mode, record.checkpoint_pending = "checkpoint", False
             self.records.save(record)
@@ -315,7 +318,7 @@ class SandboxManager:
                     await sandbox.envd.wait_ready(time.monotonic() + ENVD_BOOT_TIMEOUT)
                 except AgentError as exc:
                     # Its state is gone or unreadable: the capsule cannot continue, and says why.
-                    await self._lost(record, f"the capsule could not be restored: {exc.message}")
+                    self._lost(record, f"the capsule could not be restored: {exc.message}")
                     raise RuntimeFailure(record.error) from exc
             await sandbox.envd.forward_again()
             record.status, record.paused_mode, record.checkpoint_pending = "running", "", False
@@ -332,9 +335,7 @@ class SandboxManager:
         async with self._lock(sandbox_id):
             sandbox = self.get(sandbox_id)
             record = sandbox.record
-            await sandbox.envd.prepare_checkpoint()
-            sandbox.envd.reset()
-            if connections := await self.network.open_tcp_states(sandbox.slot):
+            if connections := await self._quiesce(sandbox):
                 await sandbox.envd.forward_again()
                 raise Conflict(
                     f"the capsule holds network connections ({', '.join(connections)}), which a snapshot cannot "
@@ -350,7 +351,7 @@ class SandboxManager:
                 await self.runtime.pause(sandbox_id, staging / "checkpoint")
                 await proc.run(["cp", "-a", "--reflink=auto", str(workdir / "upper"), str(staging / "upper")])
             except AgentError as exc:
-                await self._lost(record, f"the snapshot failed: {exc.message}")
+                self._lost(record, f"the snapshot failed: {exc.message}")
                 raise RuntimeFailure(record.error) from exc
             (staging / SNAPSHOT_FILE).write_text(json.dumps({"base": record.template_dir, "source": sandbox_id}))
             if target.exists():  # overwrite: capsules made from the old one keep it until they go
@@ -364,12 +365,12 @@ class SandboxManager:
                 await sandbox.envd.wait_ready(time.monotonic() + ENVD_BOOT_TIMEOUT)
                 await sandbox.envd.forward_again()
             except AgentError as exc:
-                await self._lost(record, f"the capsule did not come back after its snapshot: {exc.message}")
+                self._lost(record, f"the capsule did not come back after its snapshot: {exc.message}")
                 raise RuntimeFailure(record.error) from exc
             sandbox.touch()
             return target
 
-    async def _lost(self, record: SandboxRecord, reason: str) -> None:
+    def _lost(self, record: SandboxRecord, reason: str) -> None:
         record.status, record.error = "error", reason
         self.records.save(record)
         self._sandboxes.pop(record.sandbox_id, None)

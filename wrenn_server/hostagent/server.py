@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import functools
 import hmac
 import logging
@@ -13,7 +12,6 @@ import platform
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -26,6 +24,7 @@ from .errors import AgentError, InvalidArgument
 from .manager import CreateRequest, SandboxManager
 from .metrics import RANGES, TIER_2H, TIER_10M, TIER_24H, Point
 from .state import SandboxRecord
+from .storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +209,7 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
         if not (request.team_id and request.template_id):
             raise InvalidArgument("team_id and template_id are required")
         path = await self.manager.snapshot(request.sandbox_id, request.team_id, request.template_id)
-        return pb.TemplateInfo(size_bytes=await asyncio.to_thread(_tree_size, path))
+        return pb.TemplateInfo(size_bytes=await asyncio.to_thread(Storage.tree_size, path))
 
     @unary
     async def DeleteTemplate(self, request: pb.TemplateRef, context: Any) -> pb.Empty:
@@ -360,15 +359,6 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
     async def StatPath(self, request: pb.PathRequest, context: Any) -> pb.FileEntry:
         envd = self.manager.get(request.sandbox_id).envd
         return _entry(await envd.fs("stat", {"path": request.path}))
-
-
-def _tree_size(path: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-    return total
 
 
 def _points(points: list[Point]) -> list[pb.MetricPoint]:

@@ -69,8 +69,13 @@ class Storage:
     @staticmethod
     def disk_used(workdir: Path) -> int:
         """Bytes the capsule wrote on top of its template (its overlay upper layer)."""
+        return Storage.tree_size(workdir / "upper")
+
+    @staticmethod
+    def tree_size(path: Path) -> int:
+        """Bytes allocated on disk by the files under `path`."""
         total = 0
-        for dirpath, _dirs, files in os.walk(workdir / "upper"):
+        for dirpath, _dirs, files in os.walk(path):
             for name in files:
                 try:
                     total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
@@ -44,7 +43,7 @@ class Template(BaseModel):
             vcpus=row.vcpus,
             memory_mb=row.memory_mb,
             size_bytes=row.size_bytes,
-            created_at=rfc3339(row.created_at if isinstance(row.created_at, datetime) else None),
+            created_at=rfc3339(row.created_at),
             platform=platform,
             protected=platform,
             metadata={k: v for k, v in (row.meta or {}).items() if k != "host_id"} or None,

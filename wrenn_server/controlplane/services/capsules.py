@@ -29,7 +29,7 @@ from ..errors import (
 from ..ids import Kind, format_id, new_uuid
 from . import lifecycle, metric_store
 from .activity import ActivityTracker
-from .agents import AgentClient, AgentPool, HostRef
+from .agents import AgentPool, HostRef
 from .auth import Principal
 from .events import Actor, CapsuleEvents, EventName
 from .scheduler import pick_host
@@ -327,7 +327,7 @@ class CapsuleService:
                 await agent.resume_sandbox(wire_id)
         except WrennError as exc:
             # The agent says what became of the capsule: back where it was, or lost (error).
-            back = await self._agent_status(agent, wire_id, source)
+            back = await lifecycle.status_on_agent(agent, wire_id, source)
             await lifecycle.set_status(self._sessionmaker, row.id, [during], back, error=exc.message)
             await self._events.state_changed(row.id, during, back, actor)
             await self._events.finished(event, row.id, actor, error=exc.message)
@@ -342,10 +342,3 @@ class CapsuleService:
         await self._events.state_changed(row.id, during, target, actor)
         await self._events.finished(event, row.id, actor)
         return await self._load(row.id)
-
-    async def _agent_status(self, agent: AgentClient, wire_id: str, fallback: Status) -> Status:
-        try:
-            info = await agent.get_sandbox(wire_id)
-        except WrennError:
-            return fallback
-        return Status(info.status) if info.status in Status.__members__.values() else fallback

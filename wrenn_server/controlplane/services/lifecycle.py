@@ -23,7 +23,7 @@ from ..db.types import utcnow
 from ..errors import InternalError, NotFound, WrennError
 from ..ids import Kind, format_id
 from . import metric_store
-from .agents import AgentPool, HostRef
+from .agents import AgentClient, AgentPool, HostRef
 from .events import Actor, CapsuleEvents, EventName
 from .status import Status
 
@@ -102,6 +102,15 @@ async def boot(sessionmaker: SessionMaker, pool: AgentPool, plan: BootPlan, even
     if old != Status.RUNNING:
         await events.state_changed(plan.sandbox_id, old, Status.RUNNING, plan.actor)
     await events.finished(EventName.CAPSULE_CREATE, plan.sandbox_id, plan.actor)
+
+
+async def status_on_agent(agent: AgentClient, wire_id: str, fallback: Status) -> Status:
+    """What the agent says became of a capsule after a call on it failed; `fallback` when it cannot say."""
+    try:
+        info = await agent.get_sandbox(wire_id)
+    except WrennError:
+        return fallback
+    return Status(info.status) if info.status in Status.__members__.values() else fallback
 
 
 async def destroy_on_agent(pool: AgentPool, host: HostRef, wire_id: str) -> None:

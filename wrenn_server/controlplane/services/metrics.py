@@ -55,9 +55,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
 
 def point_json(ts: float, cpu_pct: float, mem_bytes: int, disk_bytes: int) -> dict[str, Any]:
     return {"timestamp_unix": int(ts), "cpu_pct": round(cpu_pct, 2), "mem_bytes": mem_bytes, "disk_bytes": disk_bytes}
@@ -93,7 +90,7 @@ class MetricsService:
                     )
                     .order_by(SandboxMetricPoint.ts)
                 )
-                return [point_json(_aware(p.ts).timestamp(), p.cpu_pct, p.mem_bytes, p.disk_bytes) for p in rows]
+                return [point_json(p.ts.timestamp(), p.cpu_pct, p.mem_bytes, p.disk_bytes) for p in rows]
         raise NotFound(f"metrics not available for sandbox in state: {row.status}")
 
     # --- team stats ------------------------------------------------------------------------------------------
@@ -136,7 +133,7 @@ class MetricsService:
                 ).where(SandboxMetricsSnapshot.team_id == principal.team_id, SandboxMetricsSnapshot.sampled_at >= start)
             )
             for sampled_at, r, v, m in samples:
-                i = min(count - 1, int((_aware(sampled_at) - start).total_seconds() // bucket))
+                i = min(count - 1, int((sampled_at - start).total_seconds() // bucket))
                 running[i], vcpus[i], memory[i] = max(running[i], r), max(vcpus[i], v), max(memory[i], m)
             peak = (
                 await session.execute(
@@ -211,7 +208,7 @@ class MetricsService:
         out: dict[date, tuple[float, float]] = {}
         async with self._sessionmaker() as session:
             for sampled_at, vcpus, memory in await session.execute(query):
-                day = _aware(sampled_at).date()
+                day = sampled_at.date()
                 cpu, ram = out.get(day, (0.0, 0.0))
                 out[day] = (cpu + vcpus * SAMPLE_EVERY / 60, ram + memory * SAMPLE_EVERY / 60)
         return out
@@ -244,7 +241,7 @@ class MetricsService:
         now = _now()
         async with self._sessionmaker() as session:
             newest = await session.scalar(select(func.max(SandboxMetricsSnapshot.sampled_at)))
-            if newest is not None and now - _aware(newest) < timedelta(seconds=SAMPLE_EVERY * 0.8):
+            if newest is not None and now - newest < timedelta(seconds=SAMPLE_EVERY * 0.8):
                 return  # another control plane on this database sampled just now
             for team, r in (await self.reserved()).items():
                 session.add(

@@ -67,15 +67,11 @@ class SnapshotService:
         request = pb.SnapshotRequest(
             sandbox_id=format_id(Kind.SANDBOX, sandbox_id), team_id=str(principal.team_id), template_id=str(template_id)
         )
+        agent = self._pool.client(host_ref)
         try:
-            info = await self._pool.client(host_ref).snapshot_sandbox(request)
+            info = await agent.snapshot_sandbox(request)
         except WrennError:
-            back = Status.RUNNING
-            try:
-                listed = await self._pool.client(host_ref).get_sandbox(request.sandbox_id)
-                back = Status.ERROR if listed.status == "error" else Status.RUNNING
-            except WrennError:
-                pass
+            back = await lifecycle.status_on_agent(agent, request.sandbox_id, Status.RUNNING)
             await lifecycle.set_status(self._sessionmaker, sandbox_id, [Status.SNAPSHOTTING], back)
             await self._events.state_changed(sandbox_id, Status.SNAPSHOTTING, back, actor)
             raise
