@@ -29,15 +29,18 @@ def joined(events: list[StreamEvent], kind: str) -> str:
 def read_until(term: PtySession, needle: bytes, timeout: float = 30.0) -> bytes:
     """Terminal output until `needle` shows; the server's 30 s pings bound every wait for the next event."""
     seen = b""
+    others: list[str] = []  # errors the server reported (a failed resize, undelivered input) explain a failure
     deadline = time.monotonic() + timeout
     for event in term:
         if event.type == "output" and isinstance(event.data, bytes):
             seen += event.data
             if needle in seen:
                 return seen
+        elif event.type != "ping":
+            others.append(repr(event))
         if event.type == "exit" or time.monotonic() > deadline:
             break
-    raise AssertionError(f"{needle!r} never showed; the output ended with {seen[-400:]!r}")
+    raise AssertionError(f"{needle!r} never showed; the output ended with {seen[-400:]!r}; other events: {others}")
 
 
 def exit_code(term: PtySession, timeout: float = 30.0) -> int | None:
