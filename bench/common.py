@@ -20,7 +20,7 @@ from typing import Any
 from tests.cleanup import purge_data_dir
 from tests.stack import Stack, free_port
 from wrenn_server.hostagent.network import Network, Slot
-from wrenn_server.hostagent.runtimes.base import SandboxSpec
+from wrenn_server.hostagent.runtimes.base import SandboxSpec, template_layers
 from wrenn_server.hostagent.runtimes.gvisor import _HIDE_NET_SYSCTL, _mount_overlay, _oci_spec
 
 IMAGES = Path("/var/lib/wrenn/images")
@@ -82,14 +82,15 @@ class RawSandbox:
     rootfs: Path
 
     @classmethod
-    def prepare(cls, root: Path, network: Network) -> RawSandbox:
-        template = (IMAGES / "minimal" / "current").resolve()
+    def prepare(cls, root: Path, network: Network, template: Path | None = None) -> RawSandbox:
+        """On the minimal image, or on `template` (a snapshot template or prepared checkpoint) when given."""
+        template = template or (IMAGES / "minimal" / "current").resolve()
         slot = network.allocate()
         asyncio.run(network.setup(slot))
         sandbox_id = f"bench-{uuid.uuid4().hex[:12]}"
         workdir = root / sandbox_id
-        spec = SandboxSpec(sandbox_id, template, workdir, 1, 512, 0, slot.guest)
-        rootfs = asyncio.run(_mount_overlay([template / "rootfs"], workdir))
+        spec = SandboxSpec(sandbox_id, template, workdir, 1, 512, 5120, slot.guest)
+        rootfs = asyncio.run(_mount_overlay(template_layers(template), workdir))
         (workdir / "bundle").mkdir()
         (workdir / "bundle" / "config.json").write_text(json.dumps(_oci_spec(spec, rootfs)))
         return cls(root, network, slot, sandbox_id, workdir, rootfs)
@@ -108,6 +109,14 @@ class RawSandbox:
 
     def run(self) -> None:
         self.boot("run", "--detach", "--bundle", str(self.workdir / "bundle"), self.sandbox_id)
+
+    def restore(self, checkpoint: Path) -> None:
+        """`runsc restore`; call `readdress` first (the guest's address must be back on its interface)."""
+        bundle = str(self.workdir / "bundle")
+        self.boot("restore", "--detach", "--image-path", str(checkpoint), "--bundle", bundle, self.sandbox_id)
+
+    def readdress(self) -> None:
+        asyncio.run(self.network.readdress(self.slot))
 
     def remove(self) -> None:
         subprocess.run(self.runsc("delete", "--force", self.sandbox_id), check=False, capture_output=True)

@@ -88,7 +88,33 @@ def doctor() -> None:
     except NoRuntime as exc:
         chosen = f"none ({exc})"
     table.add_row("WRENN_RUNTIME=auto", "", f"would use {chosen}")
+    running, details = asyncio.run(_agent_status())
+    table.add_row("host agent", "yes" if running else "no", details)
     Console().print(table)
+
+
+async def _agent_status() -> tuple[bool, str]:
+    """The host agent of this data directory, if it runs: its runtime and warm pool."""
+    import grpc
+
+    from .hostagent.registration import Credentials
+    from .hostagent.server import TOKEN_HEADER
+    from .hostagent.settings import AgentSettings
+    from .proto._generated import hostagent_pb2 as pb
+    from .proto._generated import hostagent_pb2_grpc as pb_grpc
+
+    settings = AgentSettings()
+    creds = Credentials.load(settings.dir / "host-credentials.json")
+    if creds is None:
+        return False, "not registered here (`wrenn up` or `wrenn agent` registers it)"
+    async with grpc.aio.insecure_channel(settings.host_listen_addr) as channel:
+        try:
+            stub = pb_grpc.HostAgentServiceStub(channel)  # type: ignore[no-untyped-call]
+            ping = await stub.Ping(pb.PingRequest(), metadata=((TOKEN_HEADER, creds.rpc_token),), timeout=3)
+        except grpc.aio.AioRpcError as exc:
+            return False, f"not answering on {settings.host_listen_addr}: {exc.code().name}"
+    pool = ", ".join(f"{name} {count}" for name, count in sorted(ping.pool.items()))
+    return True, f"{settings.host_listen_addr}, runtime {ping.runtime}; warm pool: {pool}"
 
 
 @app.command()
@@ -99,6 +125,8 @@ def up() -> None:
     from .hostagent.settings import AgentSettings
 
     cp_settings = ControlPlaneSettings()
+    if "WRENN_TRANSITION_GRACE_SEC" not in os.environ:
+        cp_settings.transition_grace_sec = 0.0  # no other control plane can be half-way through a pause
     agent_settings = AgentSettings()
     _logging(agent_settings.log_level)
     build_image()

@@ -76,8 +76,11 @@ async def run_embedded(cp_settings: ControlPlaneSettings, agent_settings: AgentS
             f"WRENN_API_KEY={key}",
             f"WRENN_PROXY_DOMAIN={cp_settings.proxy_domain or f'localhost:{port}'}",
         ]
-        env_path.write_text("\n".join(lines) + "\n")
-        env_path.chmod(0o600)
+        tmp = env_path.with_suffix(".tmp")  # whoever waits for the file never reads half of it
+        tmp.unlink(missing_ok=True)
+        tmp.touch(mode=0o600)  # it holds the admin key
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(env_path)
         print("\n".join(lines), flush=True)
         print(
             f"# wrenn is up (runtime {agent.manager.runtime.name if agent.manager else '?'}); "

@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from tests.guests import guest
 from wrenn_server.hostagent.app import HostAgent
 from wrenn_server.hostagent.settings import AgentSettings
 from wrenn_server.proto._generated import hostagent_pb2 as pb
@@ -99,6 +100,9 @@ class Agent:
     async def runsc(self, *args: str) -> subprocess.CompletedProcess[str]:
         return await _run("runsc", "--root", str(self.dir / "runsc"), *args)
 
+    def guest_name(self, wire_id: str) -> str:
+        return guest(self.dir, wire_id)[0]
+
     async def containers(self) -> set[str]:
         """The runsc containers under this agent's root."""
         return set((await self.runsc("list", "-quiet")).stdout.split())
@@ -123,13 +127,13 @@ class Agent:
             live = {record.slot for record in self.agent.manager.list()} if self.agent.manager else set()
             for wire_id in await self.sandboxes():
                 await self.destroy(wire_id)
-            left = [f"runsc container {name}" for name in await self.containers()]
-            names = {f"wrenn-{kind}-{slot}" for kind in ("ns", "cns") for slot in live}
-            left += [f"namespace {name}" for name in sorted(await namespaces() & names)]
-            return left
         finally:
             await self.channel.close()
-            await self.agent.stop()
+            await self.agent.stop()  # stops its warm pool too
+        left = [f"runsc container {name}" for name in await self.containers()]
+        names = {f"wrenn-{kind}-{slot}" for kind in ("ns", "cns") for slot in live}
+        left += [f"namespace {name}" for name in sorted(await namespaces() & names)]
+        return left
 
 
 async def agent_team(harness: Harness, agent: Agent) -> tuple[uuid.UUID, dict[str, str]]:

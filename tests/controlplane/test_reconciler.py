@@ -102,7 +102,7 @@ async def test_capsule_that_died_with_the_agent_is_error(
     survives = await create(http, headers, cleanup)
 
     async def kill() -> None:
-        killed = await agent.runsc("kill", dies, "KILL")
+        killed = await agent.runsc("kill", agent.guest_name(dies), "KILL")
         assert killed.returncode == 0, killed.stderr
 
     await agent.restart(while_down=kill)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -12,6 +13,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.guests import guest
+from wrenn_server.hostagent.network import Slot
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 
 from .conftest import AgentHandle
@@ -268,12 +271,12 @@ async def test_egress_is_nated(agent: AgentHandle, capsule: pb.SandboxInfo) -> N
 
 async def test_destroy_leaves_nothing_behind(agent: AgentHandle) -> None:
     info = await create(agent)
+    name, workdir = guest(agent.settings.dir, info.sandbox_id)
     await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=info.sandbox_id), metadata=agent.md)
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     slot_names = {line.split()[0] for line in netns.splitlines() if line.strip()}
-    workdir = agent.settings.dir / "sandboxes" / info.sandbox_id
     assert not workdir.exists()
-    assert info.sandbox_id not in Path("/proc/mounts").read_text()
+    assert name not in Path("/proc/mounts").read_text()
     listed = [s.sandbox_id for s in (await agent.stub.ListSandboxes(pb.Empty(), metadata=agent.md)).sandboxes]
     assert info.sandbox_id not in listed
     slot = int(info.host_ip.rsplit(".", 1)[1]) + 256 * int(info.host_ip.split(".")[2])
@@ -294,7 +297,8 @@ async def test_agent_restart_readopts_and_reports_lost(agent: AgentHandle) -> No
     await agent.agent.stop()
     # While the agent is down, one capsule dies.
     runsc_root = agent.settings.dir / "runsc"
-    subprocess.run(["runsc", "--root", str(runsc_root), "kill", lose.sandbox_id, "KILL"], check=False)
+    lose_name, _ = guest(agent.settings.dir, lose.sandbox_id)
+    subprocess.run(["runsc", "--root", str(runsc_root), "kill", lose_name, "KILL"], check=False)
     await asyncio.sleep(0.5)
     await agent.restart()
     listed = {s.sandbox_id: s for s in (await agent.stub.ListSandboxes(pb.Empty(), metadata=agent.md)).sandboxes}
@@ -365,7 +369,8 @@ async def test_pause_and_resume_keep_the_whole_guest(agent: AgentHandle) -> None
     manager = agent.agent.manager
     assert manager is not None
     manager.checkpoint_after_sec = agent.settings.checkpoint_after_sec = 0.2  # the restarted agent's too
-    checkpoint = agent.settings.dir / "sandboxes" / box.sandbox_id / "checkpoint" / "checkpoint.img"
+    name, workdir = guest(agent.settings.dir, box.sandbox_id)
+    checkpoint = workdir / "checkpoint" / "checkpoint.img"
     for cycle in range(3):
         before = int((await sh(agent, box, "cat /tmp/count")).stdout)
         paused = await agent.stub.PauseSandbox(ref, metadata=agent.md)
@@ -376,7 +381,7 @@ async def test_pause_and_resume_keep_the_whole_guest(agent: AgentHandle) -> None
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         if cycle > 0:  # cycle 0 thaws the frozen guest; the others restore it from its checkpoint
             for _ in range(100):
-                if checkpoint.is_file() and await agent.agent.manager.runtime.state(box.sandbox_id) != "paused":
+                if checkpoint.is_file() and await agent.agent.manager.runtime.state(name) != "paused":
                     break
                 await asyncio.sleep(0.1)
             assert checkpoint.is_file(), "no checkpoint after the delay"
@@ -400,7 +405,7 @@ async def test_pause_and_resume_keep_the_whole_guest(agent: AgentHandle) -> None
     await agent.stub.PauseSandbox(ref, metadata=agent.md)
     await agent.stub.DestroySandbox(ref, metadata=agent.md)
     agent.settings.checkpoint_after_sec = 10.0
-    assert not (agent.settings.dir / "sandboxes" / box.sandbox_id).exists()
+    assert not workdir.exists()
 
 
 async def test_snapshot_template_starts_new_capsules_where_the_source_was(agent: AgentHandle) -> None:
@@ -433,14 +438,15 @@ async def test_snapshot_template_starts_new_capsules_where_the_source_was(agent:
 async def test_a_capsule_whose_checkpoint_is_damaged_ends_in_error(agent: AgentHandle) -> None:
     box = await create(agent)
     ref = pb.SandboxRef(sandbox_id=box.sandbox_id)
+    name, workdir = guest(agent.settings.dir, box.sandbox_id)
     manager = agent.agent.manager
     assert manager is not None
     manager.checkpoint_after_sec = 0.1
     try:
         await agent.stub.PauseSandbox(ref, metadata=agent.md)
-        image = agent.settings.dir / "sandboxes" / box.sandbox_id / "checkpoint" / "checkpoint.img"
+        image = workdir / "checkpoint" / "checkpoint.img"
         for _ in range(100):
-            if image.is_file() and await manager.runtime.state(box.sandbox_id) != "paused":
+            if image.is_file() and await manager.runtime.state(name) != "paused":
                 break
             await asyncio.sleep(0.1)
         image.write_bytes(b"not a checkpoint")
@@ -452,4 +458,99 @@ async def test_a_capsule_whose_checkpoint_is_damaged_ends_in_error(agent: AgentH
     finally:
         manager.checkpoint_after_sec = agent.settings.checkpoint_after_sec
         await agent.stub.DestroySandbox(ref, metadata=agent.md)
-    assert not (agent.settings.dir / "sandboxes" / box.sandbox_id).exists()
+    assert not workdir.exists()
+
+
+async def test_an_agent_that_died_half_way_finds_each_capsule_running_or_paused(agent: AgentHandle) -> None:
+    """The agent dies between a runtime step of pause/checkpoint/resume and the record of it: the next agent
+    finds the capsule running or paused (never lost, never half), its memory and files intact. Each case
+    stops the agent, does the step by hand, and starts a new agent."""
+    box = await create(agent)
+    ref = pb.SandboxRef(sandbox_id=box.sandbox_id)
+    await sh(agent, box, "echo alive > /tmp/mem; echo disk > /root/disk")
+    name, workdir = guest(agent.settings.dir, box.sandbox_id)
+    manager = agent.agent.manager
+    assert manager is not None
+    runtime = manager.runtime
+    runsc = ["runsc", "--root", str(agent.settings.dir / "runsc")]
+
+    async def status_after_restart() -> str:
+        await agent.restart()
+        return (await agent.stub.GetSandbox(ref, metadata=agent.md)).status
+
+    async def intact() -> None:
+        assert (await sh(agent, box, "cat /tmp/mem /root/disk")).stdout == b"alive\ndisk\n"
+
+    # Frozen by a pause, the pause never recorded.
+    await agent.agent.stop()
+    subprocess.run([*runsc, "pause", name], check=True)
+    assert await status_after_restart() == "paused"
+    await agent.stub.ResumeSandbox(ref, metadata=agent.md)
+    await intact()
+
+    # Thawed by a resume, the resume never recorded.
+    await agent.stub.PauseSandbox(ref, metadata=agent.md)
+    await agent.agent.stop()
+    subprocess.run([*runsc, "resume", name], check=True)
+    assert await status_after_restart() == "running"
+    await intact()
+
+    # Checkpointed (memory released), the checkpoint never recorded.
+    await agent.stub.PauseSandbox(ref, metadata=agent.md)
+    await agent.agent.stop()
+    await runtime.pause(name, workdir / "checkpoint")
+    assert await status_after_restart() == "paused"
+    await agent.stub.ResumeSandbox(ref, metadata=agent.md)
+    await intact()
+
+    # Restored from its checkpoint, the resume never recorded.
+    await agent.stub.PauseSandbox(ref, metadata=agent.md)
+    await agent.agent.stop()
+    await runtime.pause(name, workdir / "checkpoint")
+    restarted = agent.agent.manager
+    assert restarted is not None
+    record = restarted.record_of(box.sandbox_id)
+    await restarted.network.readdress(Slot(record.slot))
+    await runtime.resume(restarted._spec(record, Slot(record.slot)), workdir / "checkpoint")
+    assert await status_after_restart() == "running"
+    await intact()
+    assert not (workdir / "checkpoint").exists()
+    await agent.stub.DestroySandbox(ref, metadata=agent.md)
+
+
+async def test_creates_restore_a_prepared_checkpoint_or_take_a_warm_guest(agent: AgentHandle) -> None:
+    """The first capsule of a template and size boots; the agent then prepares a checkpoint of it and keeps a
+    guest restored from it warm: the next create takes that guest, the one after restores (or takes a refill)."""
+    size = {"vcpus": 1, "memory_mb": 384}  # a size no other test uses: it starts cold
+    for prepared in (agent.settings.dir / "images" / "minimal" / "current").resolve().glob("prepared/1x384x*"):
+        shutil.rmtree(prepared)  # made by an earlier run
+    first = await agent.stub.CreateSandbox(
+        pb.CreateSandboxRequest(sandbox_id=new_id(), template="minimal", **size), metadata=agent.md  # type: ignore[arg-type]
+    )
+    assert first.metadata["start"] == "boot"
+    manager = agent.agent.manager
+    assert manager is not None
+    for _ in range(300):  # prepared, then one guest restored from it
+        if any(guests for key, guests in manager.pool.ready.items() if key.memory_mb == 384):
+            break
+        await asyncio.sleep(0.1)
+    hits = manager.pool.counters()["hits"]
+    second = await agent.stub.CreateSandbox(
+        pb.CreateSandboxRequest(sandbox_id=new_id(), template="minimal", **size), metadata=agent.md  # type: ignore[arg-type]
+    )
+    assert second.metadata["start"] == "pool"
+    third = await agent.stub.CreateSandbox(
+        pb.CreateSandboxRequest(sandbox_id=new_id(), template="minimal", **size), metadata=agent.md  # type: ignore[arg-type]
+    )
+    assert third.metadata["start"] in ("pool", "restore")
+    ping = await agent.stub.Ping(pb.PingRequest(), metadata=agent.md)
+    assert ping.pool["hits"] >= hits + 1
+    for box in (first, second, third):
+        # Each is a capsule of its own: its id, its files, memory as asked.
+        out = await sh(agent, box, "cat /run/wrenn/.WRENN_SANDBOX_ID; echo $$ > /tmp/me; ls /tmp")
+        assert out.stdout.decode().splitlines()[0] == box.sandbox_id
+        assert out.stdout.decode().split().count("me") == 1
+    await sh(agent, second, "echo only-here > /root/mine")
+    assert (await sh(agent, third, "test -e /root/mine")).exit_code == 1
+    for box in (first, second, third):
+        await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=box.sandbox_id), metadata=agent.md)

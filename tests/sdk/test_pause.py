@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
+from tests.guests import guest
 from tests.stack import Stack
 
 if TYPE_CHECKING:
@@ -137,6 +141,43 @@ def test_a_paused_capsule_survives_a_restart_of_wrenn_up(stack: Stack) -> None:
             assert handle.pid in [p.pid for p in again.commands.list()]
 
 
+def _quietly(call: Callable[[], object]) -> None:
+    """A call whose server is killed under it: whatever it raises is expected."""
+    with contextlib.suppress(Exception):
+        call()
+
+
+def test_killing_wrenn_up_during_a_pause_or_resume_loses_nothing(stack: Stack) -> None:
+    """SIGKILL at different moments of pauses and resumes (from a frozen guest and from a checkpoint): after
+    the restart the capsule is running or paused, never lost nor half-way, and continues with its memory."""
+    from wrenn import Capsule
+    from wrenn.models import Status
+
+    def settled(box: Capsule) -> Status:
+        deadline = time.monotonic() + 60
+        while (status := box.get_info().status) not in (Status.running, Status.paused):
+            assert time.monotonic() < deadline, f"still {status} a minute after the restart"
+            time.sleep(0.2)
+        return status
+
+    with Capsule() as box:
+        box.commands.run("echo mem > /tmp/mem; echo disk > /root/disk")
+        rounds = [("pause", 0.0), ("resume", 0.0), ("pause", 0.03), ("resume", 0.03), ("pause", 0.06)]
+        for i, (action, delay) in enumerate(rounds):
+            if action == "resume":
+                box.pause()
+                time.sleep(2.0 if i % 4 == 3 else 0)  # every other resume restores a checkpoint
+            worker = threading.Thread(target=_quietly, args=(getattr(box, action),))
+            worker.start()
+            time.sleep(delay)
+            stack.stop(signal.SIGKILL)
+            worker.join(60)
+            stack.start()
+            if settled(box) == Status.paused:
+                box.resume()
+            assert box.commands.run("cat /tmp/mem /root/disk").stdout == "mem\ndisk\n", f"round {i}: {action}"
+
+
 def test_an_idle_capsule_is_paused_and_connect_resumes_it(idle: Capsule) -> None:
     from wrenn import Capsule
     from wrenn.models import Status
@@ -157,7 +198,7 @@ def test_a_lost_checkpoint_ends_in_error_not_a_hang(stack: Stack) -> None:
 
     with Capsule() as box:
         box.pause()
-        image = stack.data_dir / "sandboxes" / box.capsule_id / "checkpoint" / "checkpoint.img"
+        image = guest(stack.data_dir, box.capsule_id)[1] / "checkpoint" / "checkpoint.img"
         deadline = time.monotonic() + 30
         while not image.is_file():  # checkpointed a second after the pause (WRENN_CHECKPOINT_AFTER_SEC=1)
             assert time.monotonic() < deadline

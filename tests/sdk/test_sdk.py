@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,15 @@ def test_create_answers_running_without_polling(capsule: Capsule) -> None:
     assert info.status == Status.running
     assert info.template == "minimal"
     assert capsule.capsule_id in [c.id for c in Capsule.list()]
+
+
+def test_disk_used_is_what_the_capsule_wrote(capsule: Capsule) -> None:
+    before = capsule.get_info().disk_used_mb
+    assert before is not None
+    capsule.commands.run("head -c 6000000 /dev/urandom > /root/six-megabytes; sync")
+    after = capsule.get_info().disk_used_mb
+    assert after is not None and after - before >= 5
+    capsule.commands.run("rm /root/six-megabytes")
 
 
 def test_run_exit_codes_stderr_envs_cwd(capsule: Capsule) -> None:
@@ -156,3 +168,30 @@ def test_capsules_survive_a_restart_of_wrenn_up(stack: Stack) -> None:
             assert again.get_info().status == Status.running
             assert again.commands.run("cat /root/mark").stdout == "survived\n"
             assert handle.pid in [p.pid for p in again.commands.list()]
+
+
+def test_creates_are_served_by_the_warm_pool_and_doctor_counts_them(stack: Stack) -> None:
+    """A create takes a guest the agent restored in advance; `wrenn doctor` shows the agent's pool."""
+    starts = []
+    deadline = time.monotonic() + 60
+    while "pool" not in starts:  # the pool refills in the background after each create
+        assert time.monotonic() < deadline, f"no create was served by the pool: {starts}"
+        with Capsule() as box:
+            info = box.get_info()
+            starts.append(info.metadata["start"])
+            assert box.commands.run("cat /run/wrenn/.WRENN_SANDBOX_ID").stdout == f"{box.capsule_id}\n"
+        time.sleep(0.5)
+    assert set(starts) <= {"pool", "restore", "boot"}
+    env = {
+        **os.environ,
+        "WRENN_DIR": str(stack.data_dir),
+        "WRENN_HOST_LISTEN_ADDR": f"127.0.0.1:{stack.agent_port}",
+        "COLUMNS": "250",
+    }
+    doctor = subprocess.run(
+        [sys.executable, "-m", "wrenn_server.cli", "doctor"], env=env, capture_output=True, text=True, check=True
+    )
+    agent_row = next(line for line in doctor.stdout.splitlines() if "host agent" in line)
+    assert "yes" in agent_row and "runtime gvisor" in agent_row
+    hits = int(agent_row.split("hits ")[1].split(",")[0])
+    assert hits >= 1

@@ -65,6 +65,13 @@ class ControlPlaneSettings(BaseSettings):
     reconcile_interval_sec: float = Field(15.0, gt=0, description="Seconds between reconciler passes.")
     host_stale_sec: float = Field(90.0, gt=0, description="Heartbeat age after which a host is unreachable.")
     create_wait_sec: float = Field(30.0, ge=0, description="How long POST /v1/capsules waits for `running`.")
+    transition_grace_sec: float = Field(
+        300.0,
+        ge=0,
+        description="A pause or resume left half-way by a control plane process that went away is settled "
+        "from its host after this long (another process may still be at it). `wrenn up`, the only control "
+        "plane of its database, settles them at once.",
+    )
 
     @field_validator("database_url")
     @classmethod

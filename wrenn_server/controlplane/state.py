@@ -70,6 +70,8 @@ class ControlPlane:
             interval=settings.reconcile_interval_sec,
             host_stale_sec=settings.host_stale_sec,
             is_booting=capsules.is_booting,
+            is_transitioning=capsules.is_transitioning,
+            transition_grace_sec=settings.transition_grace_sec,
             events=events,
         )
         cp = cls(

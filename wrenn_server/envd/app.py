@@ -16,6 +16,8 @@ from .users import Defaults, User
 
 log = logging.getLogger("envd")
 
+SANDBOX_ID_FILE = "/run/wrenn/.WRENN_SANDBOX_ID"  # written by wrenn-init at boot
+
 
 class App:
     def __init__(self, defaults: Defaults, processes: ProcessTable, metrics: Metrics, forwarder: PortForwarder) -> None:
@@ -65,6 +67,10 @@ class App:
         self.defaults.user = user or self.defaults.user
         self.defaults.env = self.defaults.env if env is None else env
         self.defaults.workdir = os.path.normpath(workdir) if workdir else self.defaults.workdir
+        if sandbox_id := opt_str(body, "sandboxId"):
+            # A guest restored from a checkpoint (or taken from the warm pool) was started under another id.
+            with open(SANDBOX_ID_FILE, "w") as f:
+                f.write(sandbox_id + "\n")
         return Response(204)
 
     async def prepare(self, request: Request) -> Response:

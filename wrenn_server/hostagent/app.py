@@ -41,6 +41,8 @@ class HostAgent:
             Network(str(self.settings.dir.resolve())),
             Storage(self.settings.dir),
             checkpoint_after_sec=self.settings.checkpoint_after_sec,
+            pool_size=self.settings.pool_size,
+            pool_min_free_mb=self.settings.pool_min_free_mb,
         )
         await self.manager.start()
         self.servicer = Servicer(self.manager, self.auth)

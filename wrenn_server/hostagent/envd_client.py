@@ -80,8 +80,8 @@ class EnvdClient:
     async def health(self) -> dict[str, Any]:
         return dict(await self._call("GET", "/health", timeout=5.0))
 
-    async def init(self, default_user: str, env: dict[str, str]) -> None:
-        body: dict[str, Any] = {"envVars": env}
+    async def init(self, default_user: str, env: dict[str, str], sandbox_id: str) -> None:
+        body: dict[str, Any] = {"envVars": env, "sandboxId": sandbox_id}
         if default_user:
             body["defaultUser"] = default_user
         await self._call("POST", "/init", body)

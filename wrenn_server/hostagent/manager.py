@@ -16,14 +16,24 @@ from .envd_client import EnvdClient
 from .errors import AgentError, Conflict, InvalidArgument, NotFound, RuntimeFailure, WrongState
 from .metrics import Sampler
 from .network import Network, Slot
-from .runtimes.base import CHECKPOINT_IMAGE, SNAPSHOT_FILE, Runtime, RuntimeState, SandboxSpec, template_checkpoint
+from .pool import Key, Warm, WarmPool
+from .runtimes.base import (
+    CHECKPOINT_IMAGE,
+    SNAPSHOT_FILE,
+    Runtime,
+    RuntimeState,
+    SandboxSpec,
+    Usage,
+    template_checkpoint,
+)
 from .state import RecordStore, SandboxRecord
-from .storage import DELETED_FILE, Storage
+from .storage import DELETED_FILE, MINIMAL_TEMPLATE, PLATFORM_TEAM, Storage
 
 log = logging.getLogger(__name__)
 
 ENVD_BOOT_TIMEOUT = 60.0
 REAP_EVERY = 2.0
+QUIESCE_CHECKS, QUIESCE_WAIT = 5, 0.02
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,7 @@ class Sandbox:
     slot: Slot
     envd: EnvdClient
     last_active: float
+    start: str = ""  # how it came up: pool (a warm guest), restore (a checkpoint) or boot
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
@@ -53,7 +64,13 @@ class Sandbox:
 
 class SandboxManager:
     def __init__(
-        self, runtime: Runtime, network: Network, storage: Storage, checkpoint_after_sec: float = 10.0
+        self,
+        runtime: Runtime,
+        network: Network,
+        storage: Storage,
+        checkpoint_after_sec: float = 10.0,
+        pool_size: int = 1,
+        pool_min_free_mb: int = 2048,
     ) -> None:
         self.runtime = runtime
         self.checkpoint_after_sec = checkpoint_after_sec
@@ -63,16 +80,22 @@ class SandboxManager:
         self.network = network
         self.storage = storage
         self.records = RecordStore(storage.sandboxes)
+        self.pool = WarmPool(runtime, network, self.records, pool_size, pool_min_free_mb)
         self._sandboxes: dict[str, Sandbox] = {}
         self._tombstones: dict[str, SandboxRecord] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self.sampler = Sampler(runtime, self._running_vcpus, self._disk_used_now)
+        self.sampler = Sampler(self._usage, self._running_vcpus, self._disk_used_now)
 
     def _running_vcpus(self) -> dict[str, int]:
         return {sid: s.record.vcpus for sid, s in self._sandboxes.items() if s.record.status == "running"}
 
     def _disk_used_now(self, sandbox_id: str) -> int:
-        return self.storage.disk_used(self.records.workdir(sandbox_id))
+        sandbox = self._sandboxes.get(sandbox_id)
+        return 0 if sandbox is None else self.storage.disk_used(self.records.workdir(sandbox.record.name))
+
+    async def _usage(self, sandbox_id: str) -> Usage | None:
+        sandbox = self._sandboxes.get(sandbox_id)
+        return None if sandbox is None else await self.runtime.usage(sandbox.record.name)
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
@@ -89,12 +112,9 @@ class SandboxManager:
                     self.runtime.name,
                 )
                 continue
-            state = await self.runtime.state(record.sandbox_id)
+            state = await self.runtime.state(record.name)
             netns_alive = Slot(record.slot).guest.netns_path.exists() and self.network.owns(record.slot)
-            if record.status == "running" and state is RuntimeState.RUNNING and netns_alive:
-                live.append(record)
-                continue
-            if record.status == "paused" and netns_alive and self._paused_intact(record, state):
+            if netns_alive and self._settle(record, state):
                 live.append(record)
                 continue
             if record.status != "error":
@@ -107,17 +127,27 @@ class SandboxManager:
                 self.records.save(record)
             self._tombstones[record.sandbox_id] = record
         await self.network.prepare_host({r.slot for r in live})
+        running = []
         for record in live:
             slot = self.network.claim(record.slot)
-            self._sandboxes[record.sandbox_id] = Sandbox(record, slot, EnvdClient(slot.host_ip), time.monotonic())
-            if record.status == "paused" and record.checkpoint_pending:
+            sandbox = Sandbox(record, slot, EnvdClient(slot.host_ip), time.monotonic())
+            self._sandboxes[record.sandbox_id] = sandbox
+            if record.status == "running":
+                running.append(sandbox)
+            elif record.checkpoint_pending:
                 self._schedule_checkpoint(record.sandbox_id, self.checkpoint_after_sec)
-            log.info("re-adopted capsule %s", record.sandbox_id)
+            log.info("re-adopted capsule %s (%s)", record.sandbox_id, record.status)
+        await asyncio.gather(*(self._finish_resume(sandbox) for sandbox in running))
         for record in self._tombstones.values():
             await self._release(record, Slot(record.slot), keep_record=True)
         self.storage.collect_unused_templates({r.template_dir for r in live})
         self.network.refill()
         self.sampler.start()
+        try:
+            default: Path | None = self.storage.template_dir(PLATFORM_TEAM, MINIMAL_TEMPLATE, "minimal")
+        except NotFound:
+            default = None
+        await self.pool.start(default)
         self._reaper = asyncio.create_task(self._reap_idle())
 
     async def _reap_idle(self) -> None:
@@ -140,6 +170,7 @@ class SandboxManager:
                 log.info("capsule %s paused after %d s without activity", sandbox_id, record.timeout_sec)
 
     async def close(self) -> None:
+        await self.pool.close()
         if self._reaper is not None:
             self._reaper.cancel()
         for task in self._checkpoints.values():
@@ -149,13 +180,33 @@ class SandboxManager:
         for sandbox in self._sandboxes.values():
             await sandbox.envd.close()
 
-    def _paused_intact(self, record: SandboxRecord, state: RuntimeState) -> bool:
-        if record.paused_mode == "frozen":
-            return state is RuntimeState.PAUSED
-        return (self._checkpoint_dir(record.sandbox_id) / "checkpoint.img").is_file()
+    def _settle(self, record: SandboxRecord, state: RuntimeState) -> bool:
+        """Where a capsule found at start really is, when the previous agent died half-way through a pause,
+        a checkpoint or a resume: running, or paused with its state intact (the record is set to say so).
+        False: it is gone. A guest frozen by a pause that was never recorded is recorded paused."""
+        checkpointed = (self._checkpoint_dir(record) / CHECKPOINT_IMAGE).is_file()
+        if state is RuntimeState.RUNNING:  # whatever the record says: a resume finished, a pause never began
+            record.status, record.paused_mode, record.checkpoint_pending = "running", "", False
+        elif state is RuntimeState.PAUSED and record.status in ("running", "paused"):
+            if record.paused_mode != "frozen":
+                record.status, record.paused_mode, record.checkpoint_pending = "paused", "frozen", False
+        elif record.status == "paused" and checkpointed:  # the checkpoint was written; its record was not
+            record.paused_mode, record.checkpoint_pending = "checkpoint", False
+        else:
+            return False
+        self.records.save(record)
+        return True
 
-    def _checkpoint_dir(self, sandbox_id: str) -> Path:
-        return self.records.workdir(sandbox_id) / "checkpoint"
+    async def _finish_resume(self, sandbox: Sandbox) -> None:
+        """Port forwarding on again (a pause may have stopped it before dying) and the checkpoint gone."""
+        try:
+            await sandbox.envd.forward_again()
+        except AgentError as exc:
+            log.warning("capsule %s: port forwarding not restarted: %s", sandbox.record.sandbox_id, exc.message)
+        await asyncio.to_thread(shutil.rmtree, self._checkpoint_dir(sandbox.record), True)
+
+    def _checkpoint_dir(self, record: SandboxRecord) -> Path:
+        return self.records.workdir(record.name) / "checkpoint"
 
     def lookup(self, sandbox_id: str) -> Sandbox:
         """The capsule in whatever state it is."""
@@ -188,54 +239,84 @@ class SandboxManager:
         return [s.record for s in self._sandboxes.values()] + list(self._tombstones.values())
 
     async def create(self, req: CreateRequest) -> Sandbox:
+        """A warm guest when the pool has one; else a restore of the template's (prepared) checkpoint; else
+        a boot, while the pool prepares that checkpoint for the next capsule."""
         if req.vcpus < 1 or req.memory_mb < 128 or req.disk_size_mb < 0:
             raise InvalidArgument("vcpus must be at least 1 and memory_mb at least 128")
         async with self._lock(req.sandbox_id):
             if req.sandbox_id in self._sandboxes:
                 return self._sandboxes[req.sandbox_id]
             template_dir = self.storage.template_dir(req.team_id, req.template_id, req.template)
-            slot = await self.network.acquire()
-            record = SandboxRecord(
-                sandbox_id=req.sandbox_id,
-                runtime=self.runtime.name,
-                slot=slot.index,
-                template=req.template,
-                template_id=req.template_id,
-                team_id=req.team_id,
-                template_dir=str(template_dir),
-                vcpus=req.vcpus,
-                memory_mb=req.memory_mb,
-                disk_size_mb=req.disk_size_mb,
-                timeout_sec=req.timeout_sec,
-                default_user=req.default_user,
-                default_env=dict(req.default_env),
-                created_at=time.time(),
-            )
-            self.records.save(record)
-            envd = EnvdClient(slot.host_ip)
-            restored = template_checkpoint(template_dir) is not None
-            try:
-                if restored:
-                    await self.network.readdress(slot)
-                await self.runtime.create(self._spec(record, slot))
-                await envd.wait_ready(time.monotonic() + ENVD_BOOT_TIMEOUT)
-                if restored:
-                    await envd.forward_again()  # the snapshot was taken with forwarding stopped
-                await envd.init(record.default_user, record.default_env)
-            except BaseException as exc:
-                await envd.close()
-                reason = exc.message if isinstance(exc, AgentError) else repr(exc)
-                console = self._console_tail(record.sandbox_id)
-                await self._release(record, slot, keep_record=False)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                raise RuntimeFailure(f"capsule failed to start: {reason}{console}") from exc
-            record.status = "running"
-            self.records.save(record)
-            sandbox = Sandbox(record, slot, envd, time.monotonic())
+            key = Key(template_dir, req.vcpus, req.memory_mb, req.disk_size_mb)
+            warm = self.pool.take(key)
+            if warm is not None:
+                sandbox = await self._adopt(req, warm)
+            else:
+                sandbox = await self._start(req, self.pool.source(key) or template_dir)
             self._sandboxes[req.sandbox_id] = sandbox
+        self.pool.want(key)
         self.network.refill()
         return sandbox
+
+    def _record(self, req: CreateRequest, slot: int, template_dir: Path, runtime_id: str = "") -> SandboxRecord:
+        return SandboxRecord(
+            sandbox_id=req.sandbox_id,
+            runtime=self.runtime.name,
+            slot=slot,
+            template=req.template,
+            template_id=req.template_id,
+            team_id=req.team_id,
+            template_dir=str(template_dir),
+            vcpus=req.vcpus,
+            memory_mb=req.memory_mb,
+            disk_size_mb=req.disk_size_mb,
+            timeout_sec=req.timeout_sec,
+            default_user=req.default_user,
+            default_env=dict(req.default_env),
+            created_at=time.time(),
+            runtime_id=runtime_id,
+        )
+
+    async def _adopt(self, req: CreateRequest, warm: Warm) -> Sandbox:
+        record = self._record(req, warm.slot.index, warm.template_dir, runtime_id=warm.name)
+        try:
+            await warm.envd.init(record.default_user, record.default_env, req.sandbox_id)
+        except BaseException as exc:
+            await warm.envd.close()
+            await self._release(record, warm.slot, keep_record=False)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            reason = exc.message if isinstance(exc, AgentError) else repr(exc)
+            raise RuntimeFailure(f"capsule failed to start: {reason}") from exc
+        record.status = "running"
+        self.records.save(record)
+        return Sandbox(record, warm.slot, warm.envd, time.monotonic(), start="pool")
+
+    async def _start(self, req: CreateRequest, template_dir: Path) -> Sandbox:
+        slot = await self.network.acquire()
+        record = self._record(req, slot.index, template_dir)
+        self.records.save(record)
+        envd = EnvdClient(slot.host_ip)
+        restored = template_checkpoint(template_dir) is not None
+        try:
+            if restored:
+                await self.network.readdress(slot)
+            await self.runtime.create(self._spec(record, slot))
+            await envd.wait_ready(time.monotonic() + ENVD_BOOT_TIMEOUT)
+            if restored:
+                await envd.forward_again()  # the checkpoint was taken with forwarding stopped
+            await envd.init(record.default_user, record.default_env, req.sandbox_id)
+        except BaseException as exc:
+            await envd.close()
+            reason = exc.message if isinstance(exc, AgentError) else repr(exc)
+            console = self._console_tail(record)
+            await self._release(record, slot, keep_record=False)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise RuntimeFailure(f"capsule failed to start: {reason}{console}") from exc
+        record.status = "running"
+        self.records.save(record)
+        return Sandbox(record, slot, envd, time.monotonic(), start="restore" if restored else "boot")
 
     async def pause(self, sandbox_id: str) -> Sandbox:
         """Freeze the capsule at once; checkpoint it to disk (memory released) `checkpoint_after_sec` later.
@@ -248,7 +329,7 @@ class SandboxManager:
             sandbox = self.get(sandbox_id)
             record = sandbox.record
             connections = await self._quiesce(sandbox)
-            await self.runtime.freeze(sandbox_id)
+            await self.runtime.freeze(record.name)
             if connections:
                 log.info("capsule %s has TCP connections %s: it stays frozen in memory", sandbox_id, connections)
             record.status, record.paused_mode, record.checkpoint_pending = "paused", "frozen", not connections
@@ -262,7 +343,13 @@ class SandboxManager:
         ours); answers the live TCP states left, which make a checkpoint fail (and kill the guest)."""
         await sandbox.envd.prepare_checkpoint()
         sandbox.envd.reset()
-        return await self.network.open_tcp_states(sandbox.slot)
+        states = await self.network.open_tcp_states(sandbox.slot)
+        for _ in range(QUIESCE_CHECKS):  # the resets just sent may not have crossed the router yet
+            if not states:
+                break
+            await asyncio.sleep(QUIESCE_WAIT)
+            states = await self.network.open_tcp_states(sandbox.slot)
+        return states
 
     def _schedule_checkpoint(self, sandbox_id: str, delay: float) -> None:
         old = self._checkpoints.pop(sandbox_id, None)
@@ -278,12 +365,12 @@ class SandboxManager:
             if sandbox is None or sandbox.record.status != "paused" or not sandbox.record.checkpoint_pending:
                 return
             record = sandbox.record
-            checkpoint = self._checkpoint_dir(sandbox_id)
+            checkpoint = self._checkpoint_dir(record)
             await asyncio.to_thread(shutil.rmtree, checkpoint, True)
             try:
-                await self.runtime.pause(sandbox_id, checkpoint)
+                await self.runtime.pause(record.name, checkpoint)
             except AgentError as exc:
-                if await self.runtime.state(sandbox_id) is RuntimeState.PAUSED:
+                if await self.runtime.state(record.name) is RuntimeState.PAUSED:
                     log.warning("capsule %s stays frozen: its checkpoint failed: %s", sandbox_id, exc.message)
                     record.checkpoint_pending = False
                     self.records.save(record)
@@ -307,10 +394,10 @@ class SandboxManager:
             if record.status != "paused":
                 raise WrongState(f"capsule {sandbox_id} is {record.status}")
             if record.paused_mode == "frozen":
-                await self.runtime.thaw(sandbox_id)
+                await self.runtime.thaw(record.name)
             else:
                 await self.network.readdress(sandbox.slot)
-                checkpoint = self._checkpoint_dir(sandbox_id)
+                checkpoint = self._checkpoint_dir(record)
                 try:
                     if not (checkpoint / CHECKPOINT_IMAGE).is_file():
                         raise RuntimeFailure(f"its checkpoint {checkpoint / CHECKPOINT_IMAGE} is missing")
@@ -324,7 +411,7 @@ class SandboxManager:
             record.status, record.paused_mode, record.checkpoint_pending = "running", "", False
             self.auto_paused.discard(sandbox_id)
             self.records.save(record)
-            await asyncio.to_thread(shutil.rmtree, self._checkpoint_dir(sandbox_id), True)
+            await asyncio.to_thread(shutil.rmtree, self._checkpoint_dir(record), True)
             sandbox.touch()
             return sandbox
 
@@ -345,16 +432,17 @@ class SandboxManager:
             staging = target.with_name(f".staging-{template_id}")
             await asyncio.to_thread(shutil.rmtree, staging, True)
             staging.mkdir(parents=True)
-            workdir = self.records.workdir(sandbox_id)
+            workdir = self.records.workdir(record.name)
             try:
-                await self.runtime.freeze(sandbox_id)
-                await self.runtime.pause(sandbox_id, staging / "checkpoint")
+                await self.runtime.freeze(record.name)
+                await self.runtime.pause(record.name, staging / "checkpoint")
                 await proc.run(["cp", "-a", "--reflink=auto", str(workdir / "upper"), str(staging / "upper")])
             except AgentError as exc:
                 self._lost(record, f"the snapshot failed: {exc.message}")
                 raise RuntimeFailure(record.error) from exc
             (staging / SNAPSHOT_FILE).write_text(json.dumps({"base": record.template_dir, "source": sandbox_id}))
             if target.exists():  # overwrite: capsules made from the old one keep it until they go
+                self.pool.drop(target)
                 old = target.with_name(f".replaced-{template_id}-{int(time.time() * 1000)}")
                 target.rename(old)
                 (old / DELETED_FILE).touch()
@@ -382,12 +470,15 @@ class SandboxManager:
         if not target.exists():
             return
         (target / DELETED_FILE).touch()
+        self.pool.drop(target)
         await asyncio.to_thread(self.storage.collect_unused_templates, self._templates_in_use())
 
     def _templates_in_use(self) -> set[str]:
-        return {s.record.template_dir for s in self._sandboxes.values()} | {
-            r.template_dir for r in self._tombstones.values()
-        }
+        return (
+            {s.record.template_dir for s in self._sandboxes.values()}
+            | {r.template_dir for r in self._tombstones.values()}
+            | self.pool.templates_in_use()
+        )
 
     async def destroy(self, sandbox_id: str) -> None:
         pending = self._checkpoints.pop(sandbox_id, None)
@@ -408,9 +499,9 @@ class SandboxManager:
         await asyncio.to_thread(self.storage.collect_unused_templates, self._templates_in_use())
 
     async def _release(self, record: SandboxRecord, slot: Slot, *, keep_record: bool) -> None:
-        workdir = self.records.workdir(record.sandbox_id)
+        workdir = self.records.workdir(record.name)
         try:
-            await self.runtime.destroy(record.sandbox_id, workdir)
+            await self.runtime.destroy(record.name, workdir)
         finally:
             await self.network.teardown(slot)
         if keep_record:
@@ -419,24 +510,24 @@ class SandboxManager:
 
     def _spec(self, record: SandboxRecord, slot: Slot) -> SandboxSpec:
         return SandboxSpec(
-            sandbox_id=record.sandbox_id,
+            sandbox_id=record.name,
             template_dir=Path(record.template_dir),
-            workdir=self.records.workdir(record.sandbox_id),
+            workdir=self.records.workdir(record.name),
             vcpus=record.vcpus,
             memory_mb=record.memory_mb,
             disk_size_mb=record.disk_size_mb,
             network=slot.guest,
         )
 
-    def _console_tail(self, sandbox_id: str) -> str:
+    def _console_tail(self, record: SandboxRecord) -> str:
         try:
-            text = (self.records.workdir(sandbox_id) / "console.log").read_bytes()[-1500:].decode(errors="replace")
+            text = (self.records.workdir(record.name) / "console.log").read_bytes()[-1500:].decode(errors="replace")
         except OSError:
             return ""
         return f"\nconsole:\n{text.strip()}" if text.strip() else ""
 
     async def disk_used(self, sandbox_id: str) -> int:
-        return await asyncio.to_thread(self.storage.disk_used, self.records.workdir(sandbox_id))
+        return await asyncio.to_thread(self.storage.disk_used, self.records.workdir(self.record_of(sandbox_id).name))
 
     async def events(self, sandbox_id: str, path: str, body: dict[str, object]) -> AsyncIterator[dict[str, object]]:
         envd = self.active(sandbox_id)

@@ -12,10 +12,10 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .runtimes.base import Runtime
+from .runtimes.base import Usage
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,12 @@ class Sampler:
     """Samples every running capsule twice a second."""
 
     def __init__(
-        self, runtime: Runtime, capsules: Callable[[], dict[str, int]], disk_used: Callable[[str], int]
+        self,
+        usage: Callable[[str], Awaitable[Usage | None]],
+        capsules: Callable[[], dict[str, int]],
+        disk_used: Callable[[str], int],
     ) -> None:
-        self._runtime = runtime
+        self._usage = usage
         self._capsules = capsules  # sandbox id -> vcpus, for the ones running now
         self._disk_used = disk_used
         self.rings: dict[str, Rings] = {}
@@ -127,7 +130,7 @@ class Sampler:
         refresh_disk = self._ticks % DISK_EVERY == 0
         self._ticks += 1
         for sandbox_id, vcpus in self._capsules().items():
-            usage = await self._runtime.usage(sandbox_id)
+            usage = await self._usage(sandbox_id)
             if usage is None:
                 continue
             previous = self._last_cpu.get(sandbox_id)

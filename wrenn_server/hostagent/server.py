@@ -72,8 +72,8 @@ def streaming(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterato
     return wrapper
 
 
-def _info(record: SandboxRecord, host_ip: str, disk_used: int = 0) -> pb.SandboxInfo:
-    return pb.SandboxInfo(
+def _info(record: SandboxRecord, host_ip: str, disk_used: int = 0, start: str = "") -> pb.SandboxInfo:
+    info = pb.SandboxInfo(
         sandbox_id=record.sandbox_id,
         status=record.status,
         host_ip=host_ip,
@@ -87,6 +87,9 @@ def _info(record: SandboxRecord, host_ip: str, disk_used: int = 0) -> pb.Sandbox
             "kernel_version": platform.release(),
         },
     )
+    if start:
+        info.metadata["start"] = start  # pool | restore | boot: how a new capsule came up
+    return info
 
 
 def _exec_body(req: pb.ExecRequest) -> dict[str, Any]:
@@ -153,6 +156,7 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
             memory_mb=mem,
             disk_gb=disk,
             arch=platform.machine(),
+            pool=self.manager.pool.counters(),
         )
 
     @unary
@@ -171,7 +175,7 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
                 default_env=dict(request.default_env),
             )
         )
-        return _info(sandbox.record, sandbox.slot.host_ip)
+        return _info(sandbox.record, sandbox.slot.host_ip, start=sandbox.start)
 
     @unary
     async def DestroySandbox(self, request: pb.SandboxRef, context: Any) -> pb.Empty:

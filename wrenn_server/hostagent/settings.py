@@ -26,6 +26,16 @@ class AgentSettings(BaseSettings):
         "memory released, this many seconds later.",
     )
 
+    pool_size: int = Field(
+        1,
+        ge=0,
+        description="Capsules kept restored and idle per template and size (the most recently used two), so "
+        "a create returns at once; 0 turns the warm pool off.",
+    )
+    pool_min_free_mb: int = Field(
+        2048, ge=0, description="The warm pool is only refilled while the machine keeps this much memory free."
+    )
+
     @property
     def advertised_address(self) -> str:
         return self.host_address or self.host_listen_addr

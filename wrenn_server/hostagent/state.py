@@ -30,6 +30,13 @@ class SandboxRecord:
     checkpoint_pending: bool = False  # frozen, and to be checkpointed (it holds no network connection)
     error: str = ""
     created_at: float = 0.0
+    # The runtime's name for the guest, and its directory's: a capsule taken from the warm pool keeps the name
+    # it was started under, before its id was known. Empty: the capsule id.
+    runtime_id: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.runtime_id or self.sandbox_id
 
 
 class RecordStore:
@@ -38,11 +45,12 @@ class RecordStore:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def workdir(self, sandbox_id: str) -> Path:
-        return self.root / sandbox_id
+    def workdir(self, name: str) -> Path:
+        """The directory of the guest the runtime knows as `name` (a record's `name`)."""
+        return self.root / name
 
     def save(self, record: SandboxRecord) -> None:
-        workdir = self.workdir(record.sandbox_id)
+        workdir = self.workdir(record.name)
         workdir.mkdir(parents=True, exist_ok=True)
         tmp = workdir / "state.json.tmp"
         with tmp.open("w") as f:

@@ -52,8 +52,8 @@ class Storage:
             if version.is_symlink() or version.name.startswith(".") or not version.is_dir():
                 continue
             version = version.resolve()
-            if version == current or str(version) in in_use:
-                continue
+            if version == current or any(p == str(version) or p.startswith(f"{version}/") for p in in_use):
+                continue  # (a capsule restored from a prepared checkpoint uses a directory inside the version)
             log.info("removing unused image version %s", version.name)
             shutil.rmtree(version, ignore_errors=True)
 

@@ -85,7 +85,8 @@ async def list_capsules(principal: Caller, cp: CP) -> list[Capsule]:
 
 @router.get("/{id}", response_model_exclude_none=True)
 async def get_capsule(principal: Caller, cp: CP, sandbox_id: CapsuleId) -> Capsule:
-    return Capsule.of(await cp.capsules.get(principal, sandbox_id))
+    row, disk_used_mb = await cp.capsules.get_with_disk(principal, sandbox_id)
+    return Capsule.of(row).model_copy(update={"disk_used_mb": disk_used_mb})
 
 
 @router.delete("/{id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -123,6 +123,11 @@ class CapsuleService:
         self._wait_sec = wait_sec
         self._placement = asyncio.Lock()
         self._booting: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._transitions: set[uuid.UUID] = set()
+
+    def is_transitioning(self, sandbox_id: uuid.UUID) -> bool:
+        """Whether this process is pausing or resuming the capsule now."""
+        return sandbox_id in self._transitions
 
     def is_booting(self, sandbox_id: uuid.UUID) -> bool:
         """Whether this process is still starting the capsule (the reconciler leaves those alone)."""
@@ -203,6 +208,20 @@ class CapsuleService:
     async def get(self, principal: Principal, sandbox_id: uuid.UUID) -> Sandbox:
         async with self._sessionmaker() as session:
             return await self._scoped(session, principal, sandbox_id)
+
+    async def get_with_disk(self, principal: Principal, sandbox_id: uuid.UUID) -> tuple[Sandbox, int | None]:
+        """The capsule and the MiB it wrote to disk on top of its template, as its host measures them now
+        (None when the capsule holds no disk or its host does not answer)."""
+        async with self._sessionmaker() as session:
+            row = await self._scoped(session, principal, sandbox_id)
+            host = await session.get(Host, row.host_id) if row.host_id else None
+        if host is None or row.status not in (Status.RUNNING.value, Status.PAUSED.value):
+            return row, None
+        try:
+            info = await self._pool.client(HostRef.of(host)).get_sandbox(format_id(Kind.SANDBOX, row.id))
+        except WrennError:
+            return row, None
+        return row, -(-info.disk_used_bytes // (1024 * 1024))
 
     async def list(self, principal: Principal) -> list[Sandbox]:
         async with self._sessionmaker() as session:
@@ -320,20 +339,24 @@ class CapsuleService:
         await self._events.state_changed(row.id, source, during, actor)
         agent = self._pool.client(HostRef.of(host))
         wire_id = format_id(Kind.SANDBOX, row.id)
+        self._transitions.add(row.id)  # until the row says how it ended: the reconciler leaves it alone
         try:
-            if target == Status.PAUSED:
-                await agent.pause_sandbox(wire_id)
-            else:
-                await agent.resume_sandbox(wire_id)
-        except WrennError as exc:
-            # The agent says what became of the capsule: back where it was, or lost (error).
-            back = await lifecycle.status_on_agent(agent, wire_id, source)
-            await lifecycle.set_status(self._sessionmaker, row.id, [during], back, error=exc.message)
-            await self._events.state_changed(row.id, during, back, actor)
-            await self._events.finished(event, row.id, actor, error=exc.message)
-            raise
-        values = {"last_active_at": utcnow()} if target == Status.RUNNING else {}
-        await lifecycle.set_status(self._sessionmaker, row.id, [during], target, **values)
+            try:
+                if target == Status.PAUSED:
+                    await agent.pause_sandbox(wire_id)
+                else:
+                    await agent.resume_sandbox(wire_id)
+            except WrennError as exc:
+                # The agent says what became of the capsule: back where it was, or lost (error).
+                back = await lifecycle.status_on_agent(agent, wire_id, source)
+                await lifecycle.set_status(self._sessionmaker, row.id, [during], back, error=exc.message)
+                await self._events.state_changed(row.id, during, back, actor)
+                await self._events.finished(event, row.id, actor, error=exc.message)
+                raise
+            values = {"last_active_at": utcnow()} if target == Status.RUNNING else {}
+            await lifecycle.set_status(self._sessionmaker, row.id, [during], target, **values)
+        finally:
+            self._transitions.discard(row.id)
         if target == Status.PAUSED:
             # The agent keeps a paused capsule's rings: they reach the database after the answer.
             tiers = ("10m", "2h", "24h")

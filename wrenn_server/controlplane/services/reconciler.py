@@ -31,7 +31,7 @@ from .status import FINAL, LOST_WITH_HOST, HostStatus, Status
 log = logging.getLogger(__name__)
 # A `starting` row no process is booting any more is given this long before it is judged.
 STARTING_GRACE = timedelta(minutes=10)
-TRANSITION_GRACE = timedelta(minutes=5)  # no pause or resume takes longer
+TRANSITION_GRACE = timedelta(minutes=5)  # no pause or resume takes longer (default of transition_grace_sec)
 # Rows whose sandbox must not exist on a host any more: found alive, it is destroyed.
 STOPPED_OR_STOPPING = FINAL | {Status.STOPPING}
 
@@ -45,6 +45,8 @@ class Reconciler:
         interval: float,
         host_stale_sec: float,
         is_booting: Callable[[uuid.UUID], bool],
+        is_transitioning: Callable[[uuid.UUID], bool] = lambda _: False,
+        transition_grace_sec: float = TRANSITION_GRACE.total_seconds(),
         events: CapsuleEvents | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
@@ -53,6 +55,8 @@ class Reconciler:
         self._interval = interval
         self._stale = timedelta(seconds=host_stale_sec)
         self._is_booting = is_booting
+        self._is_transitioning = is_transitioning
+        self._transition_grace = timedelta(seconds=transition_grace_sec)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -162,7 +166,7 @@ class Reconciler:
     ) -> Status | None:
         if status in (Status.PAUSING, Status.RESUMING):
             # A pause or resume whose control plane went away: the agent knows how it ended.
-            if utcnow() - stamp < TRANSITION_GRACE:
+            if self._is_transitioning(sandbox_id) or utcnow() - stamp < self._transition_grace:
                 return None
             if not alive:
                 return Status.STOPPED
