@@ -67,6 +67,7 @@ class App:
         self.defaults.user = user or self.defaults.user
         self.defaults.env = self.defaults.env if env is None else env
         self.defaults.workdir = os.path.normpath(workdir) if workdir else self.defaults.workdir
+        self.forwarder.unsuspend()  # the capsule starts serving (a checkpoint is taken with forwarding off)
         if sandbox_id := opt_str(body, "sandboxId"):
             # A guest restored from a checkpoint (or taken from the warm pool) was started under another id.
             with open(SANDBOX_ID_FILE, "w") as f:

@@ -299,12 +299,10 @@ class SandboxManager:
         envd = EnvdClient(slot.host_ip)
         restored = template_checkpoint(template_dir) is not None
         try:
-            if restored:
-                await self.network.readdress(slot)
+            # A new slot's interface has the guest's address (only a runsc that adopted it took it away).
             await self.runtime.create(self._spec(record, slot))
             await envd.wait_ready(time.monotonic() + ENVD_BOOT_TIMEOUT)
-            if restored:
-                await envd.forward_again()  # the checkpoint was taken with forwarding stopped
+            # Also turns port forwarding back on: checkpoints are taken with it stopped.
             await envd.init(record.default_user, record.default_env, req.sandbox_id)
         except BaseException as exc:
             await envd.close()

@@ -200,7 +200,8 @@ class WarmPool:
         return memory_available_mb() - key.memory_mb >= self.min_free_mb
 
     async def _start(self, key: Key) -> Warm:
-        """A guest restored from the key's checkpoint, envd answering."""
+        """A guest restored from the key's checkpoint, envd answering; port forwarding stays off until the
+        capsule's `/init`."""
         source = self.source(key)
         if source is None:
             raise RuntimeFailure("no checkpoint to restore")
@@ -208,10 +209,8 @@ class WarmPool:
         slot = await self.network.acquire()
         envd = EnvdClient(slot.host_ip)
         try:
-            await self.network.readdress(slot)
-            await self.runtime.create(self._spec(name, source, key, slot))
+            await self.runtime.create(self._spec(name, source, key, slot))  # a new slot: its address is there
             await envd.wait_ready(time.monotonic() + ENVD_TIMEOUT)
-            await envd.forward_again()  # checkpoints are taken with port forwarding stopped
         except BaseException:
             await self._discard(Warm(name, source, slot, envd))
             raise

@@ -34,7 +34,7 @@ from .auth import Principal
 from .events import Actor, CapsuleEvents, EventName
 from .scheduler import pick_host
 from .status import FINAL, Status
-from .tasks import TaskTracker, wait_bounded
+from .tasks import TaskTracker, wait_bounded, wait_until
 from .templates import DEFAULT_TEMPLATE, resolve_template
 
 DEFAULT_VCPUS = 1
@@ -180,11 +180,14 @@ class CapsuleService:
                 default_env=dict(template.default_env or {}),
             )
             plan = lifecycle.BootPlan(row.id, HostRef.of(host), request, metadata, Actor.of(principal))
-        boot = lifecycle.boot(self._sessionmaker, self._pool, plan, self._events)
+        running = asyncio.Event()
+        boot = lifecycle.boot(self._sessionmaker, self._pool, plan, self._events, running)
         task = self._tasks.spawn(boot, name=f"boot-{row.id}")
         self._booting[row.id] = task
         task.add_done_callback(lambda _: self._booting.pop(row.id, None))
-        if await wait_bounded(task, self._wait_sec):
+        # Answered once the row says running: the events published after that are not waited for.
+        await wait_until(task, running, self._wait_sec)
+        if task.done():
             if task.cancelled():
                 raise InternalError("the control plane is shutting down")
             error = task.exception()

@@ -6,6 +6,7 @@ create is still booting wins: the boot notices it lost the race and tears the ne
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Iterable
@@ -63,8 +64,15 @@ class BootPlan:
     actor: Actor
 
 
-async def boot(sessionmaker: SessionMaker, pool: AgentPool, plan: BootPlan, events: CapsuleEvents) -> None:
-    """CreateSandbox on the agent; `starting` → `running`, or → `error` with the reason (then re-raise)."""
+async def boot(
+    sessionmaker: SessionMaker,
+    pool: AgentPool,
+    plan: BootPlan,
+    events: CapsuleEvents,
+    running: asyncio.Event | None = None,
+) -> None:
+    """CreateSandbox on the agent; `starting` → `running` (then `running` is set, before the events go out),
+    or → `error` with the reason (then re-raise)."""
     wire_id = format_id(Kind.SANDBOX, plan.sandbox_id)
     agent = pool.client(plan.host)
     try:
@@ -99,6 +107,8 @@ async def boot(sessionmaker: SessionMaker, pool: AgentPool, plan: BootPlan, even
         await destroy_on_agent(pool, plan.host, wire_id)
         await events.finished(EventName.CAPSULE_CREATE, plan.sandbox_id, plan.actor, error=DESTROYED_WHILE_STARTING)
         return
+    if running is not None:
+        running.set()
     if old != Status.RUNNING:
         await events.state_changed(plan.sandbox_id, old, Status.RUNNING, plan.actor)
     await events.finished(EventName.CAPSULE_CREATE, plan.sandbox_id, plan.actor)

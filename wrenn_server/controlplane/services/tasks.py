@@ -47,3 +47,13 @@ async def wait_bounded(task: asyncio.Task[T], seconds: float) -> bool:
         except Exception:  # noqa: BLE001 - the caller inspects task.exception()
             pass
     return True
+
+
+async def wait_until(task: asyncio.Task[T], event: asyncio.Event, seconds: float) -> None:
+    """Wait at most `seconds` for `task` to finish or `event` to be set, without ever cancelling `task`
+    (the caller inspects it)."""
+    setter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({task, setter}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        setter.cancel()
