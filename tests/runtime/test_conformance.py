@@ -307,7 +307,13 @@ async def test_agent_restart_readopts_and_reports_lost(agent: AgentHandle) -> No
     assert (await sh(agent, keep, "cat /root/mark")).stdout == b"kept\n"
     procs = (await agent.stub.ListProcesses(pb.SandboxRef(sandbox_id=keep.sandbox_id), metadata=agent.md)).processes
     assert any(p.tag == "survivor" and p.pid == bg.pid for p in procs)
-    for sid in (keep.sandbox_id, lose.sandbox_id):
+    # The lost capsule's network slot was freed at the restart, and may be a new capsule's now: removing the
+    # lost one's record must not take the new one's network with it.
+    newcomer = await create(agent)
+    await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=lose.sandbox_id), metadata=agent.md)
+    assert (await sh(agent, newcomer, "echo fine")).stdout == b"fine\n"
+    fresh = await create(agent)  # and the spare slots made meanwhile are whole
+    for sid in (keep.sandbox_id, newcomer.sandbox_id, fresh.sandbox_id):
         await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=sid), metadata=agent.md)
 
 

@@ -498,11 +498,15 @@ class SandboxManager:
 
     async def _release(self, record: SandboxRecord, slot: Slot, *, keep_record: bool) -> None:
         workdir = self.records.workdir(record.name)
-        try:
-            await self.runtime.destroy(record.name, workdir)
-        finally:
-            await self.network.teardown(slot)
+        if not record.released:
+            try:
+                await self.runtime.destroy(record.name, workdir)
+            finally:
+                # Once only: the slot's number may belong to another capsule by the next call.
+                await self.network.teardown(slot)
         if keep_record:
+            record.released = True
+            self.records.save(record)
             return
         await asyncio.to_thread(shutil.rmtree, workdir, True)
 

@@ -33,6 +33,7 @@ class SandboxRecord:
     # The runtime's name for the guest, and its directory's: a capsule taken from the warm pool keeps the name
     # it was started under, before its id was known. Empty: the capsule id.
     runtime_id: str = ""
+    released: bool = False  # its guest and network slot are gone already (a tombstone kept for its record)
 
     @property
     def name(self) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import re
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -123,11 +124,11 @@ class CapsuleService:
         self._wait_sec = wait_sec
         self._placement = asyncio.Lock()
         self._booting: dict[uuid.UUID, asyncio.Task[None]] = {}
-        self._transitions: set[uuid.UUID] = set()
+        self._transitions: Counter[uuid.UUID] = Counter()  # pauses/resumes this process is making
 
     def is_transitioning(self, sandbox_id: uuid.UUID) -> bool:
         """Whether this process is pausing or resuming the capsule now."""
-        return sandbox_id in self._transitions
+        return self._transitions[sandbox_id] > 0
 
     def is_booting(self, sandbox_id: uuid.UUID) -> bool:
         """Whether this process is still starting the capsule (the reconciler leaves those alone)."""
@@ -336,14 +337,15 @@ class CapsuleService:
         if host is None:
             raise HostUnavailable("the sandbox's host is gone")
         actor = Actor.of(principal)
-        if await lifecycle.set_status(self._sessionmaker, row.id, [source], during) is None:
-            raise Conflict("the sandbox is changing state; try again")
-        self._running.pop(row.id, None)
-        await self._events.state_changed(row.id, source, during, actor)
-        agent = self._pool.client(HostRef.of(host))
-        wire_id = format_id(Kind.SANDBOX, row.id)
-        self._transitions.add(row.id)  # until the row says how it ended: the reconciler leaves it alone
+        # From before the row says `pausing`/`resuming` until it says how it ended: the reconciler leaves it.
+        self._transitions[row.id] += 1
         try:
+            if await lifecycle.set_status(self._sessionmaker, row.id, [source], during) is None:
+                raise Conflict("the sandbox is changing state; try again")
+            self._running.pop(row.id, None)
+            await self._events.state_changed(row.id, source, during, actor)
+            agent = self._pool.client(HostRef.of(host))
+            wire_id = format_id(Kind.SANDBOX, row.id)
             try:
                 if target == Status.PAUSED:
                     await agent.pause_sandbox(wire_id)
@@ -359,7 +361,9 @@ class CapsuleService:
             values = {"last_active_at": utcnow()} if target == Status.RUNNING else {}
             await lifecycle.set_status(self._sessionmaker, row.id, [during], target, **values)
         finally:
-            self._transitions.discard(row.id)
+            self._transitions[row.id] -= 1
+            if not self._transitions[row.id]:
+                del self._transitions[row.id]
         if target == Status.PAUSED:
             # The agent keeps a paused capsule's rings: they reach the database after the answer.
             tiers = ("10m", "2h", "24h")
