@@ -26,15 +26,16 @@ def joined(events: list[StreamEvent], kind: str) -> str:
     return "".join(str(getattr(e, "data", "")) for e in events if e.type == kind)
 
 
-def read_until(term: PtySession, needle: bytes, timeout: float = 30.0) -> bytes:
-    """Terminal output until `needle` shows; the server's 30 s pings bound every wait for the next event."""
+def read_until(term: PtySession, needle: bytes | tuple[bytes, ...], timeout: float = 30.0) -> bytes:
+    """Terminal output until `needle` (or one of them) shows; the server's 30 s pings bound every wait."""
+    needles = needle if isinstance(needle, tuple) else (needle,)
     seen = b""
     others: list[str] = []  # errors the server reported (a failed resize, undelivered input) explain a failure
     deadline = time.monotonic() + timeout
     for event in term:
         if event.type == "output" and isinstance(event.data, bytes):
             seen += event.data
-            if needle in seen:
+            if any(n in seen for n in needles):
                 return seen
         elif event.type != "ping":
             others.append(repr(event))
@@ -112,8 +113,15 @@ def test_pty_resize_reaches_the_program(capsule: Capsule) -> None:
         term.write(b"stty size\n")
         read_until(term, b"30 100")
         term.resize(132, 43)
-        term.write(b"stty size\n")
-        read_until(term, b"43 132")
+        # Seen once in a few hundred runs, unexplained: a `stty` typed right after the resize still saw the old
+        # size (no error reported). The program must see the new size; asking again tells a late resize apart
+        # from a lost one.
+        for _ in range(3):
+            term.write(b"stty size\n")
+            if b"43 132" in read_until(term, (b"43 132", b"30 100")):
+                break
+        else:
+            raise AssertionError("the program never saw the new size")
         term.write(b"exit 7\n")
         assert exit_code(term) == 7
 
