@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from .images.builder import ImagePaths
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Wrenn: sandboxes for AI agents.")
 image_app = typer.Typer(no_args_is_help=True, help="Guest images.")
@@ -79,6 +84,7 @@ def doctor() -> None:
         "yes" if is_current(image) else "no",
         str(image.current) if is_current(image) else "run `wrenn image build`",
     )
+    table.add_row("microVM image", *_vm_outputs(image))
     probes = asyncio.run(probe_all(_data_dir()))
     for name in RUNTIMES:
         p = probes[name]
@@ -91,6 +97,17 @@ def doctor() -> None:
     running, details = asyncio.run(_agent_status())
     table.add_row("host agent", "yes" if running else "no", details)
     Console().print(table)
+
+
+def _vm_outputs(image: ImagePaths) -> tuple[str, str]:
+    """Whether the image carries the microVM kernel, initramfs and disk, and why not."""
+    try:
+        manifest = json.loads(image.manifest.read_text())
+    except (OSError, ValueError):
+        return "no", "run `wrenn image build`"
+    if (image.current / "vm" / "vmlinux").is_file():
+        return "yes", f"kernel {manifest.get('vm_kernel', '?')} in {image.current / 'vm'}"
+    return "no", str(manifest.get("vm_error", "rebuild the image (`wrenn image build --force`)"))
 
 
 async def _agent_status() -> tuple[bool, str]:

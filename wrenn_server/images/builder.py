@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..envd.spawn import SPAWNER
+from . import vm
 
 PACKAGES = (
     "python3",
@@ -95,6 +96,7 @@ def final_key() -> str:
     h.update(_init_script())
     h.update(_shim_source())
     h.update(Path(__file__).read_bytes())  # how the image is finished is an input too
+    h.update(Path(vm.__file__).read_bytes())
     for path in sorted([*_envd_dir().rglob("*.py"), *_envd_dir().rglob("*.c")]):
         h.update(path.name.encode())
         h.update(path.read_bytes())
@@ -236,6 +238,14 @@ def _finalize(base_rootfs: Path, paths: ImagePaths, progress: Progress) -> None:
         "size_bytes": size,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    progress("writing the microVM kernel, initramfs and disk image", 0.98)
+    try:
+        vm.build_outputs(rootfs, staging / "vm", paths.root / "cache" / "kernel")
+        manifest["vm_kernel"] = (staging / "vm" / "kernel-version").read_text().strip()
+    except (vm.VmBuildError, OSError, subprocess.CalledProcessError) as exc:
+        # The gVisor runtime does not need them; the microVM runtime and `wrenn doctor` report the reason.
+        manifest["vm_error"] = str(exc)
+        progress(f"no microVM outputs: {exc}", 0.98)
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
     version = paths.template / key
     shutil.rmtree(version, ignore_errors=True)

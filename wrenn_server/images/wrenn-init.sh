@@ -12,6 +12,18 @@ if [ ! -e /proc/self/stat ]; then
   mount -t tmpfs -o mode=755 run /run
   hostname capsule
   ip link set lo up
+  # The host passes the guest's address on the kernel command line: wrenn.net=<address>/<prefix>,<gateway>.
+  for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+      wrenn.net=*) net="${arg#wrenn.net=}" ;;
+      wrenn.id=*) WRENN_SANDBOX_ID="${arg#wrenn.id=}" ;;
+    esac
+  done
+  if [ -n "$net" ]; then
+    ip link set eth0 up && ip addr add "${net%,*}" dev eth0 && ip route add default via "${net#*,}"
+  fi
+  resize2fs /dev/vda >/dev/null 2>&1 &  # the capsule's disk may be larger than the template's filesystem
+  echo "wrenn-init: starting envd" > /dev/console
 fi
 [ -d /run/wrenn ] || mkdir -p /run/wrenn
 [ -n "$WRENN_SANDBOX_ID" ] && echo "$WRENN_SANDBOX_ID" > /run/wrenn/.WRENN_SANDBOX_ID
