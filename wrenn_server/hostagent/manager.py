@@ -134,6 +134,8 @@ class SandboxManager:
             self._sandboxes[record.sandbox_id] = sandbox
             if record.status == "running":
                 running.append(sandbox)
+            elif record.paused_mode == "checkpoint":  # the previous agent may have died before giving it back
+                await self.network.readdress(slot)
             elif record.checkpoint_pending:
                 self._schedule_checkpoint(record.sandbox_id, self.checkpoint_after_sec)
             log.info("re-adopted capsule %s (%s)", record.sandbox_id, record.status)
@@ -377,6 +379,8 @@ class SandboxManager:
                 return
             record.paused_mode, record.checkpoint_pending = "checkpoint", False
             self.records.save(record)
+            # Ready for the restore now rather than on the resume's clock: runsc took the address away.
+            await self.network.readdress(sandbox.slot)
             log.info("capsule %s checkpointed; its memory is released", sandbox_id)
 
     async def resume(self, sandbox_id: str) -> Sandbox:
@@ -394,8 +398,7 @@ class SandboxManager:
             if record.paused_mode == "frozen":
                 await self.runtime.thaw(record.name)
             else:
-                await self.network.readdress(sandbox.slot)
-                checkpoint = self._checkpoint_dir(record)
+                checkpoint = self._checkpoint_dir(record)  # its address was given back after the checkpoint
                 try:
                     if not (checkpoint / CHECKPOINT_IMAGE).is_file():
                         raise RuntimeFailure(f"its checkpoint {checkpoint / CHECKPOINT_IMAGE} is missing")
