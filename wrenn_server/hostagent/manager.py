@@ -186,10 +186,12 @@ class SandboxManager:
         """Where a capsule found at start really is, when the previous agent died half-way through a pause,
         a checkpoint or a resume: running, or paused with its state intact (the record is set to say so).
         False: it is gone. A guest frozen by a pause that was never recorded is recorded paused."""
+        if record.status not in ("running", "paused"):  # a create cut short, or a capsule already lost
+            return False
         checkpointed = (self._checkpoint_dir(record) / CHECKPOINT_IMAGE).is_file()
         if state is RuntimeState.RUNNING:  # whatever the record says: a resume finished, a pause never began
             record.status, record.paused_mode, record.checkpoint_pending = "running", "", False
-        elif state is RuntimeState.PAUSED and record.status in ("running", "paused"):
+        elif state is RuntimeState.PAUSED:
             if record.paused_mode != "frozen":
                 record.status, record.paused_mode, record.checkpoint_pending = "paused", "frozen", False
         elif record.status == "paused" and checkpointed:  # the checkpoint was written; its record was not
