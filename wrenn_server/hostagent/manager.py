@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import proc
+from .checkpoints import quiesce, save_template
 from .envd_client import EnvdClient
 from .errors import AgentError, Conflict, InvalidArgument, NotFound, RuntimeFailure, WrongState
 from .metrics import Sampler
@@ -19,7 +18,6 @@ from .network import Network, Slot
 from .pool import Key, Warm, WarmPool
 from .runtimes.base import (
     CHECKPOINT_IMAGE,
-    SNAPSHOT_FILE,
     Runtime,
     RuntimeState,
     SandboxSpec,
@@ -33,7 +31,6 @@ log = logging.getLogger(__name__)
 
 ENVD_BOOT_TIMEOUT = 60.0
 REAP_EVERY = 2.0
-QUIESCE_CHECKS, QUIESCE_WAIT = 5, 0.02
 
 
 @dataclass(frozen=True)
@@ -330,7 +327,7 @@ class SandboxManager:
                 return sandbox
             sandbox = self.get(sandbox_id)
             record = sandbox.record
-            connections = await self._quiesce(sandbox)
+            connections = await quiesce(sandbox.envd, self.network, sandbox.slot)
             await self.runtime.freeze(record.name)
             if connections:
                 log.info("capsule %s has TCP connections %s: it stays frozen in memory", sandbox_id, connections)
@@ -339,19 +336,6 @@ class SandboxManager:
             if record.checkpoint_pending:
                 self._schedule_checkpoint(sandbox_id, self.checkpoint_after_sec)
             return sandbox
-
-    async def _quiesce(self, sandbox: Sandbox) -> Sequence[str]:
-        """Close every TCP connection to the guest a checkpoint would trip over (envd's clients, port relays,
-        ours); answers the live TCP states left, which make a checkpoint fail (and kill the guest)."""
-        await sandbox.envd.prepare_checkpoint()
-        sandbox.envd.reset()
-        states = await self.network.open_tcp_states(sandbox.slot)
-        for _ in range(QUIESCE_CHECKS):  # the resets just sent may not have crossed the router yet
-            if not states:
-                break
-            await asyncio.sleep(QUIESCE_WAIT)
-            states = await self.network.open_tcp_states(sandbox.slot)
-        return states
 
     def _schedule_checkpoint(self, sandbox_id: str, delay: float) -> None:
         old = self._checkpoints.pop(sandbox_id, None)
@@ -425,7 +409,7 @@ class SandboxManager:
         async with self._lock(sandbox_id):
             sandbox = self.get(sandbox_id)
             record = sandbox.record
-            if connections := await self._quiesce(sandbox):
+            if connections := await quiesce(sandbox.envd, self.network, sandbox.slot):
                 await sandbox.envd.forward_again()
                 raise Conflict(
                     f"the capsule holds network connections ({', '.join(connections)}), which a snapshot cannot "
@@ -434,16 +418,12 @@ class SandboxManager:
             target = self.storage.team_template(team_id, template_id)
             staging = target.with_name(f".staging-{template_id}")
             await asyncio.to_thread(shutil.rmtree, staging, True)
-            staging.mkdir(parents=True)
-            workdir = self.records.workdir(record.name)
+            about = {"base": record.template_dir, "source": sandbox_id}
             try:
-                await self.runtime.freeze(record.name)
-                await self.runtime.pause(record.name, staging / "checkpoint")
-                await proc.run(["cp", "-a", "--reflink=auto", str(workdir / "upper"), str(staging / "upper")])
+                await save_template(self.runtime, record.name, self.records.workdir(record.name), staging, about)
             except AgentError as exc:
                 self._lost(record, f"the snapshot failed: {exc.message}")
                 raise RuntimeFailure(record.error) from exc
-            (staging / SNAPSHOT_FILE).write_text(json.dumps({"base": record.template_dir, "source": sandbox_id}))
             if target.exists():  # overwrite: capsules made from the old one keep it until they go
                 self.pool.drop(target)
                 old = target.with_name(f".replaced-{template_id}-{int(time.time() * 1000)}")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import secrets
 import shutil
@@ -27,11 +26,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import proc
+from .checkpoints import quiesce, save_template
 from .envd_client import EnvdClient
 from .errors import AgentError, RuntimeFailure
 from .network import Network, Slot
-from .runtimes.base import SNAPSHOT_FILE, Runtime, SandboxSpec, template_checkpoint
+from .runtimes.base import Runtime, SandboxSpec, template_checkpoint
 from .state import RecordStore
 
 log = logging.getLogger(__name__)
@@ -225,20 +224,14 @@ class WarmPool:
         envd = EnvdClient(slot.host_ip)
         target = self._prepared_dir(key)
         staging = target.with_name(f".staging-{name}")
-        workdir = self.records.workdir(name)
         started = time.monotonic()
         try:
             await self.runtime.create(self._spec(name, key.template_dir, key, slot))
             await envd.wait_ready(time.monotonic() + ENVD_TIMEOUT)
-            await envd.prepare_checkpoint()
-            envd.reset()
-            if connections := await self.network.open_tcp_states(slot):
+            if connections := await quiesce(envd, self.network, slot):
                 raise RuntimeFailure(f"the fresh guest holds network connections {connections}")
-            staging.mkdir(parents=True)
-            await self.runtime.freeze(name)
-            await self.runtime.pause(name, staging / "checkpoint")
-            await proc.run(["cp", "-a", "--reflink=auto", str(workdir / "upper"), str(staging / "upper")])
-            (staging / SNAPSHOT_FILE).write_text(json.dumps({"base": str(key.template_dir), "prepared": True}))
+            about = {"base": str(key.template_dir), "prepared": True}
+            await save_template(self.runtime, name, self.records.workdir(name), staging, about)
             with contextlib.suppress(OSError):  # another agent sharing the images made it first: keep theirs
                 staging.rename(target)
             self.stats.prepared += 1

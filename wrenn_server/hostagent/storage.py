@@ -42,7 +42,7 @@ class Storage:
         (nor a snapshot template built on it) uses any more."""
         for marker in self.images.glob("teams/*/*/" + DELETED_FILE):
             template = marker.parent.resolve()
-            if not any(path == str(template) or path.startswith(f"{template}/") for path in in_use):
+            if not _used(template, in_use):
                 log.info("removing deleted template %s", template.name)
                 shutil.rmtree(template, ignore_errors=True)
         in_use = in_use | {str(base) for base in self._snapshot_bases()}
@@ -52,8 +52,8 @@ class Storage:
             if version.is_symlink() or version.name.startswith(".") or not version.is_dir():
                 continue
             version = version.resolve()
-            if version == current or any(p == str(version) or p.startswith(f"{version}/") for p in in_use):
-                continue  # (a capsule restored from a prepared checkpoint uses a directory inside the version)
+            if version == current or _used(version, in_use):
+                continue
             log.info("removing unused image version %s", version.name)
             shutil.rmtree(version, ignore_errors=True)
 
@@ -82,3 +82,8 @@ class Storage:
                 except OSError:
                     pass
         return total
+
+
+def _used(directory: Path, in_use: set[str]) -> bool:
+    """Whether a capsule uses the directory or one inside it (a prepared checkpoint, inside a template)."""
+    return any(path == str(directory) or path.startswith(f"{directory}/") for path in in_use)
