@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.guests import guest
+from tests.guests import guest, kill_guest
 from wrenn_server.hostagent.network import Slot
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 
@@ -192,7 +192,8 @@ async def test_memory_limit_is_applied(agent: AgentHandle) -> None:
     try:
         out = await sh(agent, info, "grep MemTotal /proc/meminfo")
         total_mb = int(out.stdout.split()[1]) // 1024
-        assert 512 <= total_mb <= 512 + 256, out.stdout
+        # A guest kernel keeps some of its memory for itself (microVMs); gVisor reports the size asked.
+        assert 512 * 0.85 <= total_mb <= 512 + 256, out.stdout
     finally:
         await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=info.sandbox_id), metadata=agent.md)
 
@@ -296,9 +297,7 @@ async def test_agent_restart_readopts_and_reports_lost(agent: AgentHandle) -> No
     )
     await agent.agent.stop()
     # While the agent is down, one capsule dies.
-    runsc_root = agent.settings.dir / "runsc"
-    lose_name, _ = guest(agent.settings.dir, lose.sandbox_id)
-    subprocess.run(["runsc", "--root", str(runsc_root), "kill", lose_name, "KILL"], check=False)
+    kill_guest(agent.settings.dir, lose.sandbox_id)
     await asyncio.sleep(0.5)
     await agent.restart()
     listed = {s.sandbox_id: s for s in (await agent.stub.ListSandboxes(pb.Empty(), metadata=agent.md)).sandboxes}
@@ -478,7 +477,6 @@ async def test_an_agent_that_died_half_way_finds_each_capsule_running_or_paused(
     manager = agent.agent.manager
     assert manager is not None
     runtime = manager.runtime
-    runsc = ["runsc", "--root", str(agent.settings.dir / "runsc")]
 
     async def status_after_restart() -> str:
         await agent.restart()
@@ -489,7 +487,7 @@ async def test_an_agent_that_died_half_way_finds_each_capsule_running_or_paused(
 
     # Frozen by a pause, the pause never recorded.
     await agent.agent.stop()
-    subprocess.run([*runsc, "pause", name], check=True)
+    await runtime.freeze(name)
     assert await status_after_restart() == "paused"
     await agent.stub.ResumeSandbox(ref, metadata=agent.md)
     await intact()
@@ -497,7 +495,7 @@ async def test_an_agent_that_died_half_way_finds_each_capsule_running_or_paused(
     # Thawed by a resume, the resume never recorded.
     await agent.stub.PauseSandbox(ref, metadata=agent.md)
     await agent.agent.stop()
-    subprocess.run([*runsc, "resume", name], check=True)
+    await runtime.thaw(name)
     assert await status_after_restart() == "running"
     await intact()
 

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import proc
 from .envd_client import EnvdClient
 from .network import Network, Slot
 from .runtimes.base import SNAPSHOT_FILE, Runtime
@@ -34,9 +33,9 @@ async def quiesce(envd: EnvdClient, network: Network, slot: Slot) -> list[str]:
 
 async def save_template(runtime: Runtime, name: str, workdir: Path, staging: Path, about: dict[str, Any]) -> None:
     """Into the new directory `staging`: the guest's state (`checkpoint/`; the guest stops), its files
-    (`upper/`, layered over the template `about["base"]`) and `snapshot.json` saying so."""
+    (`upper/` or `disk.qcow2`, layered over the template `about["base"]`) and `snapshot.json` saying so."""
     staging.mkdir(parents=True)
     await runtime.freeze(name)
     await runtime.pause(name, staging / "checkpoint")
-    await proc.run(["cp", "-a", "--reflink=auto", str(workdir / "upper"), str(staging / "upper")])
+    await runtime.save_files(workdir, staging)
     (staging / SNAPSHOT_FILE).write_text(json.dumps(about))

@@ -154,6 +154,7 @@ class SandboxManager:
         while True:
             await asyncio.sleep(REAP_EVERY)
             now = time.monotonic()
+            await self._reap_exited()
             for sandbox_id, sandbox in list(self._sandboxes.items()):
                 record = sandbox.record
                 if record.status != "running" or record.timeout_sec <= 0:
@@ -167,6 +168,25 @@ class SandboxManager:
                     continue
                 self.auto_paused.add(sandbox_id)
                 log.info("capsule %s paused after %d s without activity", sandbox_id, record.timeout_sec)
+
+    async def _reap_exited(self) -> None:
+        """A guest that stopped on its own (crash, panic, killed) ends the capsule in `error`, saying why."""
+        for sandbox_id, sandbox in list(self._sandboxes.items()):
+            record = sandbox.record
+            if record.status == "paused" and record.paused_mode == "checkpoint":
+                continue
+            if record.status not in ("running", "paused") or not self.runtime.exited(record.name):
+                continue
+            async with self._lock(sandbox_id):
+                if self._sandboxes.get(sandbox_id) is not sandbox or not self.runtime.exited(record.name):
+                    continue  # destroyed, checkpointed or restarted meanwhile
+                if record.status == "paused" and record.paused_mode == "checkpoint":
+                    continue
+                reason = f"the capsule's guest stopped on its own{self._console_tail(record)}"
+                log.warning("capsule %s: %s", sandbox_id, reason)
+                self._lost(record, reason)
+                await sandbox.envd.close()
+                await self._release(record, sandbox.slot, keep_record=True)
 
     async def close(self) -> None:
         await self.pool.close()

@@ -68,8 +68,12 @@ class Storage:
 
     @staticmethod
     def disk_used(workdir: Path) -> int:
-        """Bytes the capsule wrote on top of its template (its overlay upper layer)."""
-        return Storage.tree_size(workdir / "upper")
+        """Bytes the capsule wrote on top of its template (its overlay upper layer, or its qcow2 overlay)."""
+        try:
+            overlay = (workdir / "disk.qcow2").stat().st_blocks * 512
+        except OSError:
+            overlay = 0
+        return Storage.tree_size(workdir / "upper") + overlay
 
     @staticmethod
     def tree_size(path: Path) -> int:

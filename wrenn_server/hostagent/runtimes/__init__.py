@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..kvm import probe_kvm
 from .base import Probe, Runtime
 from .gvisor import GVisorConfig, GVisorRuntime
+from .microvm import MicroVMConfig, MicroVMRuntime
 
-RUNTIMES = ("gvisor",)
+RUNTIMES = ("gvisor", "microvm")
 
 
 class NoRuntime(Exception):
@@ -17,7 +19,16 @@ class NoRuntime(Exception):
 def build_runtime(name: str, data_dir: Path) -> Runtime:
     if name == "gvisor":
         return GVisorRuntime(GVisorConfig(state_dir=data_dir / "runsc"))
+    if name == "microvm":
+        return MicroVMRuntime(
+            MicroVMConfig(sandboxes_dir=data_dir / "sandboxes", image_dir=data_dir / "images" / "minimal" / "current")
+        )
     raise NoRuntime(f"unknown runtime {name!r}; choose one of: auto, {', '.join(RUNTIMES)}")
+
+
+def auto_order() -> tuple[str, ...]:
+    """microVMs where hardware KVM works; else gVisor, whose guests run at native speed; else emulated microVMs."""
+    return ("microvm", "gvisor") if probe_kvm().usable else ("gvisor", "microvm")
 
 
 async def probe_all(data_dir: Path) -> dict[str, Probe]:
@@ -26,7 +37,7 @@ async def probe_all(data_dir: Path) -> dict[str, Probe]:
 
 async def select_runtime(name: str, data_dir: Path) -> Runtime:
     """The runtime to use: the named one if it works here, or for `auto` the first that works."""
-    candidates = RUNTIMES if name == "auto" else (name,)
+    candidates = auto_order() if name == "auto" else (name,)
     reasons = []
     for candidate in candidates:
         runtime = build_runtime(candidate, data_dir)

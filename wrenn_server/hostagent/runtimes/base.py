@@ -29,6 +29,11 @@ def template_layers(template_dir: Path) -> list[Path]:
     return [template_dir / "upper", *template_layers(base)]
 
 
+def template_image(template_dir: Path) -> Path:
+    """The microVM outputs (kernel, initramfs, root disk) of the image at the bottom of a template's chain."""
+    return template_layers(template_dir)[-1].parent / "vm"
+
+
 def template_checkpoint(template_dir: Path) -> Path | None:
     """Where a snapshot template's guest state (memory, processes) is, if it has one."""
     checkpoint = template_dir / "checkpoint"
@@ -100,10 +105,16 @@ class Runtime(Protocol):
 
     async def state(self, sandbox_id: str) -> RuntimeState: ...
 
+    def exited(self, sandbox_id: str) -> bool:
+        """Whether the guest has stopped on its own (crashed, panicked, killed): a cheap check, made often."""
+
     async def usage(self, sandbox_id: str) -> Usage | None: ...
 
     async def pause(self, sandbox_id: str, checkpoint_dir: Path) -> None:
         """Save the guest's whole state (memory included) to disk and stop it. Needs `pause_with_memory`."""
+
+    async def save_files(self, workdir: Path, template_dir: Path) -> None:
+        """Copy the capsule's own files (what it changed over its template) into a new template directory."""
 
     async def resume(self, spec: SandboxSpec, checkpoint_dir: Path) -> None:
         """Start the guest again from a checkpoint made by `pause`. Needs `pause_with_memory`."""

@@ -144,6 +144,16 @@ class GVisorRuntime:
             "paused": RuntimeState.PAUSED,
         }.get(status, RuntimeState.STOPPED)
 
+    def exited(self, sandbox_id: str) -> bool:
+        pid = _sandbox_pid(self._config.state_dir, sandbox_id)
+        if pid is None:  # not known here (yet): not a reason to call it dead
+            return False
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return True
+        return stat[stat.rfind(")") + 2] == "Z"
+
     async def usage(self, sandbox_id: str) -> Usage | None:
         base = Path("/sys/fs/cgroup")
         try:
@@ -159,6 +169,9 @@ class GVisorRuntime:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         await proc.run(self._runsc("checkpoint", "--image-path", str(checkpoint_dir), sandbox_id), timeout=120)
         await proc.run(self._runsc("delete", "--force", sandbox_id), check=False, timeout=30)  # frees its memory
+
+    async def save_files(self, workdir: Path, template_dir: Path) -> None:
+        await proc.run(["cp", "-a", "--reflink=auto", str(workdir / "upper"), str(template_dir / "upper")])
 
     async def resume(self, spec: SandboxSpec, checkpoint_dir: Path) -> None:
         await _mount_overlay(template_layers(spec.template_dir), spec.workdir)  # gone after a reboot of the host
@@ -176,6 +189,17 @@ class GVisorRuntime:
 
     async def thaw(self, sandbox_id: str) -> None:
         await proc.run(self._runsc("resume", sandbox_id), timeout=30)
+
+
+def _sandbox_pid(state_dir: Path, sandbox_id: str) -> int | None:
+    """The pid of the capsule's sandbox process, from the state file runsc keeps for the container."""
+    for path in state_dir.glob(f"{sandbox_id}_sandbox:*.state"):
+        try:
+            pid = json.loads(path.read_text())["sandbox"]["pid"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return int(pid) if pid else None
+    return None
 
 
 async def _mount_overlay(layers: list[Path], workdir: Path) -> Path:

@@ -1,0 +1,410 @@
+"""microVM back end: each capsule is a QEMU `microvm` machine in the capsule network namespace, driven over QMP.
+
+Hardware KVM where it really works (`-accel kvm -cpu host`), software emulation (TCG) elsewhere. The guest boots
+the image's kernel and initramfs; its root disk is a qcow2 overlay (`disk.qcow2`, sized by `disk_size_mb`) on
+the template's read-only disk. Its network is a tap device bridged to the namespace's `eth0`, so the guest holds
+the fixed guest address itself and envd, the port proxy and NAT work as with gVisor.
+
+Guest RAM lives in a file (`mem`, mapped shared): a pause saves only the device state (`stop`, then a migration
+with `x-ignore-shared`, ~10 ms) and keeps the memory file; a resume starts QEMU with `-incoming defer` on the same
+file. A checkpoint directory holds `checkpoint.img` (device state), `memory` and `vm.json` (the machine it needs).
+A capsule made from a snapshot template gets its own copy of the template's memory (`cp --reflink=auto`: shared
+blocks on a reflink volume, a sparse copy elsewhere), so its own pauses stay as small and fast as any other.
+QEMU daemonizes: a capsule outlives the agent, which finds it again through `qemu.pid` and `qmp.sock`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .. import proc
+from ..errors import RuntimeFailure
+from ..kvm import probe_kvm
+from .base import (
+    CHECKPOINT_IMAGE,
+    Capabilities,
+    Probe,
+    RuntimeState,
+    SandboxSpec,
+    Usage,
+    template_checkpoint,
+    template_image,
+)
+
+GUEST_MAC = "52:54:00:00:00:21"  # one per namespace, so every guest may have the same one (checkpoints move)
+MEMORY_FILE = "memory"
+MACHINE_FILE = "vm.json"
+KERNEL_ARGS = "console=ttyS0 nokaslr tsc_early_khz=2000000 panic=-1 quiet"
+MIGRATION_TIMEOUT = 120.0
+IGNORE_SHARED = [{"capability": "x-ignore-shared", "state": True}]  # memory stays in its file, not the state
+_QMP_SOCKET_MAX = 107  # sun_path
+
+
+class QmpError(RuntimeFailure):
+    pass
+
+
+class Qmp:
+    """One QMP session: the greeting, capabilities negotiation, then commands one at a time."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, socket: Path, timeout: float = 10.0) -> Any:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket)), timeout)
+        except (OSError, TimeoutError) as exc:
+            raise QmpError(f"QEMU's control socket {socket} does not answer: {exc}") from exc
+        session = cls(reader, writer)
+        try:
+            await session._reply(timeout)  # greeting
+            await session.execute("qmp_capabilities")
+            yield session
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def _reply(self, timeout: float) -> dict[str, Any]:
+        while True:
+            try:
+                line = await asyncio.wait_for(self._reader.readline(), timeout)
+            except TimeoutError:
+                raise QmpError(f"QEMU did not answer within {timeout:.0f} s") from None
+            except OSError as exc:
+                raise QmpError(f"QEMU's control socket failed: {exc!r}") from exc
+            if not line:
+                raise QmpError("QEMU closed its control socket")
+            message: dict[str, Any] = json.loads(line)
+            if "event" not in message:
+                return message
+
+    async def execute(self, command: str, timeout: float = 30.0, **arguments: Any) -> Any:
+        request: dict[str, Any] = {"execute": command}
+        if arguments:
+            request["arguments"] = arguments
+        try:
+            self._writer.write(json.dumps(request).encode() + b"\n")
+            await self._writer.drain()
+            reply = await self._reply(timeout)
+        except (OSError, ValueError) as exc:  # QEMU exited (a failed load ends it) or wrote garbage
+            raise QmpError(f"QEMU stopped answering during {command}: {exc!r}") from exc
+        if "error" in reply:
+            raise QmpError(f"QEMU refused {command}: {reply['error'].get('desc', reply['error'])}")
+        return reply.get("return")
+
+    async def migration_done(self, deadline: float, what: str) -> None:
+        while True:
+            migration = await self.execute("query-migrate")
+            status = migration.get("status", "none")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise QmpError(f"{what} the guest's state failed: {migration.get('error-desc', status)}")
+            if time.monotonic() > deadline:
+                raise QmpError(f"{what} the guest's state did not finish within {MIGRATION_TIMEOUT:.0f} s")
+            await asyncio.sleep(0.002)
+
+
+@dataclass(frozen=True)
+class MicroVMConfig:
+    sandboxes_dir: Path  # a capsule's files are in `<sandboxes_dir>/<name>/`, as the agent lays them out
+    image_dir: Path  # the current base image, whose `vm/` holds the guest kernel
+    qemu: str = "qemu-system-x86_64"
+
+
+class MicroVMRuntime:
+    name: ClassVar[str] = "microvm"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        pause_with_memory=True, snapshot=True, hardware_acceleration=True, disk_size_limit=True
+    )
+
+    def __init__(self, config: MicroVMConfig) -> None:
+        self._config = config
+        kvm = probe_kvm()
+        self._accel = ["-accel", "kvm", "-cpu", "host"] if kvm.usable else ["-accel", "tcg", "-cpu", "max"]
+        self.accelerator = "kvm" if kvm.usable else "tcg"
+
+    async def probe(self) -> Probe:
+        binary = shutil.which(self._config.qemu)
+        if binary is None:
+            return Probe(False, f"{self._config.qemu} is not installed (Debian package `qemu-system-x86`)")
+        if shutil.which("qemu-img") is None:
+            return Probe(False, "qemu-img is not installed (Debian package `qemu-utils`)")
+        if os.geteuid() != 0:
+            return Probe(False, "the microVM runtime needs root (tap devices in network namespaces)")
+        if not Path("/dev/net/tun").exists():
+            return Probe(False, "/dev/net/tun is missing: no tap devices on this machine")
+        try:
+            version = await proc.run([binary, "--version"], timeout=10)
+        except RuntimeFailure as exc:
+            return Probe(False, f"QEMU does not run: {exc.message}")
+        first = version.stdout.decode().splitlines()[0] if version.stdout else "QEMU"
+        vm = self._config.image_dir / "vm"
+        if not (vm / "vmlinux").is_file() or not (vm / "rootfs.ext4").is_file():
+            return Probe(False, f"no guest kernel and disk in {vm}: {_vm_error(self._config.image_dir)}")
+        kernel = (vm / "kernel-version").read_text().strip() if (vm / "kernel-version").is_file() else "?"
+        details = {"binary": binary, "accelerator": self.accelerator, "kernel": kernel}
+        if self.accelerator == "tcg":
+            details["note"] = "software emulation: no hardware KVM here, guests run ~15x slower than on KVM"
+        return Probe(True, f"{first}, accelerator {self.accelerator}, kernel {kernel}", details)
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec) -> None:
+        checkpoint = template_checkpoint(spec.template_dir)
+        image = template_image(spec.template_dir)
+        if checkpoint is not None and not (checkpoint / MACHINE_FILE).is_file():
+            raise RuntimeFailure(f"template {spec.template_dir.name} was saved by another runtime, not by microvm")
+        spec.workdir.mkdir(parents=True, exist_ok=True)
+        base = spec.template_dir / "disk.qcow2" if checkpoint is not None else image / "rootfs.ext4"
+        if not base.is_file():
+            raise RuntimeFailure(f"the template's disk {base} is missing; run `wrenn image build`")
+        base_format = "qcow2" if base.suffix == ".qcow2" else "raw"
+        overlay = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", base_format, "-b", str(base)]
+        size = max(spec.disk_size_mb * 2**20, _virtual_size(base))  # never smaller than the filesystem on it
+        await proc.run([*overlay, str(spec.workdir / "disk.qcow2"), str(size)], timeout=30)
+        if checkpoint is None:
+            await self._launch(spec, _machine(spec), incoming=None)
+            return
+        await _copy(checkpoint / MEMORY_FILE, spec.workdir / "mem")
+        await self._launch(spec, _read_machine(checkpoint), incoming=checkpoint / CHECKPOINT_IMAGE)
+
+    async def resume(self, spec: SandboxSpec, checkpoint_dir: Path) -> None:
+        memory = spec.workdir / "mem"
+        if checkpoint_dir.parent == spec.workdir:  # its own pause: the memory file goes back where it was
+            os.replace(checkpoint_dir / MEMORY_FILE, memory)
+        else:  # the snapshot it was just made into: the template's memory stays the template's
+            await _copy(checkpoint_dir / MEMORY_FILE, memory)
+        await self._launch(spec, _read_machine(checkpoint_dir), incoming=checkpoint_dir / CHECKPOINT_IMAGE)
+
+    async def _launch(self, spec: SandboxSpec, machine: dict[str, int], incoming: Path | None) -> None:
+        workdir = spec.workdir
+        kernel = template_image(spec.template_dir)
+        for needed in (kernel / "vmlinux", kernel / "initrd.img"):
+            if not needed.is_file():
+                raise RuntimeFailure(f"the guest kernel {needed} is missing; run `wrenn image build`")
+        qmp = workdir / "qmp.sock"
+        if len(str(qmp)) > _QMP_SOCKET_MAX:
+            raise RuntimeFailure(f"the data directory's path is too long for QEMU's control socket: {qmp}")
+        await _plumb(spec)
+        for stale in (qmp, workdir / "qemu.pid"):
+            stale.unlink(missing_ok=True)
+        net = spec.network
+        args = f"{KERNEL_ARGS} wrenn.net={net.address}/{net.prefix_len},{net.gateway} wrenn.id={spec.sandbox_id}"
+        memory = machine["memory_mb"]
+        argv = [
+            "ip", "netns", "exec", str(net.netns_path.name),
+            self._config.qemu,
+            "-name", spec.sandbox_id,
+            "-M", "microvm,pit=on,memory-backend=ram",
+            *self._accel,
+            "-smp", str(machine["vcpus"]),
+            "-m", f"{memory}M",
+            "-object", f"memory-backend-file,id=ram,size={memory}M,mem-path={workdir / 'mem'},share=on",
+            "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+            "-chardev", f"file,id=console,path={workdir / 'console.log'},append=on",
+            "-serial", "chardev:console",
+            "-kernel", str(kernel / "vmlinux"), "-initrd", str(kernel / "initrd.img"), "-append", args,
+            "-drive", f"id=root,file={workdir / 'disk.qcow2'},format=qcow2,if=none,cache=writeback,discard=unmap",
+            "-device", "virtio-blk-device,drive=root",
+            "-netdev", "tap,id=net,ifname=tap0,script=no,downscript=no",
+            "-device", f"virtio-net-device,netdev=net,mac={GUEST_MAC}",
+            "-qmp", f"unix:{qmp},server=on,wait=off",
+            "-pidfile", str(workdir / "qemu.pid"),
+            "-daemonize",
+        ]  # fmt: skip
+        if incoming is not None:
+            argv += ["-incoming", "defer"]
+        (workdir / MACHINE_FILE).write_text(json.dumps(machine))
+        done = await proc.run(argv, timeout=60, check=False)
+        if done.returncode != 0:
+            raise RuntimeFailure(f"QEMU could not start the capsule: {done.output[-1500:]}")
+        if incoming is None:
+            return
+        try:
+            async with Qmp.connect(qmp) as q:
+                await q.execute("migrate-set-capabilities", capabilities=IGNORE_SHARED)
+                await q.execute("migrate-incoming", uri=f"exec:cat {_quote(incoming)}")
+                await q.migration_done(time.monotonic() + MIGRATION_TIMEOUT, "loading")
+                # The guest was stopped when its state was saved, and the state says so: it waits for `cont`.
+                await q.execute("cont")
+        except RuntimeFailure:
+            await self._kill(workdir)
+            raise
+
+    def _workdir(self, sandbox_id: str) -> Path:
+        return self._config.sandboxes_dir / sandbox_id
+
+    async def destroy(self, sandbox_id: str, workdir: Path) -> None:
+        await self._kill(workdir)
+
+    async def _kill(self, workdir: Path) -> None:
+        pid = _pid(workdir)
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        for _ in range(500):
+            if not _is_qemu(pid):
+                break
+            await asyncio.sleep(0.01)
+        (workdir / "qemu.pid").unlink(missing_ok=True)
+
+    async def state(self, sandbox_id: str) -> RuntimeState:
+        workdir = self._workdir(sandbox_id)
+        pid = _pid(workdir)
+        if pid is None or not _is_qemu(pid):
+            return RuntimeState.MISSING
+        try:
+            async with Qmp.connect(workdir / "qmp.sock", timeout=5) as q:
+                status = (await q.execute("query-status"))["status"]
+        except (RuntimeFailure, ValueError):
+            return RuntimeState.STOPPED
+        if status == "running":
+            return RuntimeState.RUNNING
+        # `paused` is a freeze; `postmigrate` a pause whose QEMU had not quit yet; both keep the guest intact.
+        return RuntimeState.PAUSED if status in ("paused", "postmigrate", "finish-migrate") else RuntimeState.STOPPED
+
+    def exited(self, sandbox_id: str) -> bool:
+        workdir = self._workdir(sandbox_id)
+        pid = _pid(workdir)
+        return pid is None or not _is_qemu(pid)
+
+    async def usage(self, sandbox_id: str) -> Usage | None:
+        workdir = self._workdir(sandbox_id)
+        pid = _pid(workdir)
+        if pid is None:
+            return None
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return None
+        fields = stat[stat.rfind(")") + 2 :].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        rss_kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        return Usage(cpu, rss_kb * 1024)
+
+    async def freeze(self, sandbox_id: str) -> None:
+        workdir = self._workdir(sandbox_id)
+        async with Qmp.connect(workdir / "qmp.sock") as q:
+            await q.execute("stop")
+
+    async def thaw(self, sandbox_id: str) -> None:
+        workdir = self._workdir(sandbox_id)
+        async with Qmp.connect(workdir / "qmp.sock") as q:
+            await q.execute("cont")
+
+    async def pause(self, sandbox_id: str, checkpoint_dir: Path) -> None:
+        workdir = self._workdir(sandbox_id)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        async with Qmp.connect(workdir / "qmp.sock") as q:
+            await q.execute("stop")
+            await q.execute("migrate-set-capabilities", capabilities=IGNORE_SHARED)
+            await q.execute("migrate", uri=f"exec:cat > {_quote(checkpoint_dir / CHECKPOINT_IMAGE)}")
+            await q.migration_done(time.monotonic() + MIGRATION_TIMEOUT, "saving")
+        await self._kill(workdir)  # its memory is all in `mem`, which a killed QEMU leaves complete
+        memory = checkpoint_dir / MEMORY_FILE
+        await asyncio.to_thread(_move, workdir / "mem", memory)
+        shutil.copyfile(workdir / MACHINE_FILE, checkpoint_dir / MACHINE_FILE)
+        await asyncio.to_thread(_sync, [memory, checkpoint_dir / CHECKPOINT_IMAGE, checkpoint_dir / MACHINE_FILE])
+
+    async def save_files(self, workdir: Path, template_dir: Path) -> None:
+        await proc.run(["cp", "--reflink=auto", "--sparse=always", str(workdir / "disk.qcow2"), str(template_dir)])
+
+
+def _vm_error(image_dir: Path) -> str:
+    try:
+        manifest = json.loads((image_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return "run `wrenn image build`"
+    return str(manifest.get("vm_error") or "rebuild the image (`wrenn image build --force`)")
+
+
+def _virtual_size(disk: Path) -> int:
+    """The size the guest sees: a raw file's own, or the one in a qcow2 header (big-endian, at byte 24)."""
+    if disk.suffix != ".qcow2":
+        return disk.stat().st_size
+    with disk.open("rb") as f:
+        return int.from_bytes(f.read(32)[24:32], "big")
+
+
+def _machine(spec: SandboxSpec) -> dict[str, int]:
+    return {"vcpus": spec.vcpus, "memory_mb": spec.memory_mb}
+
+
+def _read_machine(checkpoint: Path) -> dict[str, int]:
+    machine: dict[str, int] = json.loads((checkpoint / MACHINE_FILE).read_text())
+    return machine
+
+
+async def _plumb(spec: SandboxSpec) -> None:
+    """Bridge a tap device to the namespace's eth0; the guest, not the namespace, holds the guest address."""
+    ns = spec.network.netns_path.name
+    have = (await proc.run(["ip", "-n", ns, "-o", "link", "show"], check=False)).stdout.decode()
+    batch = ["addr flush dev eth0"]
+    if " br0:" not in have:
+        batch += ["link add br0 type bridge", "link set eth0 master br0", "link set br0 up"]
+    if " tap0:" not in have:
+        batch += ["tuntap add dev tap0 mode tap", "link set tap0 master br0", "link set tap0 up"]
+    await proc.run(["ip", "-n", ns, "-batch", "-"], input="\n".join(batch).encode() + b"\n")
+
+
+async def _copy(source: Path, target: Path) -> None:
+    if not source.is_file():
+        raise RuntimeFailure(f"the checkpoint's memory {source} is missing")
+    await proc.run(["cp", "--reflink=auto", "--sparse=always", str(source), str(target)], timeout=300)
+
+
+def _move(source: Path, target: Path) -> None:
+    try:
+        os.replace(source, target)
+    except OSError:  # another filesystem (a template directory on another volume)
+        shutil.copyfile(source, target)
+        source.unlink()
+
+
+def _sync(paths: list[Path]) -> None:
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fd = os.open(paths[0].parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pid(workdir: Path) -> int | None:
+    try:
+        return int((workdir / "qemu.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_qemu(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # A zombie has exited; the pid of a long-gone QEMU may have been reused by anything else.
+    return stat[stat.find("(") + 1 : stat.rfind(")")].startswith("qemu-system") and stat[stat.rfind(")") + 2] != "Z"
+
+
+def _quote(path: Path) -> str:
+    return "'" + str(path).replace("'", "'\\''") + "'"
