@@ -529,7 +529,8 @@ async def test_creates_restore_a_prepared_checkpoint_or_take_a_warm_guest(agent:
     for prepared in (agent.settings.dir / "images" / "minimal" / "current").resolve().glob("prepared/1x384x*"):
         shutil.rmtree(prepared)  # made by an earlier run
     first = await agent.stub.CreateSandbox(
-        pb.CreateSandboxRequest(sandbox_id=new_id(), template="minimal", **size), metadata=agent.md  # type: ignore[arg-type]
+        pb.CreateSandboxRequest(sandbox_id=new_id(), template="minimal", **size),
+        metadata=agent.md,  # type: ignore[arg-type]
     )
     assert first.metadata["start"] == "boot"
     manager = agent.agent.manager
@@ -540,11 +541,13 @@ async def test_creates_restore_a_prepared_checkpoint_or_take_a_warm_guest(agent:
         await asyncio.sleep(0.1)
     hits = manager.pool.counters()["hits"]
     second = await agent.stub.CreateSandbox(
-        pb.CreateSandboxRequest(sandbox_id=new_id(), template="minimal", **size), metadata=agent.md  # type: ignore[arg-type]
+        pb.CreateSandboxRequest(sandbox_id=new_id(), template="minimal", **size),
+        metadata=agent.md,  # type: ignore[arg-type]
     )
     assert second.metadata["start"] == "pool"
     third = await agent.stub.CreateSandbox(
-        pb.CreateSandboxRequest(sandbox_id=new_id(), template="minimal", **size), metadata=agent.md  # type: ignore[arg-type]
+        pb.CreateSandboxRequest(sandbox_id=new_id(), template="minimal", **size),
+        metadata=agent.md,  # type: ignore[arg-type]
     )
     assert third.metadata["start"] in ("pool", "restore")
     ping = await agent.stub.Ping(pb.PingRequest(), metadata=agent.md)
@@ -558,3 +561,62 @@ async def test_creates_restore_a_prepared_checkpoint_or_take_a_warm_guest(agent:
     assert (await sh(agent, third, "test -e /root/mine")).exit_code == 1
     for box in (first, second, third):
         await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=box.sandbox_id), metadata=agent.md)
+
+
+async def test_sizes_the_host_cannot_give_are_refused(agent: AgentHandle) -> None:
+    for size, field in (
+        ({"vcpus": 4096}, "vcpus"),
+        ({"memory_mb": 64}, "memory_mb"),
+        ({"memory_mb": 2**24}, "memory_mb"),
+    ):
+        sid = new_id()
+        request = {"vcpus": 1, "memory_mb": 512, **size}
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await agent.stub.CreateSandbox(
+                pb.CreateSandboxRequest(sandbox_id=sid, template="minimal", **request),  # type: ignore[arg-type]
+                metadata=agent.md,
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in (err.value.details() or "")
+        listed = (await agent.stub.ListSandboxes(pb.Empty(), metadata=agent.md)).sandboxes
+        assert sid not in {s.sandbox_id for s in listed}
+
+
+async def wait_for_error(agent: AgentHandle, sandbox_id: str) -> pb.SandboxInfo:
+    for _ in range(300):
+        info = await agent.stub.GetSandbox(pb.SandboxRef(sandbox_id=sandbox_id), metadata=agent.md)
+        if info.status == "error":
+            return info
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"capsule {sandbox_id} is still {info.status}")
+
+
+async def test_a_guest_that_dies_ends_in_error_and_frees_what_it_held(agent: AgentHandle) -> None:
+    box = await create(agent)
+    record = agent.agent.manager.record_of(box.sandbox_id)  # type: ignore[union-attr]
+    kill_guest(agent.settings.dir, box.sandbox_id)
+    info = await wait_for_error(agent, box.sandbox_id)
+    assert "stopped on its own" in info.error
+    # Its guest is removed and its network slot given back (the slot's number may already serve a new spare).
+    assert await agent.agent.manager.runtime.state(record.name) == "missing"  # type: ignore[union-attr]
+    assert record.released and record.slot not in agent.agent.manager.network._used  # type: ignore[union-attr]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await sh(agent, box, "true")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=box.sandbox_id), metadata=agent.md)
+
+
+async def test_a_guest_kernel_panic_shows_the_console_in_the_error(agent: AgentHandle, runtime_name: str) -> None:
+    if runtime_name == "gvisor":
+        print("\ngvisor: skipped: its guest kernel (the Sentry) has no sysrq to crash it on purpose")
+        pytest.skip("gVisor's kernel has no /proc/sysrq-trigger to panic it")
+    box = await create(agent)
+    await agent.stub.StartBackground(
+        pb.ExecRequest(
+            sandbox_id=box.sandbox_id, cmd="/bin/sh", args=["-c", "sleep 0.2; echo c > /proc/sysrq-trigger"]
+        ),
+        metadata=agent.md,
+    )
+    info = await wait_for_error(agent, box.sandbox_id)
+    assert "Kernel panic" in info.error or "sysrq" in info.error.lower(), info.error
+    await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=box.sandbox_id), metadata=agent.md)

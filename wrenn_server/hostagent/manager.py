@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 ENVD_BOOT_TIMEOUT = 60.0
 REAP_EVERY = 2.0
+_CONSOLE_CAUSES = ("Kernel panic", "BUG:", "Oops:", "Out of memory")
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,20 @@ class Sandbox:
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
+
+
+def _check_size(req: CreateRequest) -> None:
+    """A size this host can give at all (whether it has room now is the scheduler's business)."""
+    cores = os.cpu_count() or 1
+    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    if not 1 <= req.vcpus <= cores:
+        raise InvalidArgument(f"vcpus must be between 1 and {cores} (this host's CPUs), not {req.vcpus}")
+    if not 128 <= req.memory_mb <= memory_mb:
+        raise InvalidArgument(
+            f"memory_mb must be between 128 and {memory_mb} (this host's memory), not {req.memory_mb}"
+        )
+    if req.disk_size_mb < 0:
+        raise InvalidArgument("disk_size_mb must not be negative")
 
 
 class SandboxManager:
@@ -184,9 +200,9 @@ class SandboxManager:
                     continue
                 reason = f"the capsule's guest stopped on its own{self._console_tail(record)}"
                 log.warning("capsule %s: %s", sandbox_id, reason)
-                self._lost(record, reason)
                 await sandbox.envd.close()
-                await self._release(record, sandbox.slot, keep_record=True)
+                await self._release(record, sandbox.slot, keep_record=True)  # before anyone is told it is gone
+                self._lost(record, reason)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -262,8 +278,7 @@ class SandboxManager:
     async def create(self, req: CreateRequest) -> Sandbox:
         """A warm guest when the pool has one; else a restore of the template's (prepared) checkpoint; else
         a boot, while the pool prepares that checkpoint for the next capsule."""
-        if req.vcpus < 1 or req.memory_mb < 128 or req.disk_size_mb < 0:
-            raise InvalidArgument("vcpus must be at least 1 and memory_mb at least 128")
+        _check_size(req)
         async with self._lock(req.sandbox_id):
             if req.sandbox_id in self._sandboxes:
                 return self._sandboxes[req.sandbox_id]
@@ -528,10 +543,17 @@ class SandboxManager:
 
     def _console_tail(self, record: SandboxRecord) -> str:
         try:
-            text = (self.records.workdir(record.name) / "console.log").read_bytes()[-1500:].decode(errors="replace")
+            text = (self.records.workdir(record.name) / "console.log").read_bytes()[-16384:].decode(errors="replace")
         except OSError:
             return ""
-        return f"\nconsole:\n{text.strip()}" if text.strip() else ""
+        text = text.replace("\r\n", "\n").strip()
+        if not text:
+            return ""
+        tail = text[-1500:]
+        # A panic's cause comes before its stack trace, which alone would fill the tail.
+        causes = [line for line in text.splitlines() if any(mark in line for mark in _CONSOLE_CAUSES)]
+        head = "\n".join(line for line in causes[-3:] if line not in tail)
+        return f"\nconsole:\n{head}\n...\n{tail}" if head else f"\nconsole:\n{tail}"
 
     async def disk_used(self, sandbox_id: str) -> int:
         return await asyncio.to_thread(self.storage.disk_used, self.records.workdir(self.record_of(sandbox_id).name))
