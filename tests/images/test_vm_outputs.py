@@ -6,12 +6,15 @@ capsule's network namespace instead.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SHARED_IMAGES
+from wrenn_server.hostagent.runtimes import NoRuntime, build_runtime, select_runtime
 from wrenn_server.images.vm import VmBuildError, extract_vmlinux, load_order
 
 VM = SHARED_IMAGES / "minimal" / "current" / "vm"
@@ -125,3 +129,22 @@ def test_the_microvm_image_boots_to_envd(vm: tuple[int, Path]) -> None:
     while int(_run(port, "df -m --output=size / | tail -1")) < 2500:  # grown to the 3 GiB disk in the background
         assert time.monotonic() < deadline, "the root filesystem was not grown to the disk's size"
         time.sleep(2)
+
+
+def test_an_image_without_a_kernel_stops_the_microvm_runtime_with_the_reason(tmp_path: Path) -> None:
+    """Said by the runtime's probe, at agent start (choosing the runtime) and by `wrenn doctor`."""
+    current = tmp_path / "images" / "minimal" / "current"
+    current.mkdir(parents=True)
+    (current / "manifest.json").write_text(json.dumps({"vm_error": "no kernel package linux-image-cloud-amd64"}))
+    probe = asyncio.run(build_runtime("microvm", tmp_path).probe())
+    assert not probe.available
+    assert "no guest kernel" in probe.reason and "linux-image-cloud-amd64" in probe.reason
+    with pytest.raises(NoRuntime, match="microvm: no guest kernel"):
+        asyncio.run(select_runtime("microvm", tmp_path))
+    env = {**os.environ, "WRENN_DIR": str(tmp_path), "COLUMNS": "400"}
+    doctor = subprocess.run(
+        [sys.executable, "-m", "wrenn_server.cli", "doctor"], env=env, capture_output=True, text=True, check=True
+    )
+    row = next(line for line in doctor.stdout.splitlines() if "runtime microvm" in line)
+    assert " no " in row and "no guest kernel" in row
+    assert any("microVM accelerator" in line for line in doctor.stdout.splitlines())

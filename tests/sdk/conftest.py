@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import tempfile
@@ -14,6 +15,7 @@ import pytest
 from tests.cleanup import purge_data_dir
 from tests.controlplane.pg import PostgresServer, postgres_server
 from tests.stack import Stack, free_port
+from wrenn_server.hostagent.runtimes import build_runtime
 
 if TYPE_CHECKING:
     from wrenn import Capsule
@@ -29,14 +31,19 @@ except ImportError:
     print("\nSDK tests skipped: the wrenn SDK is not installed (make bootstrap installs wrenn==0.3.0)")
     pytest.skip("wrenn SDK not installed", allow_module_level=True)
 
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+# Each suite runs on SQLite and PostgreSQL with the runtime `auto` picks here, and once more on microVMs.
+BACKENDS = [
+    "sqlite",
+    pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("microvm", marks=pytest.mark.microvm),
+]
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def stack(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[Stack]:
     root = Path(tempfile.mkdtemp(prefix=f"wrenn-sdk-{request.param}-", dir="/var/tmp"))
     (root / "images").symlink_to(data_dir / "images")
-    if request.param == "sqlite":
+    if request.param in ("sqlite", "microvm"):
         url = f"sqlite+aiosqlite:///{root / 'wrenn.db'}"
     else:
         server: PostgresServer = request.getfixturevalue("postgres_server")
@@ -44,6 +51,12 @@ def stack(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[Stack]:
     # A paused capsule is checkpointed to disk after a second: the tests see both ways back, thaw and restore.
     # The reconciler runs every 2 s, so a capsule the agent paused for inactivity soon shows `paused`.
     env = {"WRENN_CHECKPOINT_AFTER_SEC": "1", "WRENN_RECONCILE_INTERVAL_SEC": "2"}
+    if request.param == "microvm":
+        probe = asyncio.run(build_runtime("microvm", data_dir).probe())
+        if not probe.available:
+            print(f"\nSDK tests on microvm skipped: {probe.reason}")
+            pytest.skip(f"the microVM runtime cannot run here: {probe.reason}")
+        env["WRENN_RUNTIME"] = "microvm"
     stack = Stack(root, url, free_port(), free_port(), extra_env=env)
     stack.start()
     try:

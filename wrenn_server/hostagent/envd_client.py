@@ -44,12 +44,22 @@ class EnvdClient:
     async def close(self) -> None:
         await self._http.close()
 
-    async def _call(self, method: str, path: str, body: Any = None, *, timeout: float | None = 30.0) -> Any:
+    async def _call(
+        self, method: str, path: str, body: Any = None, *, timeout: float | None = 30.0, ready_by: float = 0.0
+    ) -> Any:
+        """One request; with `ready_by` (a monotonic deadline) a guest still starting is retried until then,
+        which spares a separate /health round trip (a slow one under emulation). Only for idempotent calls."""
         payload = None if body is None else json.dumps(body).encode()
-        try:
-            status, content = await self._http.request(method, path, payload, timeout=timeout)
-        except ConnectionFailed as exc:
-            raise _unreachable(exc) from exc
+        while True:
+            try:
+                status, content = await self._http.request(
+                    method, path, payload, timeout=min(timeout or 30.0, 1.0) if ready_by else timeout
+                )
+                break
+            except ConnectionFailed as exc:
+                if time.monotonic() >= ready_by:
+                    raise _unreachable(exc) from exc
+            await asyncio.sleep(0.002)
         if status >= 400:
             raise _error(status, content)
         return json.loads(content) if content else None
@@ -71,8 +81,8 @@ class EnvdClient:
         """envd stops forwarding ports and resets its other connections; `reset` then drops ours."""
         await self._call("POST", "/snapshot/prepare", {})
 
-    async def forward_again(self) -> None:
-        await self._call("POST", "/snapshot/resume", {})
+    async def forward_again(self, ready_by: float = 0.0) -> None:
+        await self._call("POST", "/snapshot/resume", {}, ready_by=ready_by)
 
     def reset(self) -> None:
         self._http.reset()
@@ -80,11 +90,11 @@ class EnvdClient:
     async def health(self) -> dict[str, Any]:
         return dict(await self._call("GET", "/health", timeout=5.0))
 
-    async def init(self, default_user: str, env: dict[str, str], sandbox_id: str) -> None:
+    async def init(self, default_user: str, env: dict[str, str], sandbox_id: str, ready_by: float = 0.0) -> None:
         body: dict[str, Any] = {"envVars": env, "sandboxId": sandbox_id}
         if default_user:
             body["defaultUser"] = default_user
-        await self._call("POST", "/init", body)
+        await self._call("POST", "/init", body, ready_by=ready_by)
 
     async def run(self, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         # The HTTP deadline outlives the command's own limit: envd answers 504 itself when that expires.

@@ -337,9 +337,9 @@ class SandboxManager:
         try:
             # A new slot's interface has the guest's address (only a runsc that adopted it took it away).
             await self.runtime.create(self._spec(record, slot))
-            await envd.wait_ready(time.monotonic() + ENVD_BOOT_TIMEOUT)
             # Also turns port forwarding back on: checkpoints are taken with it stopped.
-            await envd.init(record.default_user, record.default_env, req.sandbox_id)
+            ready_by = time.monotonic() + ENVD_BOOT_TIMEOUT
+            await envd.init(record.default_user, record.default_env, req.sandbox_id, ready_by=ready_by)
         except BaseException as exc:
             await envd.close()
             reason = exc.message if isinstance(exc, AgentError) else repr(exc)
@@ -424,12 +424,13 @@ class SandboxManager:
                     if not (checkpoint / CHECKPOINT_IMAGE).is_file():
                         raise RuntimeFailure(f"its checkpoint {checkpoint / CHECKPOINT_IMAGE} is missing")
                     await self.runtime.resume(self._spec(record, sandbox.slot), checkpoint)
-                    await sandbox.envd.wait_ready(time.monotonic() + ENVD_BOOT_TIMEOUT)
+                    await sandbox.envd.forward_again(ready_by=time.monotonic() + ENVD_BOOT_TIMEOUT)
                 except AgentError as exc:
                     # Its state is gone or unreadable: the capsule cannot continue, and says why.
                     self._lost(record, f"the capsule could not be restored: {exc.message}")
                     raise RuntimeFailure(record.error) from exc
-            await sandbox.envd.forward_again()
+            if record.paused_mode == "frozen":
+                await sandbox.envd.forward_again()
             record.status, record.paused_mode, record.checkpoint_pending = "running", "", False
             self.auto_paused.discard(sandbox_id)
             self.records.save(record)
@@ -468,8 +469,7 @@ class SandboxManager:
             try:
                 await self.network.readdress(sandbox.slot)
                 await self.runtime.resume(self._spec(record, sandbox.slot), target / "checkpoint")
-                await sandbox.envd.wait_ready(time.monotonic() + ENVD_BOOT_TIMEOUT)
-                await sandbox.envd.forward_again()
+                await sandbox.envd.forward_again(ready_by=time.monotonic() + ENVD_BOOT_TIMEOUT)
             except AgentError as exc:
                 self._lost(record, f"the capsule did not come back after its snapshot: {exc.message}")
                 raise RuntimeFailure(record.error) from exc
