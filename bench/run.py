@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from . import create_latency, exec_latency, interactive, pause_latency
+from . import create_latency, exec_latency, interactive, microvm, pause_latency
 from .common import emit
 
 if __name__ == "__main__":
-    emit({**exec_latency.measure(), **create_latency.measure(), **interactive.measure(), **pause_latency.measure()})
+    emit(
+        {
+            **exec_latency.measure(),
+            **create_latency.measure(),
+            **interactive.measure(),
+            **pause_latency.measure(),
+            **microvm.measure(),
+        }
+    )

@@ -17,6 +17,7 @@ def purge_data_dir(root: Path) -> None:
             subprocess.run(["runsc", "--root", str(runsc_root), "delete", "--force", sandbox_id], capture_output=True)
     # Sandboxes whose runsc state is already gone: their processes still name the data directory.
     subprocess.run(["pkill", "-KILL", "-f", f"runsc-(sandbox|gofer) --root={root}/"], check=False)
+    subprocess.run(["pkill", "-KILL", "-f", f"qemu-system.*mem-path={root}/"], check=False)  # microVMs
     for line in Path("/proc/mounts").read_text().splitlines():
         target = line.split()[1]
         if target.startswith(str(root) + "/"):

@@ -228,7 +228,14 @@ class MicroVMRuntime:
         if incoming is not None:
             argv += ["-incoming", "defer"]
         (workdir / MACHINE_FILE).write_text(json.dumps(machine))
-        done = await proc.run(argv, timeout=60, check=False)
+        launcher = asyncio.ensure_future(proc.run(argv, timeout=60, check=False))
+        try:
+            done = await asyncio.shield(launcher)
+        except asyncio.CancelledError:  # QEMU starts all the same: wait for it, so that it can be stopped
+            with contextlib.suppress(Exception):
+                await launcher
+            await self._kill(workdir)
+            raise
         if done.returncode != 0:
             raise RuntimeFailure(f"QEMU could not start the capsule: {done.output[-1500:]}")
         if incoming is None:
@@ -251,7 +258,7 @@ class MicroVMRuntime:
         await self._kill(workdir)
 
     async def _kill(self, workdir: Path) -> None:
-        pid = _pid(workdir)
+        pid = _pid(workdir) or _find_qemu(workdir)
         if pid is None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -395,6 +402,20 @@ def _pid(workdir: Path) -> int | None:
         return int((workdir / "qemu.pid").read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+def _find_qemu(workdir: Path) -> int | None:
+    """A QEMU of this workdir whose pid file is missing (a launch cut short before QEMU wrote it)."""
+    needle = f"mem-path={workdir / 'mem'},".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "cmdline").read_bytes() and _is_qemu(int(entry.name)):
+                return int(entry.name)
+        except OSError:
+            continue
+    return None
 
 
 def _is_qemu(pid: int) -> bool:
