@@ -154,6 +154,8 @@ def measure(n: int = 10) -> dict[str, Any]:
     with platform(WRENN_RUNTIME="microvm", WRENN_POOL_SIZE="0", WRENN_CHECKPOINT_AFTER_SEC="0.5") as stack:
         boot = []
         for size in (400, 416, 432):  # a size nothing prepared: the create boots the guest
+            for prepared in (IMAGES / "minimal" / "current").resolve().glob(f"prepared/1x{size}x*"):
+                shutil.rmtree(prepared)  # left by an earlier run
             start = time.perf_counter()
             with Capsule(memory_mb=size) as fresh:
                 boot.append(_ms(start))
