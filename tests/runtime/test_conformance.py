@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -438,6 +439,30 @@ async def test_snapshot_template_starts_new_capsules_where_the_source_was(agent:
     for box in (source, child):
         await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=box.sandbox_id), metadata=agent.md)
     assert not (agent.settings.dir / "images" / "teams" / team / template_id).exists()
+
+
+async def test_a_snapshot_of_another_runtime_is_refused_with_the_reason(agent: AgentHandle, runtime_name: str) -> None:
+    team, template_id = str(uuid.uuid4()), str(uuid.uuid4())
+    target = agent.settings.dir / "images" / "teams" / team / template_id
+    other = next(name for name in ("gvisor", "microvm") if name != runtime_name)
+    base = (agent.settings.dir / "images" / "minimal" / "current").resolve()
+    target.mkdir(parents=True)
+    try:
+        (target / "snapshot.json").write_text(json.dumps({"base": str(base), "runtime": other}))
+        sid = new_id()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await agent.stub.CreateSandbox(
+                pb.CreateSandboxRequest(
+                    sandbox_id=sid, template="elsewhere", template_id=template_id, team_id=team, vcpus=1, memory_mb=512
+                ),
+                metadata=agent.md,
+            )
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"holds a {other} guest" in (err.value.details() or "")
+        listed = (await agent.stub.ListSandboxes(pb.Empty(), metadata=agent.md)).sandboxes
+        assert sid not in {s.sandbox_id for s in listed}
+    finally:
+        shutil.rmtree(target.parent)
 
 
 async def test_a_capsule_whose_checkpoint_is_damaged_ends_in_error(agent: AgentHandle) -> None:

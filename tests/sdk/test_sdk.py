@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from wrenn import (
 from wrenn.models import Status
 
 from tests.stack import Stack
+from wrenn_server.hostagent.runtimes import select_runtime
 
 pytestmark = pytest.mark.sdk
 
@@ -192,6 +194,7 @@ def test_creates_are_served_by_the_warm_pool_and_doctor_counts_them(stack: Stack
         [sys.executable, "-m", "wrenn_server.cli", "doctor"], env=env, capture_output=True, text=True, check=True
     )
     agent_row = next(line for line in doctor.stdout.splitlines() if "host agent" in line)
-    assert "yes" in agent_row and "runtime gvisor" in agent_row
+    runtime = stack.extra_env.get("WRENN_RUNTIME") or asyncio.run(select_runtime("auto", stack.data_dir)).name
+    assert "yes" in agent_row and f"runtime {runtime}" in agent_row
     hits = int(agent_row.split("hits ")[1].split(",")[0])
     assert hits >= 1

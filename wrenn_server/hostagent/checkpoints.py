@@ -38,4 +38,4 @@ async def save_template(runtime: Runtime, name: str, workdir: Path, staging: Pat
     await runtime.freeze(name)
     await runtime.pause(name, staging / "checkpoint")
     await runtime.save_files(workdir, staging)
-    (staging / SNAPSHOT_FILE).write_text(json.dumps(about))
+    (staging / SNAPSHOT_FILE).write_text(json.dumps({**about, "runtime": runtime.name}))

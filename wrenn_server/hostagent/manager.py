@@ -24,6 +24,7 @@ from .runtimes.base import (
     SandboxSpec,
     Usage,
     template_checkpoint,
+    template_runtime,
 )
 from .state import RecordStore, SandboxRecord
 from .storage import DELETED_FILE, MINIMAL_TEMPLATE, PLATFORM_TEAM, Storage
@@ -283,6 +284,12 @@ class SandboxManager:
             if req.sandbox_id in self._sandboxes:
                 return self._sandboxes[req.sandbox_id]
             template_dir = self.storage.template_dir(req.team_id, req.template_id, req.template)
+            made_by = template_runtime(template_dir)
+            if made_by not in (None, self.runtime.name):
+                raise WrongState(
+                    f"template {req.template!r} holds a {made_by} guest, and this host runs {self.runtime.name} "
+                    "capsules: create it on a host with that runtime, or snapshot a capsule of this one"
+                )
             key = Key(template_dir, req.vcpus, req.memory_mb, req.disk_size_mb)
             warm = self.pool.take(key)
             if warm is not None:

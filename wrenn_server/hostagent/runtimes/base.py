@@ -29,6 +29,14 @@ def template_layers(template_dir: Path) -> list[Path]:
     return [template_dir / "upper", *template_layers(base)]
 
 
+def template_runtime(template_dir: Path) -> str | None:
+    """The runtime whose guest state a snapshot template holds (None: a base template, any runtime boots it)."""
+    snapshot = template_dir / SNAPSHOT_FILE
+    if not snapshot.is_file():
+        return None
+    return str(json.loads(snapshot.read_text()).get("runtime", "gvisor"))  # older snapshots: gVisor only
+
+
 def template_image(template_dir: Path) -> Path:
     """The microVM outputs (kernel, initramfs, root disk) of the image at the bottom of a template's chain."""
     return template_layers(template_dir)[-1].parent / "vm"

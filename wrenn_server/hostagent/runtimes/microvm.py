@@ -330,6 +330,7 @@ class MicroVMRuntime:
 
     async def save_files(self, workdir: Path, template_dir: Path) -> None:
         await proc.run(["cp", "--reflink=auto", "--sparse=always", str(workdir / "disk.qcow2"), str(template_dir)])
+        await asyncio.to_thread(_sync, [template_dir / "disk.qcow2"])
 
 
 def _vm_error(image_dir: Path) -> str:
