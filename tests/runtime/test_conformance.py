@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -463,6 +464,49 @@ async def test_a_snapshot_of_another_runtime_is_refused_with_the_reason(agent: A
         assert sid not in {s.sandbox_id for s in listed}
     finally:
         shutil.rmtree(target.parent)
+
+
+async def test_a_capsule_holding_a_connection_is_checkpointed_only_where_the_runtime_keeps_it(
+    agent: AgentHandle,
+) -> None:
+    """A pause checkpoints a capsule with an open TCP connection where the runtime says it can (the connection
+    then lives on after the resume), and keeps it frozen in memory where it cannot."""
+    box = await create(agent)
+    ref = pb.SandboxRef(sandbox_id=box.sandbox_id)
+    manager = agent.agent.manager
+    assert manager is not None
+    name, workdir = guest(agent.settings.dir, box.sandbox_id)
+    echo = "import socket\ns=socket.create_server(('0.0.0.0',7000))\nc,_=s.accept()\nwhile d:=c.recv(99): c.sendall(d)"
+    await agent.stub.StartBackground(
+        pb.ExecRequest(sandbox_id=box.sandbox_id, cmd="python3", args=["-c", echo]), metadata=agent.md
+    )
+    manager.checkpoint_after_sec = 0.2
+    conn = None
+    try:
+        for _ in range(100):
+            try:
+                conn = socket.create_connection((box.host_ip, 7000), timeout=5)
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        assert conn is not None
+        conn.sendall(b"before")
+        assert conn.recv(99) == b"before"
+        await agent.stub.PauseSandbox(ref, metadata=agent.md)
+        await asyncio.sleep(2)
+        checkpointed = (workdir / "checkpoint" / "checkpoint.img").is_file()
+        if manager.runtime.capabilities.checkpoint_keeps_connections:
+            assert checkpointed and await manager.runtime.state(name) == "missing"  # its memory released
+        else:
+            assert not checkpointed and await manager.runtime.state(name) == "paused"  # frozen in memory
+        await agent.stub.ResumeSandbox(ref, metadata=agent.md)
+        conn.sendall(b"after")
+        assert conn.recv(99) == b"after"
+    finally:
+        if conn is not None:
+            conn.close()
+        manager.checkpoint_after_sec = agent.settings.checkpoint_after_sec
+        await agent.stub.DestroySandbox(ref, metadata=agent.md)
 
 
 async def test_a_capsule_whose_checkpoint_is_damaged_ends_in_error(agent: AgentHandle) -> None:

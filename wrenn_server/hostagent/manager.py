@@ -361,8 +361,8 @@ class SandboxManager:
 
     async def pause(self, sandbox_id: str) -> Sandbox:
         """Freeze the capsule at once; checkpoint it to disk (memory released) `checkpoint_after_sec` later.
-        One that holds a network connection stays frozen: a checkpoint would fail, and take the capsule with it
-        (runsc 20221219). Paused already: nothing to do."""
+        One that holds a network connection stays frozen unless its runtime checkpoints connections: under
+        runsc 20221219 the checkpoint would fail, and take the capsule with it. Paused already: nothing to do."""
         async with self._lock(sandbox_id):
             sandbox = self.lookup(sandbox_id)
             if sandbox.record.status == "paused":
@@ -370,6 +370,8 @@ class SandboxManager:
             sandbox = self.get(sandbox_id)
             record = sandbox.record
             connections = await quiesce(sandbox.envd, self.network, sandbox.slot)
+            if self.runtime.capabilities.checkpoint_keeps_connections:
+                connections = []
             await self.runtime.freeze(record.name)
             if connections:
                 log.info("capsule %s has TCP connections %s: it stays frozen in memory", sandbox_id, connections)
@@ -452,7 +454,8 @@ class SandboxManager:
         async with self._lock(sandbox_id):
             sandbox = self.get(sandbox_id)
             record = sandbox.record
-            if connections := await quiesce(sandbox.envd, self.network, sandbox.slot):
+            connections = await quiesce(sandbox.envd, self.network, sandbox.slot)
+            if connections and not self.runtime.capabilities.checkpoint_keeps_connections:
                 await sandbox.envd.forward_again()
                 raise Conflict(
                     f"the capsule holds network connections ({', '.join(connections)}), which a snapshot cannot "

@@ -54,6 +54,9 @@ class Capabilities:
     snapshot: bool
     hardware_acceleration: bool
     disk_size_limit: bool
+    # A guest with open TCP connections can be checkpointed (they continue after the restore); runsc 20221219
+    # cannot, and a failed checkpoint kills its guest.
+    checkpoint_keeps_connections: bool
 
 
 @dataclass(frozen=True)

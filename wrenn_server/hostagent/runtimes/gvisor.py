@@ -60,7 +60,11 @@ class GVisorConfig:
 class GVisorRuntime:
     name: ClassVar[str] = "gvisor"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        pause_with_memory=True, snapshot=True, hardware_acceleration=False, disk_size_limit=False
+        pause_with_memory=True,
+        snapshot=True,
+        hardware_acceleration=False,
+        disk_size_limit=False,
+        checkpoint_keeps_connections=False,
     )
 
     def __init__(self, config: GVisorConfig) -> None:

@@ -127,7 +127,11 @@ class MicroVMConfig:
 class MicroVMRuntime:
     name: ClassVar[str] = "microvm"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        pause_with_memory=True, snapshot=True, hardware_acceleration=True, disk_size_limit=True
+        pause_with_memory=True,
+        snapshot=True,
+        hardware_acceleration=True,
+        disk_size_limit=True,
+        checkpoint_keeps_connections=True,
     )
 
     def __init__(self, config: MicroVMConfig) -> None:
