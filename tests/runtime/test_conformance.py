@@ -591,6 +591,39 @@ async def test_an_agent_that_died_half_way_finds_each_capsule_running_or_paused(
     await agent.stub.DestroySandbox(ref, metadata=agent.md)
 
 
+async def test_a_microvm_whose_memory_file_was_moved_half_way_continues(agent: AgentHandle, runtime_name: str) -> None:
+    """The microVM pause moves the guest's memory file into the checkpoint before it writes `checkpoint.img`,
+    and a resume moves it back before QEMU loads the state: an agent killed between the two finds it all the same."""
+    if runtime_name != "microvm":
+        print(f"\n{runtime_name}: skipped: a microVM's memory file is the microVM runtime's own")
+        pytest.skip("the memory file belongs to the microVM runtime")
+    box = await create(agent)
+    ref = pb.SandboxRef(sandbox_id=box.sandbox_id)
+    await sh(agent, box, "echo alive > /tmp/mem")
+    name, workdir = guest(agent.settings.dir, box.sandbox_id)
+    manager = agent.agent.manager
+    assert manager is not None
+    # Frozen, its memory file already in the checkpoint directory, no checkpoint.img yet.
+    await agent.agent.stop()
+    await manager.runtime.freeze(name)
+    (workdir / "checkpoint").mkdir()
+    (workdir / "mem").rename(workdir / "checkpoint" / "memory")
+    await agent.restart()
+    assert (await agent.stub.GetSandbox(ref, metadata=agent.md)).status == "paused"
+    await agent.stub.ResumeSandbox(ref, metadata=agent.md)
+    assert (await sh(agent, box, "cat /tmp/mem")).stdout == b"alive\n"
+    # Checkpointed; a resume moved the memory file back and died before QEMU ran.
+    await agent.stub.PauseSandbox(ref, metadata=agent.md)
+    await agent.agent.stop()
+    await manager.runtime.pause(name, workdir / "checkpoint")
+    (workdir / "checkpoint" / "memory").rename(workdir / "mem")
+    await agent.restart()
+    assert (await agent.stub.GetSandbox(ref, metadata=agent.md)).status == "paused"
+    await agent.stub.ResumeSandbox(ref, metadata=agent.md)
+    assert (await sh(agent, box, "cat /tmp/mem")).stdout == b"alive\n"
+    await agent.stub.DestroySandbox(ref, metadata=agent.md)
+
+
 async def test_creates_restore_a_prepared_checkpoint_or_take_a_warm_guest(agent: AgentHandle) -> None:
     """The first capsule of a template and size boots; the agent then prepares a checkpoint of it and keeps a
     guest restored from it warm: the next create takes that guest, the one after restores (or takes a refill)."""

@@ -434,9 +434,10 @@ class SandboxManager:
                         raise RuntimeFailure(f"its checkpoint {checkpoint / CHECKPOINT_IMAGE} is missing")
                     await self.runtime.resume(self._spec(record, sandbox.slot), checkpoint)
                     await sandbox.envd.forward_again(ready_by=time.monotonic() + ENVD_BOOT_TIMEOUT)
-                except AgentError as exc:
+                except (AgentError, OSError) as exc:
                     # Its state is gone or unreadable: the capsule cannot continue, and says why.
-                    self._lost(record, f"the capsule could not be restored: {exc.message}")
+                    reason = exc.message if isinstance(exc, AgentError) else str(exc)
+                    self._lost(record, f"the capsule could not be restored: {reason}")
                     raise RuntimeFailure(record.error) from exc
             if record.paused_mode == "frozen":
                 await sandbox.envd.forward_again()

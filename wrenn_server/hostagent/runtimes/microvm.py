@@ -186,12 +186,18 @@ class MicroVMRuntime:
         await self._launch(spec, _read_machine(checkpoint), incoming=checkpoint / CHECKPOINT_IMAGE)
 
     async def resume(self, spec: SandboxSpec, checkpoint_dir: Path) -> None:
-        memory = spec.workdir / "mem"
-        if checkpoint_dir.parent == spec.workdir:  # its own pause: the memory file goes back where it was
-            os.replace(checkpoint_dir / MEMORY_FILE, memory)
-        else:  # the snapshot it was just made into: the template's memory stays the template's
+        workdir = spec.workdir
+        await self._kill(workdir)  # a restore an agent left half-way (QEMU still waiting for its state)
+        memory, machine = workdir / "mem", checkpoint_dir / MACHINE_FILE
+        if checkpoint_dir.parent != workdir:  # the snapshot it was just made into: the template keeps its memory
             await _copy(checkpoint_dir / MEMORY_FILE, memory)
-        await self._launch(spec, _read_machine(checkpoint_dir), incoming=checkpoint_dir / CHECKPOINT_IMAGE)
+        elif (checkpoint_dir / MEMORY_FILE).exists():  # its own pause: the memory file goes back where it was
+            os.replace(checkpoint_dir / MEMORY_FILE, memory)
+        elif not memory.exists():  # (already back, when an earlier resume was cut short)
+            raise RuntimeFailure(f"the capsule's memory file is missing from {checkpoint_dir}")
+        if not machine.exists():
+            machine = workdir / MACHINE_FILE
+        await self._launch(spec, _read_machine(machine.parent), incoming=checkpoint_dir / CHECKPOINT_IMAGE)
 
     async def _launch(self, spec: SandboxSpec, machine: dict[str, int], incoming: Path | None) -> None:
         workdir = spec.workdir
@@ -315,22 +321,30 @@ class MicroVMRuntime:
 
     async def thaw(self, sandbox_id: str) -> None:
         workdir = self._workdir(sandbox_id)
+        moved = workdir / "checkpoint" / MEMORY_FILE  # a pause cut short after moving the memory file
+        if not (workdir / "mem").exists() and moved.exists():
+            os.replace(moved, workdir / "mem")
         async with Qmp.connect(workdir / "qmp.sock") as q:
             await q.execute("cont")
 
     async def pause(self, sandbox_id: str, checkpoint_dir: Path) -> None:
+        """`checkpoint.img` appears last, complete, with the memory beside it: an agent killed on the way leaves
+        either a whole checkpoint or a guest that `state` finds paused and `thaw` continues."""
         workdir = self._workdir(sandbox_id)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        image, partial = checkpoint_dir / CHECKPOINT_IMAGE, checkpoint_dir / f"{CHECKPOINT_IMAGE}.part"
         async with Qmp.connect(workdir / "qmp.sock") as q:
             await q.execute("stop")
             await q.execute("migrate-set-capabilities", capabilities=IGNORE_SHARED)
-            await q.execute("migrate", uri=f"exec:cat > {_quote(checkpoint_dir / CHECKPOINT_IMAGE)}")
+            await q.execute("migrate", uri=f"exec:cat > {_quote(partial)}")
             await q.migration_done(time.monotonic() + MIGRATION_TIMEOUT, "saving")
-        await self._kill(workdir)  # its memory is all in `mem`, which a killed QEMU leaves complete
         memory = checkpoint_dir / MEMORY_FILE
-        await asyncio.to_thread(_move, workdir / "mem", memory)
         shutil.copyfile(workdir / MACHINE_FILE, checkpoint_dir / MACHINE_FILE)
-        await asyncio.to_thread(_sync, [memory, checkpoint_dir / CHECKPOINT_IMAGE, checkpoint_dir / MACHINE_FILE])
+        await asyncio.to_thread(_move, workdir / "mem", memory)  # the stopped QEMU keeps its mapping
+        await asyncio.to_thread(_sync, [memory, partial, checkpoint_dir / MACHINE_FILE])
+        os.replace(partial, image)
+        await asyncio.to_thread(_sync, [image])
+        await self._kill(workdir)  # its memory is all in the file, which a killed QEMU leaves complete
 
     async def save_files(self, workdir: Path, template_dir: Path) -> None:
         await proc.run(["cp", "--reflink=auto", "--sparse=always", str(workdir / "disk.qcow2"), str(template_dir)])
