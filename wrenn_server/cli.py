@@ -74,11 +74,6 @@ def doctor() -> None:
     table.add_column("details")
     kvm = probe_kvm()
     table.add_row("hardware KVM", "yes" if kvm.usable else "no", kvm.reason)
-    table.add_row(
-        "microVM accelerator",
-        "kvm" if kvm.usable else "tcg",
-        "-accel kvm -cpu host" if kvm.usable else "software emulation (TCG): guests boot in seconds, run ~15x slower",
-    )
     cgroup_v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
     table.add_row("cgroups", "yes", "v2" if cgroup_v2 else "v1 (memory, cpu, pids controllers)")
     netns = Path("/run/netns").exists() or os.geteuid() == 0
@@ -91,6 +86,14 @@ def doctor() -> None:
     )
     table.add_row("microVM image", *_vm_outputs(image))
     probes = asyncio.run(probe_all(_data_dir()))
+    accelerator = probes["microvm"].details.get("accelerator", "tcg")
+    table.add_row(
+        "microVM accelerator",
+        accelerator,
+        "-accel kvm -cpu host (a guest kernel booted on it)"
+        if accelerator == "kvm"
+        else "software emulation (TCG): guests boot in seconds, run ~15x slower",
+    )
     for name in RUNTIMES:
         p = probes[name]
         table.add_row(f"runtime {name}", "yes" if p.available else "no", p.reason)

@@ -24,6 +24,7 @@ import pytest
 
 from tests.conftest import SHARED_IMAGES
 from wrenn_server.hostagent.runtimes import NoRuntime, build_runtime, select_runtime
+from wrenn_server.hostagent.runtimes.microvm import boot_probe
 from wrenn_server.images.vm import VmBuildError, extract_vmlinux, load_order
 
 VM = SHARED_IMAGES / "minimal" / "current" / "vm"
@@ -148,3 +149,15 @@ def test_an_image_without_a_kernel_stops_the_microvm_runtime_with_the_reason(tmp
     row = next(line for line in doctor.stdout.splitlines() if "runtime microvm" in line)
     assert " no " in row and "no guest kernel" in row
     assert any("microVM accelerator" in line for line in doctor.stdout.splitlines())
+
+
+def test_the_boot_probe_needs_the_kernel_to_print_its_banner(tmp_path: Path) -> None:
+    """How the runtime confirms hardware KVM before using it; shown here under emulation, which always runs."""
+    if not (VM / "vmlinux").is_file():
+        pytest.skip("the image has no microVM kernel")
+    booted, seen = asyncio.run(boot_probe("qemu-system-x86_64", VM / "vmlinux", "tcg"))
+    assert booted, seen
+    garbage = tmp_path / "vmlinux"
+    garbage.write_bytes(b"\x7fELF" + bytes(4096))
+    booted, seen = asyncio.run(boot_probe("qemu-system-x86_64", garbage, "tcg"))
+    assert not booted and seen

@@ -442,6 +442,37 @@ async def test_snapshot_template_starts_new_capsules_where_the_source_was(agent:
     assert not (agent.settings.dir / "images" / "teams" / team / template_id).exists()
 
 
+async def test_a_guest_that_cannot_boot_fails_at_once_with_its_console(agent: AgentHandle, runtime_name: str) -> None:
+    """A template with nothing to run (no init, a disk that is no filesystem): the create fails when the guest
+    dies, not after the boot timeout, says why, and leaves nothing behind."""
+    team, template_id = str(uuid.uuid4()), str(uuid.uuid4())
+    target = agent.settings.dir / "images" / "teams" / team / template_id
+    (target / "rootfs").mkdir(parents=True)
+    (target / "vm").mkdir()
+    real = (agent.settings.dir / "images" / "minimal" / "current").resolve() / "vm"
+    for name in ("vmlinux", "initrd.img"):
+        (target / "vm" / name).symlink_to(real / name)
+    (target / "vm" / "rootfs.ext4").write_bytes(bytes(16 * 2**20))
+    sid = new_id()
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await agent.stub.CreateSandbox(
+                pb.CreateSandboxRequest(
+                    sandbox_id=sid, template="broken", template_id=template_id, team_id=team, vcpus=1, memory_mb=512
+                ),
+                metadata=agent.md,
+            )
+        detail = err.value.details() or ""
+        assert err.value.code() == grpc.StatusCode.INTERNAL and "failed to start" in detail, detail
+        if runtime_name == "microvm":
+            assert "stopped while it was starting" in detail and "no root disk" in detail, detail
+        listed = (await agent.stub.ListSandboxes(pb.Empty(), metadata=agent.md)).sandboxes
+        assert sid not in {s.sandbox_id for s in listed}
+        assert not (agent.settings.dir / "sandboxes" / sid).exists()
+    finally:
+        shutil.rmtree(target.parent)
+
+
 async def test_a_snapshot_of_another_runtime_is_refused_with_the_reason(agent: AgentHandle, runtime_name: str) -> None:
     team, template_id = str(uuid.uuid4()), str(uuid.uuid4())
     target = agent.settings.dir / "images" / "teams" / team / template_id

@@ -7,9 +7,10 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .checkpoints import quiesce, save_template
 from .envd_client import EnvdClient
@@ -346,7 +347,9 @@ class SandboxManager:
             await self.runtime.create(self._spec(record, slot))
             # Also turns port forwarding back on: checkpoints are taken with it stopped.
             ready_by = time.monotonic() + ENVD_BOOT_TIMEOUT
-            await envd.init(record.default_user, record.default_env, req.sandbox_id, ready_by=ready_by)
+            await self._while_alive(
+                record.name, envd.init(record.default_user, record.default_env, req.sandbox_id, ready_by=ready_by)
+            )
         except BaseException as exc:
             await envd.close()
             reason = exc.message if isinstance(exc, AgentError) else repr(exc)
@@ -358,6 +361,19 @@ class SandboxManager:
         record.status = "running"
         self.records.save(record)
         return Sandbox(record, slot, envd, time.monotonic(), start="restore" if restored else "boot")
+
+    async def _while_alive(self, name: str, waiting: Coroutine[Any, Any, None]) -> None:
+        """Wait for a guest coming up, but no longer than it lives: one that dies while booting (a kernel
+        panic, a broken disk) fails the create at once, not after the whole boot timeout."""
+        task = asyncio.ensure_future(waiting)
+        try:
+            while not task.done():
+                await asyncio.wait([task], timeout=0.25)
+                if not task.done() and self.runtime.exited(name):
+                    raise RuntimeFailure("the guest stopped while it was starting")
+            task.result()
+        finally:
+            task.cancel()
 
     async def pause(self, sandbox_id: str) -> Sandbox:
         """Freeze the capsule at once; checkpoint it to disk (memory released) `checkpoint_after_sec` later.

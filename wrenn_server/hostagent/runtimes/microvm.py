@@ -45,6 +45,7 @@ MEMORY_FILE = "memory"
 MACHINE_FILE = "vm.json"
 KERNEL_ARGS = "console=ttyS0 nokaslr tsc_early_khz=2000000 panic=-1 quiet"
 MIGRATION_TIMEOUT = 120.0
+ACCELERATORS = {"kvm": ["-accel", "kvm", "-cpu", "host"], "tcg": ["-accel", "tcg", "-cpu", "max"]}
 IGNORE_SHARED = [{"capability": "x-ignore-shared", "state": True}]  # memory stays in its file, not the state
 _QMP_SOCKET_MAX = 107  # sun_path
 
@@ -136,9 +137,13 @@ class MicroVMRuntime:
 
     def __init__(self, config: MicroVMConfig) -> None:
         self._config = config
-        kvm = probe_kvm()
-        self._accel = ["-accel", "kvm", "-cpu", "host"] if kvm.usable else ["-accel", "tcg", "-cpu", "max"]
-        self.accelerator = "kvm" if kvm.usable else "tcg"
+        self._kvm = probe_kvm()
+        self.accelerator = "kvm" if self._kvm.usable else "tcg"  # KVM confirmed by a boot in `probe`
+        self._kvm_checked = False
+
+    @property
+    def _accel(self) -> list[str]:
+        return ACCELERATORS[self.accelerator]
 
     async def probe(self) -> Probe:
         binary = shutil.which(self._config.qemu)
@@ -159,10 +164,18 @@ class MicroVMRuntime:
         if not (vm / "vmlinux").is_file() or not (vm / "rootfs.ext4").is_file():
             return Probe(False, f"no guest kernel and disk in {vm}: {_vm_error(self._config.image_dir)}")
         kernel = (vm / "kernel-version").read_text().strip() if (vm / "kernel-version").is_file() else "?"
-        details = {"binary": binary, "accelerator": self.accelerator, "kernel": kernel}
+        details = {"binary": binary, "kernel": kernel}
+        if self._kvm.usable and not self._kvm_checked:
+            self._kvm_checked = True
+            booted, seen = await boot_probe(binary, vm / "vmlinux", "kvm")
+            if not booted:
+                self.accelerator = "tcg"
+                details["kvm"] = f"hardware KVM did not boot the guest kernel ({seen}); using emulation"
+        details["accelerator"] = self.accelerator
         if self.accelerator == "tcg":
             details["note"] = "software emulation: no hardware KVM here, guests run ~15x slower than on KVM"
-        return Probe(True, f"{first}, accelerator {self.accelerator}, kernel {kernel}", details)
+        reason = f"{first}, accelerator {self.accelerator}, kernel {kernel}"
+        return Probe(True, f"{reason}; {details['kvm']}" if "kvm" in details else reason, details)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -349,6 +362,23 @@ class MicroVMRuntime:
     async def save_files(self, workdir: Path, template_dir: Path) -> None:
         await proc.run(["cp", "--reflink=auto", "--sparse=always", str(workdir / "disk.qcow2"), str(template_dir)])
         await asyncio.to_thread(_sync, [template_dir / "disk.qcow2"])
+
+
+async def boot_probe(qemu: str, vmlinux: Path, accelerator: str) -> tuple[bool, str]:
+    """Whether the guest kernel boots under `accelerator`: it must print its banner (then it panics, having
+    no root disk, and QEMU ends). A `/dev/kvm` that cannot run a stock kernel fails here."""
+    argv = [
+        qemu, "-M", "microvm,pit=on", *ACCELERATORS[accelerator], "-m", "128M",
+        "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio",
+        "-kernel", str(vmlinux), "-append", "console=ttyS0 nokaslr tsc_early_khz=2000000 panic=-1 root=/dev/none",
+    ]  # fmt: skip
+    try:
+        done = await proc.run(argv, timeout=60, check=False)
+    except RuntimeFailure as exc:
+        return False, exc.message
+    if b"Linux version" in done.stdout:
+        return True, "booted"
+    return False, (done.stderr or done.stdout).decode(errors="replace").strip()[-300:] or "no output"
 
 
 def _vm_error(image_dir: Path) -> str:
