@@ -15,13 +15,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tests.cleanup import purge_data_dir
 from tests.stack import Stack, free_port
 from wrenn_server.hostagent.network import Network, Slot
 from wrenn_server.hostagent.runtimes.base import SandboxSpec, template_layers
 from wrenn_server.hostagent.runtimes.gvisor import _HIDE_NET_SYSCTL, _mount_overlay, _oci_spec
+
+if TYPE_CHECKING:
+    from wrenn import Capsule
 
 IMAGES = Path("/var/lib/wrenn/images")
 
@@ -35,6 +38,46 @@ def summary(samples_ms: list[float]) -> dict[str, float]:
         "p95_ms": round(p95, 3),
         "min_ms": round(ordered[0], 3),
     }
+
+
+def ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+def pause_resume_cycles(
+    capsule: Capsule, n: int, checkpointed: Callable[[], None] = lambda: None
+) -> tuple[list[float], list[float], list[float]]:
+    """2n+1 pauses through the SDK, each resumed at once (a thaw) or 1.5 s later, when the platform (run with
+    WRENN_CHECKPOINT_AFTER_SEC=0.5) has checkpointed it (a restore; `checkpointed` runs then). Answers the
+    pauses, the resumes of recently paused capsules and the resumes from checkpoints, in ms."""
+    pause, recent, cold = [], [], []
+    for i in range(2 * n + 1):
+        start = time.perf_counter()
+        capsule.pause()
+        pause.append(ms_since(start))
+        if i % 2:
+            time.sleep(1.5)
+            checkpointed()
+        start = time.perf_counter()
+        capsule.resume()
+        (cold if i % 2 else recent).append(ms_since(start))
+    return pause, recent, cold
+
+
+def creates_from_a_snapshot(capsule: Capsule, n: int) -> list[float]:
+    """Snapshot the capsule into a template, create (and destroy) `n` capsules of it through the SDK, delete it."""
+    from wrenn import Capsule
+
+    template = capsule.create_snapshot().name
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        child = Capsule(template=template)
+        out.append(ms_since(start))
+        child.destroy()
+        child._client.close()
+    capsule._client.snapshots.delete(template)
+    return out
 
 
 def timed(fn: Callable[[], Any], n: int, warmup: int = 20) -> list[float]:

@@ -22,8 +22,7 @@ from wrenn_server.hostagent.kvm import probe_kvm
 from wrenn_server.hostagent.network import Network, Slot
 from wrenn_server.hostagent.runtimes.microvm import IGNORE_SHARED, KERNEL_ARGS, Qmp
 
-from .common import IMAGES, emit, platform, summary
-from .pause_latency import _ms
+from .common import IMAGES, creates_from_a_snapshot, emit, ms_since, pause_resume_cycles, platform, summary
 
 
 def _wait_envd(address: str, deadline: float) -> None:
@@ -113,7 +112,7 @@ def raw_figures(root: Path, n: int) -> dict[str, list[float]]:
             start = time.perf_counter()
             vm.launch()
             _wait_envd(vm.slot.host_ip, time.monotonic() + 120)
-            out["boot_until_envd"].append(_ms(start))
+            out["boot_until_envd"].append(ms_since(start))
             vm.kill()
         vm.launch()
         _wait_envd(vm.slot.host_ip, time.monotonic() + 120)
@@ -122,7 +121,7 @@ def raw_figures(root: Path, n: int) -> dict[str, list[float]]:
             request = urllib.request.Request(f"http://{vm.slot.host_ip}:49983/process/start", body, method="POST")
             start = time.perf_counter()
             urllib.request.urlopen(request, timeout=30).read()
-            out["exec"].append(_ms(start))
+            out["exec"].append(ms_since(start))
         state = vm.dir / "state"
         for _ in range(n):
             start = time.perf_counter()
@@ -132,7 +131,7 @@ def raw_figures(root: Path, n: int) -> dict[str, list[float]]:
                 ("migrate", {"uri": f"exec:cat > {state}"}),
                 wait_migration=True,
             )
-            out["pause"].append(_ms(start))
+            out["pause"].append(ms_since(start))
             vm.kill()
             start = time.perf_counter()
             vm.launch(incoming=True)
@@ -143,7 +142,7 @@ def raw_figures(root: Path, n: int) -> dict[str, list[float]]:
             )
             vm.qmp(("cont", {}))
             _wait_envd(vm.slot.host_ip, time.monotonic() + 60)
-            out["restore_until_envd"].append(_ms(start))
+            out["restore_until_envd"].append(ms_since(start))
     finally:
         vm.remove()
     return out
@@ -158,34 +157,17 @@ def measure(n: int = 10) -> dict[str, Any]:
                 shutil.rmtree(prepared)  # left by an earlier run
             start = time.perf_counter()
             with Capsule(memory_mb=size) as fresh:
-                boot.append(_ms(start))
+                boot.append(ms_since(start))
                 assert (fresh._client.capsules.get(fresh.capsule_id).metadata or {}).get("start") == "boot"
         with Capsule() as capsule:
             exec_rt = []
             for _ in range(n + 5):
                 start = time.perf_counter()
                 capsule.commands.run("true")
-                exec_rt.append(_ms(start))
+                exec_rt.append(ms_since(start))
             capsule.commands.run("sleep 100000", background=True)
-            pause, recent, cold = [], [], []
-            for i in range(2 * n + 1):
-                start = time.perf_counter()
-                capsule.pause()
-                pause.append(_ms(start))
-                if i % 2:
-                    time.sleep(1.5)  # checkpointed meanwhile: its memory file on disk, QEMU gone
-                start = time.perf_counter()
-                capsule.resume()
-                (cold if i % 2 else recent).append(_ms(start))
-            template = capsule.create_snapshot().name
-            restore = []
-            for _ in range(n):
-                start = time.perf_counter()
-                child = Capsule(template=template)
-                restore.append(_ms(start))
-                child.destroy()
-                child._client.close()
-            capsule._client.snapshots.delete(template)
+            pause, recent, cold = pause_resume_cycles(capsule, n)
+            restore = creates_from_a_snapshot(capsule, n)
         raw = raw_figures(stack.data_dir, n)
     with platform(WRENN_RUNTIME="microvm") as stack, Capsule() as capsule:
         template = capsule.create_snapshot().name
@@ -195,7 +177,7 @@ def measure(n: int = 10) -> dict[str, Any]:
             time.sleep(3)  # the pool restores its replacement in the background
             start = time.perf_counter()
             child = Capsule(template=template)
-            hits.append(_ms(start))
+            hits.append(ms_since(start))
             starts.append((child._client.capsules.get(child.capsule_id).metadata or {}).get("start"))
             child.destroy()
             child._client.close()

@@ -18,7 +18,7 @@ from wrenn import Capsule
 from tests.guests import guest
 from wrenn_server.hostagent.network import Network
 
-from .common import RawSandbox, emit, platform, summary
+from .common import RawSandbox, creates_from_a_snapshot, emit, ms_since, pause_resume_cycles, platform, summary
 
 
 def _wait_port(address: str, deadline: float) -> None:
@@ -31,10 +31,6 @@ def _wait_port(address: str, deadline: float) -> None:
         except OSError:
             time.sleep(0.005)
     raise TimeoutError("envd did not answer")
-
-
-def _ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000
 
 
 def _memory_held(data_dir: Path, capsule_id: str) -> int:
@@ -55,20 +51,20 @@ def raw_cycles(root: Path, n: int) -> dict[str, list[float]]:
         for i in range(n):
             start = time.perf_counter()
             subprocess.run(raw.runsc("pause", sandbox_id), check=True, capture_output=True)
-            out["freeze"].append(_ms(start))
+            out["freeze"].append(ms_since(start))
             start = time.perf_counter()
             subprocess.run(raw.runsc("resume", sandbox_id), check=True, capture_output=True)
-            out["thaw"].append(_ms(start))
+            out["thaw"].append(ms_since(start))
             image = str(raw.workdir / f"checkpoint-{i}")
             start = time.perf_counter()
             subprocess.run(raw.runsc("checkpoint", "--image-path", image, sandbox_id), check=True, capture_output=True)
-            out["checkpoint"].append(_ms(start))
+            out["checkpoint"].append(ms_since(start))
             subprocess.run(raw.runsc("delete", "--force", sandbox_id), check=False, capture_output=True)
             asyncio.run(raw.network.readdress(raw.slot))
             start = time.perf_counter()
             raw.boot("restore", "--detach", "--image-path", image, "--bundle", bundle, sandbox_id)
             _wait_port(raw.slot.host_ip, time.monotonic() + 30)
-            out["restore_until_envd"].append(_ms(start))
+            out["restore_until_envd"].append(ms_since(start))
     finally:
         raw.remove()
     return out
@@ -78,26 +74,11 @@ def measure(n: int = 10) -> dict[str, Any]:
     # Checkpointed half a second after the pause: an immediate resume thaws, a later one restores.
     with platform(WRENN_CHECKPOINT_AFTER_SEC="0.5") as stack, Capsule() as capsule:
         capsule.commands.run("sleep 100000", background=True)
-        pause, recent, cold, held = [], [], [], []
-        for i in range(2 * n + 1):
-            start = time.perf_counter()
-            capsule.pause()
-            pause.append(_ms(start))
-            if i % 2:
-                time.sleep(1.5)
-                held.append(_memory_held(stack.data_dir, capsule.capsule_id))
-            start = time.perf_counter()
-            capsule.resume()
-            (cold if i % 2 else recent).append(_ms(start))
-        template = capsule.create_snapshot().name
-        from_template = []
-        for _ in range(n):
-            start = time.perf_counter()
-            child = Capsule(template=template)
-            from_template.append(_ms(start))
-            child.destroy()
-            child._client.close()
-        capsule._client.snapshots.delete(template)
+        held: list[int] = []
+        pause, recent, cold = pause_resume_cycles(
+            capsule, n, lambda: held.append(_memory_held(stack.data_dir, capsule.capsule_id))
+        )
+        from_template = creates_from_a_snapshot(capsule, n)
         raw = raw_cycles(stack.data_dir / "raw", n)
     return {
         "pause_resume": {
