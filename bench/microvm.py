@@ -6,8 +6,11 @@ exec round trip. `python -m bench.microvm`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -94,8 +97,16 @@ class RawVM:
         asyncio.run(run())
 
     def kill(self) -> None:
-        subprocess.run(["kill", "-9", str(self.pid)], check=False)
-        while Path(f"/proc/{self.pid}").exists() and "Z" not in Path(f"/proc/{self.pid}/stat").read_text()[-60:]:
+        """SIGKILL, then wait until QEMU is gone (or a zombie: its files and tap are released then)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        while True:
+            try:
+                stat = Path(f"/proc/{self.pid}/stat").read_text()
+            except OSError:
+                return
+            if stat[stat.rfind(")") + 2] == "Z":
+                return
             time.sleep(0.005)
 
     def remove(self) -> None:
