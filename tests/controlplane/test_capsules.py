@@ -87,6 +87,14 @@ async def test_beyond_any_host_is_400(http: httpx.AsyncClient, harness: Harness)
     assert await harness.count_capsules(team_id) == 0
 
 
+async def test_less_memory_than_a_guest_needs_is_400(http: httpx.AsyncClient, harness: Harness) -> None:
+    team_id, api_key = await harness.team(byoc=True)
+    await harness.host(team_id, cpu_cores=4, memory_mb=8192)
+    resp = await http.post("/v1/capsules", json={"memory_mb": 64}, headers={"X-API-Key": api_key})
+    assert "at least 128" in assert_error(resp, 400, "invalid_request")
+    assert await harness.count_capsules(team_id) == 0
+
+
 async def test_full_host_is_503(http: httpx.AsyncClient, harness: Harness) -> None:
     team_id, api_key = await harness.team(byoc=True)
     host_id = await harness.host(team_id, cpu_cores=4, memory_mb=1024)

@@ -40,6 +40,7 @@ from .templates import DEFAULT_TEMPLATE, resolve_template
 
 DEFAULT_VCPUS = 1
 DEFAULT_MEMORY_MB = 512
+MIN_MEMORY_MB = 128  # the host agent refuses less, as every runtime needs it
 DEFAULT_DISK_MB = 5120
 MIN_TIMEOUT_SEC = 60
 METADATA_KEY = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
@@ -138,6 +139,8 @@ class CapsuleService:
     async def create(self, principal: Principal, spec: CreateSpec) -> Sandbox:
         vcpus = _positive(spec.vcpus, "vcpus", DEFAULT_VCPUS)
         memory_mb = _positive(spec.memory_mb, "memory_mb", DEFAULT_MEMORY_MB)
+        if memory_mb < MIN_MEMORY_MB:  # no guest (nor gVisor's own kernel) starts in less
+            raise InvalidRequest(f"invalid field 'memory_mb': at least {MIN_MEMORY_MB} MB, not {memory_mb}")
         disk_mb = _positive(spec.disk_size_mb, "disk_size_mb", DEFAULT_DISK_MB)
         timeout_sec = _timeout(spec.timeout_sec)
         metadata = check_metadata(spec.metadata)

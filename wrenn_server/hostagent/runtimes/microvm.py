@@ -278,6 +278,15 @@ class MicroVMRuntime:
         return self._config.sandboxes_dir / sandbox_id
 
     async def destroy(self, sandbox_id: str, workdir: Path) -> None:
+        """A clean stop (QMP `quit`: QEMU ends at once, its files closed); a forced kill when it does not answer."""
+        pid = _pid(workdir)
+        if pid is not None and _is_qemu(pid):
+            with contextlib.suppress(RuntimeFailure):
+                async with Qmp.connect(workdir / "qmp.sock", timeout=1) as q:
+                    await q.execute("quit", timeout=1)
+            if await _gone(pid, 2.0):
+                (workdir / "qemu.pid").unlink(missing_ok=True)
+                return
         await self._kill(workdir)
 
     async def _kill(self, workdir: Path) -> None:
@@ -286,10 +295,7 @@ class MicroVMRuntime:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        for _ in range(500):
-            if not _is_qemu(pid):
-                break
-            await asyncio.sleep(0.01)
+        await _gone(pid, 5.0)
         (workdir / "qemu.pid").unlink(missing_ok=True)
 
     async def state(self, sandbox_id: str) -> RuntimeState:
@@ -451,6 +457,15 @@ def _pid(workdir: Path) -> int | None:
         return int((workdir / "qemu.pid").read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+async def _gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while _is_qemu(pid):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
 
 
 def _find_qemu(workdir: Path) -> int | None:
