@@ -280,9 +280,71 @@ async def test_create_and_destroy_are_events(
     assert sdk_created.actor is not None and sdk_created.actor.type == "api_key"
 
 
-async def test_failed_create_is_an_error_event(
-    server: ServerThread, harness: Harness, http: httpx.AsyncClient
+async def test_pause_and_resume_are_events(
+    server: ServerThread,
+    harness: Harness,
+    http: httpx.AsyncClient,
+    own_team: tuple[uuid.UUID, dict[str, str]],
+    cleanup: list[str],
 ) -> None:
+    team_id, headers = own_team
+    actor = {"type": "api_key", "id": await key_id(harness, headers["X-API-Key"])}
+    other_team, other_key = await harness.team()
+    marker = f"marker-{uuid.uuid4().hex[:8]}"
+    await harness.template(other_team, marker)
+    async with (
+        open_stream(server.base_url, headers) as mine,
+        open_stream(server.base_url, {"X-API-Key": other_key}) as others,
+    ):
+        wire_id = (await create(http, headers, cleanup))["id"]
+        await mine.events_of(wire_id, until="capsule.create")
+        paused = await http.post(f"/v1/capsules/{wire_id}/pause", headers=headers)
+        assert paused.status_code == 200 and paused.json()["status"] == "paused", paused.text
+        pause_frames = await mine.events_of(wire_id, until="capsule.pause")
+        resumed = await http.post(f"/v1/capsules/{wire_id}/resume", headers=headers)
+        assert resumed.status_code == 200 and resumed.json()["status"] == "running", resumed.text
+        resume_frames = await mine.events_of(wire_id, until="capsule.resume")
+        got = await http.get(f"/v1/capsules/{wire_id}", headers=headers)
+        assert (await http.delete(f"/v1/capsules/{wire_id}", headers=headers)).status_code == 204
+
+        # The other team's stream: the event it causes itself comes after ours, and is the only one it sees.
+        assert (await http.delete(f"/v1/snapshots/{marker}", headers={"X-API-Key": other_key})).status_code == 204
+        seen_by_others: list[Frame] = []
+        while not seen_by_others or seen_by_others[-1].event != "template.snapshot.delete":
+            frame = await others.frame()
+            if frame.data is not None:
+                seen_by_others.append(frame)
+    assert [frame.json()["resource"] for frame in seen_by_others] == [{"id": marker, "type": "template"}]
+
+    bodies = [frame.json() for frame in pause_frames + resume_frames]
+    assert [frame.event for frame in pause_frames + resume_frames] == [body["event"] for body in bodies]
+    assert [(b["event"], b.get("outcome"), b.get("metadata")) for b in bodies] == [
+        ("capsule.state.changed", None, {"from": "running", "to": "pausing"}),
+        ("capsule.state.changed", None, {"from": "pausing", "to": "paused"}),
+        ("capsule.pause", "success", None),
+        ("capsule.state.changed", None, {"from": "paused", "to": "resuming"}),
+        ("capsule.state.changed", None, {"from": "resuming", "to": "running"}),
+        ("capsule.resume", "success", None),
+    ]
+    for body in bodies:
+        assert body["team_id"] == format_id(Kind.TEAM, team_id)
+        assert body["resource"] == {"id": wire_id, "type": "sandbox"}
+        assert body["actor"] == actor
+        assert RFC3339.match(body["timestamp"]), body["timestamp"]
+        assert "error" not in body
+        assert body["sandbox"]["id"] == wire_id
+        if body["event"] == "capsule.state.changed":
+            assert body["sandbox"]["status"] == body["metadata"]["to"]
+    paused_event, resumed_event = bodies[2], bodies[5]
+    assert paused_event["sandbox"]["status"] == "paused"
+    rendered = got.json()
+    rendered.pop("disk_used_mb")  # measured on the host for GET of one capsule only
+    assert resumed_event["sandbox"] == rendered  # exactly as GET /v1/capsules/{id} renders it
+    assert SSEEvent.model_validate(paused_event).event == "capsule.pause"
+    assert SSEEvent.model_validate(resumed_event).event == "capsule.resume"
+
+
+async def test_failed_create_is_an_error_event(server: ServerThread, harness: Harness, http: httpx.AsyncClient) -> None:
     team_id, api_key = await harness.team(byoc=True)
     await harness.host(team_id, address=f"127.0.0.1:{free_port()}")  # nothing listens there
     headers = {"X-API-Key": api_key}
@@ -372,9 +434,7 @@ async def _count(stream: Sse, resource_id: str, expected: int) -> int:
 
 
 @pytest.fixture
-async def quick_server(
-    database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[ServerThread]:
+async def quick_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServerThread]:
     """A control plane that sends keepalives after one second of silence."""
     async with serving(settings_for(tmp_path_factory.mktemp("cp-quick"), database_url, sse_keepalive_sec=1)) as thread:
         yield thread

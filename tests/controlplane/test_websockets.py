@@ -21,13 +21,14 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from wrenn_server.controlplane.ids import Kind, format_id
+from wrenn_server.controlplane.routes.streams import MAX_FRAME_BYTES
+from wrenn_server.controlplane.settings import ControlPlaneSettings
 
 from .conftest import Running
 from .harness import Harness, ServerThread, serving, settings_for
 
 IMPLEMENTATIONS = ["websockets-sansio", "wsproto"]
 FIVE_MIB = 5 * 1024 * 1024
-
 
 
 @pytest.fixture(scope="module", params=IMPLEMENTATIONS)
@@ -272,7 +273,9 @@ async def test_pty_controls_and_reattach(ws_server: ServerThread, running: Runni
         started = await next_control(ws)
         assert started["type"] == "started" and started["tag"].startswith("pty-") and started["pid"] > 0
         await ws.send(json.dumps({"type": "resize", "cols": 0, "rows": 10}))
-        assert (await next_control(ws))["type"] == "error"  # not fatal: the session goes on
+        refused = await next_control(ws)  # not fatal: the session goes on
+        assert refused["type"] == "error" and "fatal" not in refused, refused
+        assert refused["data"].startswith("invalid 'resize' frame: field 'cols'"), refused
         for frame in ({"type": "pong"}, {"type": "whatever"}, {"type": "resize", "cols": 120, "rows": 33}):
             await ws.send(json.dumps(frame))
         for byte in b'echo "$V $(stty size) $((3*4))"\n':  # one frame per keystroke, coalesced on the way
@@ -291,3 +294,73 @@ async def test_pty_controls_and_reattach(ws_server: ServerThread, running: Runni
         frames, code = await until_closed(ws)
         assert frames[-1] == {"type": "exit", "exit_code": 137} and code == 1000
     await wait_gone(ws_server, running, started["pid"])
+
+
+async def test_pty_input_up_to_the_read_limit(ws_server: ServerThread, running: Running) -> None:
+    """A binary input frame of exactly 4 MiB is taken whole, and the session goes on; one byte more closes
+    the socket with 1009 (message too big), nothing of it typed, and the terminal outlives that socket."""
+    capsule, headers = running
+    path = f"/v1/capsules/{capsule}/pty"
+    # A raw terminal without echo: every byte sent reaches the program, and only its output comes back.
+    script = f"stty raw -echo; echo ready; head -c {MAX_FRAME_BYTES} | wc -c; echo bye"
+    async with open_ws(ws_server, path, headers) as ws:
+        await ws.send(json.dumps({"type": "start", "cmd": "/bin/sh", "args": ["-c", script]}))
+        assert (await next_control(ws))["type"] == "started"
+        await read_until(ws, b"ready\n")
+        await ws.send(b"a" * MAX_FRAME_BYTES)
+        seen, controls = await read_until(ws, b"bye\n")
+        assert seen.split() == [str(MAX_FRAME_BYTES).encode(), b"bye"]
+        assert controls == []
+        frames, code = await until_closed(ws)
+    assert frames[-1] == {"type": "exit", "exit_code": 0} and code == 1000
+
+    script = "stty raw -echo; echo ready; head -c 1 | od -An -c"  # shows the first byte it gets
+    async with open_ws(ws_server, path, headers) as ws:
+        await ws.send(json.dumps({"type": "start", "cmd": "/bin/sh", "args": ["-c", script]}))
+        started = await next_control(ws)
+        assert started["type"] == "started"
+        await read_until(ws, b"ready\n")
+        await ws.send(b"a" * (MAX_FRAME_BYTES + 1))
+        _, code = await until_closed(ws)
+    assert code == 1009
+    async with open_ws(ws_server, path, headers) as ws:
+        await ws.send(json.dumps({"type": "connect", "tag": started["tag"]}))
+        assert await next_control(ws) == {"type": "started", "tag": started["tag"], "pid": started["pid"]}
+        await ws.send(b"z")
+        seen, _ = await read_until(ws, b"z")
+        frames, code = await until_closed(ws)
+    assert seen.split(b"ready\n", 1)[1].split() == [b"z"]  # its first byte: none of the oversized frame
+    assert frames[-1] == {"type": "exit", "exit_code": 0} and code == 1000
+
+
+def test_pty_ping_interval_is_a_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("WRENN_PTY_PING_SEC", raising=False)
+    assert ControlPlaneSettings(dir=tmp_path).pty_ping_sec == 30
+    monkeypatch.setenv("WRENN_PTY_PING_SEC", "2.5")
+    assert ControlPlaneSettings(dir=tmp_path).pty_ping_sec == 2.5
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+async def pinging_server(
+    request: pytest.FixtureRequest, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[ServerThread]:
+    """A control plane whose terminals ping every half second."""
+    settings = settings_for(Path(tmp_path_factory.mktemp("cp-ping")), database_url, pty_ping_sec=0.5)
+    async with serving(settings, request.param) as thread:
+        yield thread
+
+
+async def test_pty_pings_and_pong_keeps_the_session(pinging_server: ServerThread, running: Running) -> None:
+    capsule, headers = running
+    async with open_ws(pinging_server, f"/v1/capsules/{capsule}/pty", headers) as ws:
+        await ws.send(json.dumps({"type": "start", "cmd": "/bin/sh"}))
+        assert (await next_control(ws))["type"] == "started"
+        for _ in range(3):
+            assert await next_control(ws) == {"type": "ping"}
+            await ws.send(json.dumps({"type": "pong"}))
+        await ws.send(b"echo pong-$((6*7))\n")
+        _, controls = await read_until(ws, b"pong-42")
+        assert all(frame == {"type": "ping"} for frame in controls), controls
+        await ws.send(json.dumps({"type": "kill"}))
+        frames, code = await until_closed(ws)
+    assert frames[-1] == {"type": "exit", "exit_code": 137} and code == 1000

@@ -53,6 +53,9 @@ class ControlPlaneSettings(BaseSettings):
     sse_keepalive_sec: float = Field(
         30.0, gt=0, description="Seconds of silence after which /v1/events/stream sends a keepalive comment."
     )
+    pty_ping_sec: float = Field(
+        30.0, gt=0, description="Seconds between the `ping` control frames of the terminal WebSocket."
+    )
     proxy_domain: str = Field("", description="Domain of the subdomain proxy `{port}-{id}.{domain}`.")
     proxy_auth: Literal["optional", "required"] = Field(
         "optional",

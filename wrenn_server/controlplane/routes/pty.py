@@ -4,7 +4,7 @@ The first frame is JSON: `{"type":"start","cmd"?,"args"?,"cols"?,"rows"?,"envs"?
 program on a terminal (tag `pty-<8hex>`), `{"type":"connect","tag"}` re-attaches to one. After that, terminal
 bytes travel as binary frames both ways. Client control frames: `resize` {cols, rows}, `kill`; anything else
 (the `pong` answering our `ping`) is ignored. Server control frames: `started` {tag, pid}, `exit` {exit_code},
-`error` {data, fatal?}, `ping` every 30 s.
+`error` {data, fatal?}, `ping` every `pty_ping_sec` (30 s unless configured).
 
 The program outlives the socket: a client that drops off re-attaches by tag, and the output written meanwhile
 is replayed first.
@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from typing import cast
 
 from fastapi import APIRouter, WebSocket
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +25,7 @@ from ..errors import AgentError, WrennError
 from ..ids import short_tag
 from ..services.pty import InputQueue
 from ..services.streams import Event, Exited, Output, PtySpec, Target
+from ..state import ControlPlane
 from .streams import (
     FIRST_FRAME_SEC,
     BadFrame,
@@ -41,7 +43,6 @@ from .streams import (
 
 router = APIRouter(prefix="/v1/capsules", tags=["pty"])
 
-PING_EVERY_SEC = 30.0
 INPUT_DRAIN_SEC = 5.0
 MAX_SEND_BYTES = 32 * 1024  # clients cap messages (the SDK's at 64 KiB)
 DEFAULT_SHELL = "/bin/bash"
@@ -88,10 +89,11 @@ class Resize(BaseModel):
 async def pty(websocket: WebSocket, id: str) -> None:
     socket = await accept(websocket)
     if socket is not None:
-        await serve(socket, _session(socket, id), fatal=True)
+        ping_every = cast(ControlPlane, websocket.app.state.control_plane).settings.pty_ping_sec
+        await serve(socket, _session(socket, id, ping_every), fatal=True)
 
 
-async def _session(socket: Socket, capsule: str) -> None:
+async def _session(socket: Socket, capsule: str, ping_every: float) -> None:
     target = await open_target(socket, capsule)
     try:
         tag, fresh = await _open(socket, target)
@@ -104,7 +106,7 @@ async def _session(socket: Socket, capsule: str) -> None:
                         await target.kill(tag=tag)
                 raise
             await socket.send({"type": "started", "tag": tag, "pid": pid})
-            await Terminal(socket, target, tag).run(events)
+            await Terminal(socket, target, tag, ping_every).run(events)
     finally:
         socket.streams.touch(target)
 
@@ -127,10 +129,11 @@ async def _open(socket: Socket, target: Target) -> tuple[str, bool]:
 class Terminal:
     """One attached client: output out, input in (queued and coalesced), control frames, keep-alive pings."""
 
-    def __init__(self, socket: Socket, target: Target, tag: str) -> None:
+    def __init__(self, socket: Socket, target: Target, tag: str, ping_every: float) -> None:
         self.socket = socket
         self.target = target
         self.tag = tag
+        self.ping_every = ping_every
         self.input = InputQueue(lambda data: target.send_input(tag, data))
 
     async def run(self, events: AsyncIterator[Event]) -> None:
@@ -182,6 +185,6 @@ class Terminal:
 
     async def ping(self) -> None:
         while True:
-            await asyncio.sleep(PING_EVERY_SEC)
+            await asyncio.sleep(self.ping_every)
             with contextlib.suppress(Disconnected):
                 await self.socket.send({"type": "ping"})
