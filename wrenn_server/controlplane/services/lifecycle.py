@@ -83,9 +83,7 @@ async def boot(
         failure = exc if isinstance(exc, WrennError) else InternalError("internal error while starting")
         if not isinstance(exc, WrennError):
             log.exception("boot of %s failed", wire_id)
-        old = await set_status(
-            sessionmaker, plan.sandbox_id, [Status.STARTING], Status.ERROR, error=failure.message
-        )
+        old = await set_status(sessionmaker, plan.sandbox_id, [Status.STARTING], Status.ERROR, error=failure.message)
         if old is not None:
             await events.state_changed(plan.sandbox_id, old, Status.ERROR, plan.actor)
         await events.finished(EventName.CAPSULE_CREATE, plan.sandbox_id, plan.actor, error=failure.message)
@@ -146,6 +144,7 @@ async def teardown(
     if host is not None:
         await metric_store.flush(sessionmaker, pool, host, sandbox_id, ("24h",))
         await destroy_on_agent(pool, host, format_id(Kind.SANDBOX, sandbox_id))
+    await metric_store.forget_short_tiers(sessionmaker, sandbox_id)
     if await set_status(sessionmaker, sandbox_id, [Status.STOPPING], Status.STOPPED):
         await events.state_changed(sandbox_id, Status.STOPPING, Status.STOPPED, actor)
         await events.finished(EventName.CAPSULE_DESTROY, sandbox_id, actor)
