@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,9 +30,8 @@ def new_id() -> str:
 
 
 async def create(agent: AgentHandle, **kw: object) -> pb.SandboxInfo:
-    req = pb.CreateSandboxRequest(
-        sandbox_id=new_id(), template="minimal", vcpus=1, memory_mb=512, disk_size_mb=1024, **kw
-    )  # type: ignore[arg-type]
+    fields: dict[str, object] = {"vcpus": 1, "memory_mb": 512, "disk_size_mb": 1024, **kw}
+    req = pb.CreateSandboxRequest(sandbox_id=new_id(), template="minimal", **fields)  # type: ignore[arg-type]
     return await agent.stub.CreateSandbox(req, metadata=agent.md)
 
 
@@ -138,6 +138,85 @@ async def test_pty_resize_and_input(agent: AgentHandle, capsule: pb.SandboxInfo)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def read_until(stream: grpc.aio.UnaryStreamCall, needle: bytes) -> bytes:
+    """The terminal output of a connected process, read until `needle` shows; the stream must not end first."""
+    seen = b""
+    while needle not in seen:
+        event = await stream.read()
+        assert event is not grpc.aio.EOF and event.WhichOneof("event") != "end", f"ended before {needle!r}: {seen!r}"
+        if event.WhichOneof("event") == "pty":
+            seen += event.pty
+    return seen
+
+
+async def read_to_end(stream: grpc.aio.UnaryStreamCall) -> list[pb.ProcessEvent]:
+    events = []
+    while (event := await stream.read()) is not grpc.aio.EOF:
+        events.append(event)
+    return events
+
+
+async def test_pty_detach_and_reattach_replays_what_was_missed(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:
+    """A terminal outlives its viewer: output made while no one is attached is replayed to the next connect
+    (by pid as well as by tag), which then types and sees the echo live."""
+    sid = capsule.sandbox_id
+    started = await agent.stub.StartBackground(
+        pb.ExecRequest(sandbox_id=sid, cmd="/bin/sh", tag="pty-detach", stdin=True, pty=pb.PtySize(cols=80, rows=24)),
+        metadata=agent.md,
+    )
+    ref = pb.ProcessRef(sandbox_id=sid, tag="pty-detach")
+    first = agent.stub.ConnectProcess(ref, metadata=agent.md)
+    await agent.stub.SendInput(pb.SendInputRequest(process=ref, data=b"echo one-$((0+1))\n"), metadata=agent.md)
+    await read_until(first, b"one-1")
+    first.cancel()  # detached
+    await agent.stub.SendInput(
+        pb.SendInputRequest(process=ref, data=b"echo away-$((40+2)); touch /tmp/pty-away\n"), metadata=agent.md
+    )
+    for _ in range(100):
+        if (await sh(agent, capsule, "test -e /tmp/pty-away")).exit_code == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert (await sh(agent, capsule, "test -e /tmp/pty-away")).exit_code == 0, "the detached shell did not answer"
+    by_pid = pb.ProcessRef(sandbox_id=sid, pid=started.pid)
+    again = agent.stub.ConnectProcess(by_pid, metadata=agent.md)
+    hello = await again.read()
+    assert hello.WhichOneof("event") == "start" and hello.start.pid == started.pid
+    await agent.stub.SendInput(pb.SendInputRequest(process=by_pid, data=b"echo back-$((2+3))\n"), metadata=agent.md)
+    seen = await read_until(again, b"back-5\r\n")
+    # First the replay of the kept output, then the echo of what was typed now, then the shell's answer.
+    marks = [b"one-1\r\n", b"away-42\r\n", b"echo back-$((2+3))", b"back-5\r\n"]
+    assert all(mark in seen for mark in marks), seen
+    assert [seen.index(mark) for mark in marks] == sorted(seen.index(mark) for mark in marks), seen
+    await agent.stub.SendInput(pb.SendInputRequest(process=by_pid, data=b"exit 3\n"), metadata=agent.md)
+    events = await read_to_end(again)
+    assert events and events[-1].WhichOneof("event") == "end" and events[-1].end.exit_code == 3
+    procs = (await agent.stub.ListProcesses(pb.SandboxRef(sandbox_id=sid), metadata=agent.md)).processes
+    assert not any(p.pid == started.pid for p in procs)
+
+
+async def test_background_output_is_replayed_to_a_late_connect(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:
+    """A process connected to seconds after it wrote: the connect gets its early output, then what it writes
+    live, then its exit."""
+    sid = capsule.sandbox_id
+    script = "echo early; echo early-err >&2; while [ ! -e /tmp/bg-go ]; do sleep 0.1; done; echo late; exit 5"
+    started = await agent.stub.StartBackground(
+        pb.ExecRequest(sandbox_id=sid, cmd="/bin/sh", args=["-c", script], tag="bg-old"), metadata=agent.md
+    )
+    await asyncio.sleep(3)
+    stream = agent.stub.ConnectProcess(pb.ProcessRef(sandbox_id=sid, tag="bg-old"), metadata=agent.md)
+    hello = await stream.read()
+    assert hello.WhichOneof("event") == "start" and hello.start.pid == started.pid
+    await sh(agent, capsule, "touch /tmp/bg-go")  # what it writes from now on is live
+    events = await read_to_end(stream)
+    kinds = [e.WhichOneof("event") for e in events]
+    assert len(kinds) == 4 and kinds[2:] == ["stdout", "end"], kinds
+    replay = sorted((e.WhichOneof("event"), e.stdout or e.stderr) for e in events[:2])  # two pipes: either order
+    assert replay == [("stderr", b"early-err\n"), ("stdout", b"early\n")]
+    assert events[2].stdout == b"late\n" and events[3].end.exit_code == 5
+    procs = (await agent.stub.ListProcesses(pb.SandboxRef(sandbox_id=sid), metadata=agent.md)).processes
+    assert not any(p.tag == "bg-old" for p in procs)
+
+
 async def test_files_round_trip_and_errors(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:
     sid = capsule.sandbox_id
     data = os.urandom(3 * 1024 * 1024 + 7)
@@ -198,6 +277,52 @@ async def test_memory_limit_is_applied(agent: AgentHandle) -> None:
         assert 512 * 0.85 <= total_mb <= 512 + 256, out.stdout
     finally:
         await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=info.sandbox_id), metadata=agent.md)
+
+
+def host_cpu_quota(name: str) -> tuple[int, int]:
+    """The CPU time a guest's host cgroup may use per period (microseconds), cgroup v1 or v2."""
+    v1 = Path("/sys/fs/cgroup/cpu/wrenn") / name
+    if v1.is_dir():
+        return int((v1 / "cpu.cfs_quota_us").read_text()), int((v1 / "cpu.cfs_period_us").read_text())
+    quota, period = (Path("/sys/fs/cgroup/wrenn") / name / "cpu.max").read_text().split()
+    return int(quota), int(period)
+
+
+async def test_a_capsule_uses_the_vcpus_it_was_given(
+    agent: AgentHandle, capsule: pb.SandboxInfo, runtime_name: str
+) -> None:
+    """A microVM's kernel has as many CPUs as asked. gVisor's sandbox is shown the host's CPUs (runsc's
+    --cpu-num-from-quota would still show no fewer than two); its host cgroup lets it use only those asked for."""
+    if (os.cpu_count() or 1) < 2:
+        print("\nskipped: on a host of one CPU a capsule of two cannot be made, nor one told from the host")
+        pytest.skip("the host has a single CPU")
+    manager = agent.agent.manager
+    assert manager is not None
+    two = await create(agent, vcpus=2)
+    try:
+        for box, vcpus in ((capsule, 1), (two, 2)):
+            name = guest(agent.settings.dir, box.sandbox_id)[0]
+            out = await sh(agent, box, "nproc; grep -c ^processor /proc/cpuinfo")
+            nproc, listed = map(int, out.stdout.split())
+            assert nproc == listed, out.stdout
+            if runtime_name == "microvm":
+                assert nproc == vcpus
+            else:
+                assert nproc >= vcpus
+                quota, period = host_cpu_quota(name)
+                assert quota == vcpus * period, (quota, period)
+        # Busy loops for twice its vCPUs, as long as they last: the capsule gets no more CPU time than it has.
+        name = guest(agent.settings.dir, capsule.sandbox_id)[0]
+        before, began = await manager.runtime.usage(name), time.monotonic()
+        burn = "for i in 1 2; do timeout 3 sh -c 'while :; do :; done' & done; wait"
+        assert (await sh(agent, capsule, burn)).exit_code == 0
+        after, ended = await manager.runtime.usage(name), time.monotonic()
+        assert before is not None and after is not None
+        used, wall = after.cpu_seconds - before.cpu_seconds, ended - began
+        print(f"\n{runtime_name}: 1 vCPU used {used:.2f} s of CPU in {wall:.2f} s")
+        assert used <= wall + 0.25, (used, wall)
+    finally:
+        await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=two.sandbox_id), metadata=agent.md)
 
 
 async def test_network_reachability_and_isolation(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:

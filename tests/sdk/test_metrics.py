@@ -11,6 +11,7 @@ import pytest
 
 if TYPE_CHECKING:
     from wrenn import Capsule, WrennClient
+    from wrenn.models import MetricPoint
 
 
 @pytest.fixture(scope="module")
@@ -22,18 +23,39 @@ def client() -> Iterator[WrennClient]:
 
 
 def test_capsule_metrics_for_every_range(client: WrennClient, capsule: Capsule) -> None:
+    """The host samples a capsule every 500 ms (the 10m tier); 60 samples make one 30 s average (the 2h tier,
+    answering 1h and 2h) and 10 of those one 5 min average (the 24h tier, answering 6h, 12h and 24h)."""
     capsule.commands.run("head -c 20000000 /dev/urandom | sha256sum")  # some CPU and disk to see
-    deadline = time.monotonic() + 30
-    while not (points := client.capsules.metrics(capsule.capsule_id, "10m").points):
-        assert time.monotonic() < deadline, "no samples after 30 s"
-        time.sleep(0.5)
-    assert all(p.mem_bytes and p.mem_bytes > 0 for p in points)
-    assert all(p.cpu_pct is not None and 0 <= p.cpu_pct <= 100 for p in points)
-    stamps = [p.timestamp_unix or 0 for p in points]
-    assert stamps == sorted(stamps) and abs(stamps[-1] - time.time()) < 30
-    for name in ("5m", "10m", "1h", "2h", "6h", "12h", "24h"):
+
+    def points(name: str) -> list[MetricPoint]:
         answer = client.capsules.metrics(capsule.capsule_id, name)
-        assert answer.sandbox_id == capsule.capsule_id and str(answer.range) in (name, f"Range1.field_{name}")
+        assert answer.sandbox_id == capsule.capsule_id and answer.range == name
+        return answer.points or []
+
+    deadline = time.monotonic() + 120
+    while len(fine := points("10m")) < 60:  # younger than 10 min: all of its samples
+        assert time.monotonic() < deadline, f"{len(fine)} samples after 120 s"
+        time.sleep(1)
+    assert all(p.mem_bytes and p.mem_bytes > 0 for p in fine)
+    assert all(p.cpu_pct is not None and 0 <= p.cpu_pct <= 100 for p in fine)
+    stamps = [p.timestamp_unix or 0 for p in fine]
+    assert stamps == sorted(stamps) and abs(stamps[-1] - time.time()) < 30
+    assert points("5m")[: len(fine)] == fine  # younger than 5 min too: the same samples, and the newer ones
+
+    coarse = {name: points(name) for name in ("1h", "2h", "6h", "12h", "24h")}
+    after = points("10m")
+    assert after[: len(fine)] == fine and len(after) < 600
+    for name in ("1h", "2h"):
+        assert len(fine) // 60 <= len(coarse[name]) <= len(after) // 60, name
+        first = coarse[name][0]  # the average of the first 60 samples, stamped with the last of them
+        sixty = after[:60]
+        assert first.timestamp_unix == sixty[-1].timestamp_unix
+        assert first.cpu_pct == round(sum(p.cpu_pct or 0 for p in sixty) / 60, 2)
+        assert first.mem_bytes == sum(p.mem_bytes or 0 for p in sixty) // 60
+        assert first.disk_bytes == sum(p.disk_bytes or 0 for p in sixty) // 60
+    assert coarse["2h"][: len(coarse["1h"])] == coarse["1h"]  # one tier: the same points, the newer ones after
+    for name in ("6h", "12h", "24h"):  # fewer than 600 samples so far: no 5 min average yet
+        assert coarse[name] == [], name
 
 
 def test_bad_range_is_400(client: WrennClient, capsule: Capsule) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from wrenn import (
     Capsule,
+    GitCommandError,
     WrennAuthenticationError,
     WrennClient,
     WrennConflictError,
@@ -131,6 +132,59 @@ def test_git_over_exec(capsule: Capsule) -> None:
     capsule.git.commit("first", cwd="/repo")
     status = capsule.git.status(cwd="/repo")
     assert status.branch == "main" and status.files == []
+
+
+def test_git_branches_and_a_changed_tree(capsule: Capsule) -> None:
+    """What an agent does with a repository: branch, see what changed, commit there, switch back and forth."""
+    git, repo = capsule.git, "/branchy"
+    capsule.commands.run(f"mkdir -p {repo}")
+    git.init(repo, initial_branch="main")
+    git.configure_user("Wrenn Test", "test@example.com")
+    capsule.files.write(f"{repo}/a.txt", "one\n")
+    git.add(cwd=repo, all=True)
+    git.commit("first", cwd=repo)
+    assert [(b.name, b.is_current) for b in git.branches(cwd=repo)] == [("main", True)]
+
+    git.create_branch("feature", cwd=repo)
+    assert sorted((b.name, b.is_current) for b in git.branches(cwd=repo)) == [("feature", True), ("main", False)]
+    capsule.files.write(f"{repo}/a.txt", "two\n")
+    capsule.files.write(f"{repo}/new.txt", "new\n")
+    status = git.status(cwd=repo)
+    assert status.branch == "feature" and not status.detached and status.upstream is None
+    assert not status.is_clean and status.has_untracked and not status.has_staged
+    assert sorted((f.path, f.status, f.staged) for f in status.files) == [
+        ("a.txt", "modified", False),
+        ("new.txt", "untracked", False),
+    ]
+    git.add(["a.txt"], cwd=repo)
+    staged = git.status(cwd=repo)
+    assert staged.has_staged
+    assert sorted((f.path, f.status, f.staged) for f in staged.files) == [
+        ("a.txt", "modified", True),
+        ("new.txt", "untracked", False),
+    ]
+    git.commit("second, on feature", cwd=repo)
+
+    # Back on main: the commit stays on its branch, the untracked file goes along.
+    git.checkout_branch("main", cwd=repo)
+    assert capsule.files.read(f"{repo}/a.txt") == "one\n"
+    on_main = git.status(cwd=repo)
+    assert on_main.branch == "main"
+    assert [(f.path, f.status) for f in on_main.files] == [("new.txt", "untracked")]
+    assert sorted((b.name, b.is_current) for b in git.branches(cwd=repo)) == [("feature", False), ("main", True)]
+    git.checkout_branch("feature", cwd=repo)
+    assert capsule.files.read(f"{repo}/a.txt") == "two\n"
+    log = capsule.commands.run("git log --format=%s", cwd=repo).stdout
+    assert log == "second, on feature\nfirst\n"
+
+    git.checkout_branch("main", cwd=repo)
+    with pytest.raises(GitCommandError) as unmerged:  # its commit is on no other branch: git refuses
+        git.delete_branch("feature", cwd=repo)
+    assert unmerged.value.exit_code != 0 and "not fully merged" in unmerged.value.message
+    with pytest.raises(GitCommandError):
+        git.checkout_branch("no-such-branch", cwd=repo)
+    git.delete_branch("feature", force=True, cwd=repo)
+    assert [(b.name, b.is_current) for b in git.branches(cwd=repo)] == [("main", True)]
 
 
 def test_bad_input_maps_to_sdk_errors(stack: Stack, capsule: Capsule) -> None:
