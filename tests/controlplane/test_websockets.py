@@ -296,6 +296,22 @@ async def test_pty_controls_and_reattach(ws_server: ServerThread, running: Runni
     await wait_gone(ws_server, running, started["pid"])
 
 
+async def test_pty_negotiates_permessage_deflate(ws_server: ServerThread, running: Running) -> None:
+    """The terminal socket compresses (api.md §2.7): a client offering permessage-deflate gets it, and a
+    compressed session carries terminal bytes both ways."""
+    capsule, headers = running
+    async with open_ws(ws_server, f"/v1/capsules/{capsule}/pty", headers) as ws:
+        assert ws.response is not None
+        assert "permessage-deflate" in ws.response.headers.get("Sec-WebSocket-Extensions", "")
+        await ws.send(json.dumps({"type": "start", "cmd": "/bin/sh"}))
+        assert (await next_control(ws))["type"] == "started"
+        await ws.send(b"echo $((6*7))x$((6*7))\n")
+        await read_until(ws, b"42x42")
+        await ws.send(json.dumps({"type": "kill"}))
+        frames, code = await until_closed(ws)
+        assert frames[-1] == {"type": "exit", "exit_code": 137} and code == 1000
+
+
 async def test_pty_input_up_to_the_read_limit(ws_server: ServerThread, running: Running) -> None:
     """A binary input frame of exactly 4 MiB is taken whole, and the session goes on; one byte more closes
     the socket with 1009 (message too big), nothing of it typed, and the terminal outlives that socket."""
