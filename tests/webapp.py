@@ -1,7 +1,7 @@
 """A small web app to run inside a capsule (stdlib only, on the guest's python3), for the port-proxy tests and
 benchmarks. GET answers the request it saw as JSON, /bytes/N answers N bytes, /redirect redirects to the app's
-own loopback address; POST echoes its body (sized or chunked); HEAD answers headers only; a WebSocket upgrade
-gets an echo socket (text frames come back as `echo:<text>`).
+own loopback address (/redirect?to=URL to URL); POST echoes its body (sized or chunked); HEAD answers headers
+only; a WebSocket upgrade gets an echo socket (text frames come back as `echo:<text>`).
 
 It binds 127.0.0.1 only, so reaching it from outside also proves envd's port forwarding.
 """
@@ -9,7 +9,7 @@ It binds 127.0.0.1 only, so reaching it from outside also proves envd's port for
 from __future__ import annotations
 
 SOURCE = r'''
-import base64, hashlib, http.server, json, sys
+import base64, hashlib, http.server, json, sys, urllib.parse
 
 PORT = int(sys.argv[1])
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -34,6 +34,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.send(200, b"x" * int(self.path[7:]), "application/octet-stream")
         if self.path == "/redirect":
             return self.send(302, b"", extra=[("Location", f"http://127.0.0.1:{PORT}/echo?from=redirect")])
+        if self.path.startswith("/redirect?to="):
+            return self.send(302, b"", extra=[("Location", urllib.parse.unquote(self.path[13:]))])
         seen = {"method": "GET", "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}
         self.send(200, json.dumps(seen).encode())
 

@@ -7,6 +7,7 @@ import os
 import time
 import uuid
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -70,6 +71,23 @@ def test_redirect_to_the_service_itself_comes_back_through_the_proxy(app_url: st
     response = httpx.get(f"{app_url}/redirect")
     assert response.status_code == 302
     assert response.headers["location"] == f"{app_url}/echo?from=redirect"
+
+
+@pytest.mark.parametrize(
+    ("location", "through_proxy"),
+    [
+        ("http://localhost:9000/x?y=1", "{port9000}/x?y=1"),  # another port of the capsule: its own proxy URL
+        ("http://0.0.0.0/", "{port80}/"),
+        ("https://example.com/away", "https://example.com/away"),  # elsewhere: left alone
+        ("/relative/path", "/relative/path"),
+    ],
+)
+def test_redirects_elsewhere(app_url: str, location: str, through_proxy: str) -> None:
+    response = httpx.get(f"{app_url}/redirect?to={quote(location, safe='')}")
+    assert response.status_code == 302
+    other_port = app_url.replace(f"//{PORT}-", "//{}-", 1)
+    expected = through_proxy.format(port9000=other_port.format(9000), port80=other_port.format(80))
+    assert response.headers["location"] == expected
 
 
 def test_websocket_echo(app_url: str) -> None:
