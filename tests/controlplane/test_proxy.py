@@ -3,11 +3,14 @@ What it proxies is tested end to end with the SDK (tests/sdk/test_proxy.py)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from .harness import Harness, ServerThread, serving, settings_for
 from .test_errors_auth import assert_error
@@ -34,6 +37,28 @@ async def test_refusals(http: httpx.AsyncClient, harness: Harness) -> None:
     assert_error(await http.get("/", headers={**host(running), "X-API-Key": bad_key}), 401, "unauthorized")
     # A running row without a host has nowhere to go.
     assert_error(await http.get("/", headers={**host(running), "X-API-Key": owner_key}), 503, "host_unavailable")
+
+
+async def test_websocket_refusals(http: httpx.AsyncClient, harness: Harness) -> None:
+    """A WebSocket upgrade is refused with the same status and body as a request (before any upgrade)."""
+    owner, owner_key = await harness.team()
+    _, other_key = await harness.team()
+    running = await harness.capsule(owner, "running")
+    stopped = await harness.capsule(owner, "stopped")
+    port = http.base_url.port
+    cases = [
+        (running, {"X-API-Key": other_key}, 404, "not_found"),
+        (running, {"X-API-Key": "wrn_" + "0" * 32}, 401, "unauthorized"),
+        (stopped, {}, 409, "invalid_state"),
+        ("cl-" + "1" * 25, {}, 404, "not_found"),
+    ]
+    for capsule, headers, status, code in cases:
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(f"ws://8000-{capsule}.localhost:{port}/ws", additional_headers=headers, proxy=None):
+                pass
+        response = refused.value.response
+        assert response.status_code == status, (capsule, headers)
+        assert json.loads(response.body)["error"]["code"] == code
 
 
 async def test_api_routes_are_untouched_by_other_hosts(http: httpx.AsyncClient) -> None:

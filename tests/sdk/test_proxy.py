@@ -121,3 +121,10 @@ def test_websocket_to_unknown_capsule_is_refused_with_404(capsule: Capsule, app_
         connect(url, open_timeout=30)
     assert refused.value.response.status_code == 404
     assert b'"not_found"' in refused.value.response.body
+
+
+def test_websocket_to_a_port_without_a_listener_is_502(capsule: Capsule, app_url: str) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        connect(capsule.get_url(8999).replace("http://", "ws://") + "/ws", open_timeout=30)
+    assert refused.value.response.status_code == 502
+    assert b'"agent_error"' in refused.value.response.body and b"8999" in refused.value.response.body
