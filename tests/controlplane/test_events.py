@@ -604,6 +604,28 @@ async def test_redis_bus_shares_events(redis_server: RedisServer) -> None:
         await two.close()
 
 
+async def test_redis_bus_drops_a_full_subscriber_of_another_process(redis_server: RedisServer) -> None:
+    """Events that arrive through Redis never wait for a slow reader either: it is dropped, the others go on."""
+    one, two = RedisBus(redis_server.url), RedisBus(redis_server.url)
+    await one.start()
+    await two.start()
+    try:
+        team = uuid.uuid4()
+        slow, fast = two.subscribe(), two.subscribe()
+        received = []
+        for n in range(100):
+            one.publish(_event(team, n))
+            received.append(await fast.next(timeout=5))
+        numbers = [event.metadata["n"] for event in received if event is not None and event.metadata is not None]
+        assert numbers == [str(n) for n in range(100)]
+        assert slow.dropped and two.subscribers == 1
+        assert [event async for event in slow] == []
+        fast.close()
+    finally:
+        await one.close()
+        await two.close()
+
+
 async def test_two_control_planes_share_events(
     database_url: str,
     redis_server: RedisServer,
