@@ -19,25 +19,32 @@ from .harness import Harness, ServerThread, settings_for
 from .test_errors_auth import assert_error
 
 
-def key(team: tuple[object, str]) -> dict[str, str]:
-    return {"X-API-Key": team[1]}
+async def placeable_team(harness: Harness) -> tuple[uuid.UUID, dict[str, str]]:
+    """A BYOC team with an online host that fits any default capsule (nobody listens at its address): a
+    request that passes validation gets a row and fails on the host, so a refused one must leave no row."""
+    team_id, api_key = await harness.team(byoc=True)
+    await harness.host(team_id, cpu_cores=4, memory_mb=8192)
+    return team_id, {"X-API-Key": api_key}
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "", ".hidden", "x" * 65, "white space"])
-async def test_unsafe_template_name_is_400(
-    http: httpx.AsyncClient, team: tuple[object, str], name: str
-) -> None:
-    resp = await http.post("/v1/capsules", json={"template": name}, headers=key(team))
+async def test_unsafe_template_name_is_400(http: httpx.AsyncClient, harness: Harness, name: str) -> None:
+    team_id, headers = await placeable_team(harness)
+    resp = await http.post("/v1/capsules", json={"template": name}, headers=headers)
     if name == "":
-        # An empty name means "the default template": the request is valid and fails on placement instead.
-        assert resp.status_code in (400, 503)
+        # An empty name means "the default template": the request is valid and goes on to the host.
+        assert_error(resp, 503, "host_unavailable")
+        assert [row.template for row in await harness.rows(team_id)] == ["minimal"]
         return
     assert_error(resp, 400, "invalid_request")
+    assert await harness.count_capsules(team_id) == 0
 
 
-async def test_unknown_template_is_404(http: httpx.AsyncClient, team: tuple[object, str]) -> None:
-    resp = await http.post("/v1/capsules", json={"template": "no-such-template"}, headers=key(team))
+async def test_unknown_template_is_404(http: httpx.AsyncClient, harness: Harness) -> None:
+    team_id, headers = await placeable_team(harness)
+    resp = await http.post("/v1/capsules", json={"template": "no-such-template"}, headers=headers)
     assert assert_error(resp, 404, "not_found") == "template not found"
+    assert await harness.count_capsules(team_id) == 0
 
 
 @pytest.mark.parametrize(
@@ -55,10 +62,10 @@ async def test_unknown_template_is_404(http: httpx.AsyncClient, team: tuple[obje
         {"metadata": {"k": 1}},
     ],
 )
-async def test_invalid_create_is_400(
-    http: httpx.AsyncClient, team: tuple[object, str], body: dict[str, object]
-) -> None:
-    assert_error(await http.post("/v1/capsules", json=body, headers=key(team)), 400, "invalid_request")
+async def test_invalid_create_is_400(http: httpx.AsyncClient, harness: Harness, body: dict[str, object]) -> None:
+    team_id, headers = await placeable_team(harness)
+    assert_error(await http.post("/v1/capsules", json=body, headers=headers), 400, "invalid_request")
+    assert await harness.count_capsules(team_id) == 0
 
 
 async def test_no_hosts_is_503_without_row(http: httpx.AsyncClient, harness: Harness) -> None:

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-import httpx
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
 
-from .harness import Harness
+import httpx
+import pytest
+import yaml
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from wrenn_server.controlplane.ids import Kind, format_id
+
+from .conftest import Running
+from .harness import Harness, ServerThread, serving, settings_for
 
 
 def assert_error(resp: httpx.Response, status: int, code: str) -> str:
@@ -28,6 +42,29 @@ async def test_openapi_yaml_and_docs(http: httpx.AsyncClient) -> None:
     assert resp.status_code == 200
     assert "/v1/capsules" in resp.text
     assert (await http.get("/docs")).status_code == 200
+
+
+async def test_openapi_documents_errors_and_uploads(http: httpx.AsyncClient) -> None:
+    """The document describes what the server answers: the contract error body on every operation (not
+    FastAPI's 422, which the server never sends), and the multipart body the uploads take."""
+    document = (await http.get("/openapi.json")).json()
+    assert yaml.safe_load((await http.get("/openapi.yaml")).text) == document
+    schemas = document["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas
+    assert schemas["ErrorBody"]["required"] == ["error"]
+    assert schemas["ErrorDetail"]["required"] == ["code", "message"]
+    error_ref = {"$ref": "#/components/schemas/ErrorBody"}
+    operations = [(path, op) for path, item in document["paths"].items() for op in item.values()]
+    assert len(operations) >= 29
+    for path, op in operations:
+        assert "422" not in op["responses"], path
+        for status in ("4XX", "5XX"):
+            assert op["responses"][status]["content"]["application/json"]["schema"] == error_ref, path
+    for route in ("write", "stream/write"):
+        body = document["paths"][f"/v1/capsules/{{id}}/files/{route}"]["post"]["requestBody"]
+        form = body["content"]["multipart/form-data"]["schema"]
+        assert body["required"] and form["required"] == ["path", "file"]
+        assert (form["properties"]["file"]["type"], form["properties"]["file"]["format"]) == ("string", "binary")
 
 
 async def test_missing_key_is_401(http: httpx.AsyncClient) -> None:
@@ -155,3 +192,102 @@ async def test_user_jwt(http: httpx.AsyncClient, harness: Harness) -> None:
         await http.get("/v1/capsules", headers={"Authorization": f"Bearer {forged}"}), 401, "unauthorized"
     )
     assert_error(await http.get("/v1/capsules", headers={"Authorization": "Basic abc"}), 401, "unauthorized")
+
+
+@pytest.fixture(scope="module")
+async def ws_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServerThread]:
+    """A control plane that speaks WebSocket (the session's `server` runs without), on the same database."""
+    async with serving(settings_for(tmp_path_factory.mktemp("cp-ws-auth"), database_url), "websockets-sansio") as cp:
+        yield cp
+
+
+OTHER_TEAM_REST: list[tuple[str, str, dict[str, Any]]] = [
+    ("post", "/files/read", {"json": {"path": "/tmp/owned.txt"}}),
+    ("post", "/files/stream/read", {"json": {"path": "/tmp/owned.txt"}}),
+    ("post", "/files/list", {"json": {"path": "/tmp"}}),
+    ("post", "/files/mkdir", {"json": {"path": "/tmp/other-made"}}),
+    ("post", "/files/remove", {"json": {"path": "/tmp/owned.txt"}}),
+    ("post", "/files/write", {"files": {"file": ("upload", b"x")}, "data": {"path": "/tmp/other-wrote"}}),
+    ("post", "/files/stream/write", {"files": {"file": ("upload", b"x")}, "data": {"path": "/tmp/other-streamed"}}),
+    ("get", "/processes", {}),
+    ("delete", "/processes/owned", {}),
+    ("post", "/ping", {}),
+    ("post", "/pause", {}),
+    ("post", "/resume", {}),
+    ("get", "/metrics", {}),
+]
+
+
+async def exec_in(http: httpx.AsyncClient, running: Running, script: str, **fields: Any) -> httpx.Response:
+    capsule, headers = running
+    body = {"cmd": "/bin/sh", "args": ["-c", script], **fields}
+    resp = await http.post(f"/v1/capsules/{capsule}/exec", json=body, headers=headers)
+    assert resp.status_code in (200, 202), resp.text
+    return resp
+
+
+async def ws_frames(
+    server: ServerThread, path: str, headers: dict[str, str], first: dict[str, Any] | None
+) -> list[Any]:
+    """Opens the WebSocket, sends `first` (if the server still listens), answers every frame until it closes."""
+    url = server.base_url.replace("http://", "ws://") + path
+    frames: list[Any] = []
+    async with connect(url, additional_headers=headers, proxy=None, open_timeout=30) as ws:
+        with contextlib.suppress(ConnectionClosed):
+            if first is not None:
+                await ws.send(json.dumps(first))
+            async for message in ws:
+                frames.append(json.loads(message) if isinstance(message, str) else message)
+        assert ws.close_code == 1000
+    return frames
+
+
+async def test_other_teams_running_capsule_is_404_everywhere(
+    http: httpx.AsyncClient, harness: Harness, running: Running, ws_server: ServerThread
+) -> None:
+    """Another team's running capsule answers exactly as a capsule that does not exist, on every file,
+    process and lifecycle route and on the WebSockets, and nothing it asks for happens in the capsule."""
+    capsule, owner = running
+    _, other_key = await harness.team()
+    other = {"X-API-Key": other_key}
+    unknown = format_id(Kind.SANDBOX, uuid.uuid4())
+    secret = os.urandom(16).hex()
+    await exec_in(http, running, f"printf {secret} > /tmp/owned.txt")
+    owned = (await exec_in(http, running, "exec sleep 300", background=True, tag="owned")).json()["pid"]
+    try:
+        for method, suffix, kwargs in OTHER_TEAM_REST:
+            resp = await http.request(method, f"/v1/capsules/{capsule}{suffix}", headers=other, **kwargs)
+            assert assert_error(resp, 404, "not_found") == "sandbox not found", suffix
+            assert secret.encode() not in resp.content
+            missing = await http.request(method, f"/v1/capsules/{unknown}{suffix}", headers=other, **kwargs)
+            assert resp.json() == missing.json(), suffix
+        snapshot = await http.post("/v1/snapshots", json={"sandbox_id": capsule}, headers=other)
+        assert_error(snapshot, 404, "not_found")
+
+        marker = f"/tmp/other-ws-{secret}"
+        sockets: list[tuple[str, dict[str, Any] | None]] = [
+            ("/exec/stream", {"type": "start", "cmd": "/bin/sh", "args": ["-c", f"touch {marker}"]}),
+            ("/pty", {"type": "start", "cmd": "/bin/sh", "args": ["-c", f"touch {marker}"]}),
+            ("/pty", {"type": "connect", "tag": "owned"}),
+            ("/processes/owned/stream", None),
+            (f"/processes/{owned}/stream", None),
+        ]
+        for suffix, first in sockets:
+            frames = await ws_frames(ws_server, f"/v1/capsules/{capsule}{suffix}", other, first)
+            assert len(frames) == 1 and frames[0]["type"] == "error", (suffix, frames)
+            assert frames[0]["data"] == "sandbox not found", (suffix, frames)
+            missing_frames = await ws_frames(ws_server, f"/v1/capsules/{unknown}{suffix}", other, first)
+            assert frames == missing_frames, suffix
+
+        # Nothing of it happened: the file, the process and the capsule are as the owner left them.
+        got = await http.get(f"/v1/capsules/{capsule}", headers=owner)
+        assert got.json()["status"] == "running"
+        state = await exec_in(
+            http, running, f"cat /tmp/owned.txt; ls /tmp/other-made /tmp/other-wrote /tmp/other-streamed {marker}"
+        )
+        assert state.json()["stdout"] == secret and state.json()["stderr"].count("No such file") == 4, state.text
+        procs = (await http.get(f"/v1/capsules/{capsule}/processes", headers=owner)).json()["processes"]
+        assert {p["pid"]: p.get("tag") for p in procs}.get(owned) == "owned"
+    finally:
+        await http.delete(f"/v1/capsules/{capsule}/processes/owned", headers=owner)
+        await exec_in(http, running, "rm -f /tmp/owned.txt")

@@ -12,6 +12,7 @@ import hashlib
 import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -46,8 +47,6 @@ async def test_not_running_is_409(http: httpx.AsyncClient, harness: Harness, sta
         )
         message = assert_error(resp, 409, "invalid_state")
         assert message == f"sandbox is not running (status: {status})", suffix
-
-
 
 
 async def sh(http: httpx.AsyncClient, running: Running, script: str, **fields: Any) -> dict[str, Any]:
@@ -319,6 +318,126 @@ async def test_bad_paths_are_400(http: httpx.AsyncClient, running: Running) -> N
             f"{base}/write", files={"file": ("u", b"x")}, data={"path": path}, headers=headers
         )
         assert_error(resp, 400, "invalid_request")
+
+
+def escapes(host_path: Path) -> list[str]:
+    """Ways of naming a host path that try to climb out of the capsule: relative ones (resolved from the
+    home directory), and absolute ones that go above the root."""
+    rest = str(host_path).lstrip("/")
+    return [f"../../../../../../{rest}", f"/../../../{rest}", f"/tmp/../../../../{rest}", f"//..//..//{rest}"]
+
+
+async def upload(http: httpx.AsyncClient, running: Running, route: str, path: str, data: bytes) -> httpx.Response:
+    capsule, headers = running
+    url = f"/v1/capsules/{capsule}/files/{route}"
+    return await http.post(url, files={"file": ("upload", data)}, data={"path": path}, headers=headers)
+
+
+async def new_in_capsule(http: httpx.AsyncClient, running: Running, path: Path) -> str:
+    """The topmost directory of `path` the capsule does not have yet: what removing undoes a test's writes."""
+    ancestors = [str(p) for p in reversed(path.parents)][1:] + [str(path)]
+    script = " ".join(f"test -e '{p}' || {{ echo '{p}'; exit; }};" for p in ancestors)
+    top = (await sh(http, running, script))["stdout"].strip()
+    assert top, f"{path} already exists in the capsule"
+    return top
+
+
+async def test_file_routes_never_reach_the_host(http: httpx.AsyncClient, running: Running, tmp_path: Path) -> None:
+    """A marker on the host, at a path the capsule does not have: no file route, however the path climbs,
+    reads, lists or removes it, and every write lands inside the capsule."""
+    capsule, headers = running
+    base = f"/v1/capsules/{capsule}/files"
+    secret = os.urandom(16).hex().encode()
+    marker = tmp_path / "marker.txt"
+    marker.write_bytes(secret)
+    top = await new_in_capsule(http, running, tmp_path)
+    try:
+        for path in escapes(marker):
+            for route in ("read", "stream/read"):
+                resp = await http.post(f"{base}/{route}", json={"path": path}, headers=headers)
+                assert_error(resp, 404, "not_found")
+                assert secret not in resp.content
+            assert_error(await http.post(f"{base}/remove", json={"path": path}, headers=headers), 404, "not_found")
+        for path in escapes(tmp_path):
+            listed = await http.post(f"{base}/list", json={"path": path, "depth": 3}, headers=headers)
+            assert_error(listed, 404, "not_found")
+            assert_error(await http.post(f"{base}/remove", json={"path": path}, headers=headers), 404, "not_found")
+        assert marker.read_bytes() == secret
+
+        # Writes through the same paths land in the capsule, at the normalized path, never on the host.
+        planted: dict[str, bytes] = {}
+        for i, path in enumerate(escapes(tmp_path / "planted")):
+            route = ("write", "stream/write")[i % 2]
+            data = f"planted {i} via {route}".encode()
+            assert (await upload(http, running, route, f"{path}-{i}", data)).status_code == 204
+            planted[f"planted-{i}"] = data
+        made = await http.post(f"{base}/mkdir", json={"path": escapes(tmp_path / "made")[0]}, headers=headers)
+        assert made.status_code == 200, made.text
+        assert made.json()["entry"]["path"] == str(tmp_path / "made")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["marker.txt"]
+        for name, data in planted.items():
+            inside = await sh(http, running, f"cat '{tmp_path / name}'")
+            assert inside["stdout"].encode() == data
+        assert (await sh(http, running, f"test -d '{tmp_path / 'made'}' && echo dir"))["stdout"] == "dir\n"
+        # ... and what the climbing paths list is the capsule's directory, which has no marker.
+        listed = await http.post(f"{base}/list", json={"path": escapes(tmp_path)[1]}, headers=headers)
+        assert sorted(e["name"] for e in listed.json()["entries"]) == sorted([*planted, "made"])
+        removed = await http.post(f"{base}/remove", json={"path": escapes(tmp_path)[2]}, headers=headers)
+        assert removed.status_code == 204
+        assert (await sh(http, running, f"test -e '{tmp_path}' || echo gone"))["stdout"] == "gone\n"
+        assert marker.read_bytes() == secret
+    finally:
+        await sh(http, running, f"rm -rf '{top}'")
+
+
+async def test_climbing_write_lands_in_the_capsule(http: httpx.AsyncClient, running: Running) -> None:
+    """`../../../../tmp/x` is the capsule's /tmp/x: there it is read back, the host's /tmp never sees it."""
+    name = f"wrenn-escape-{os.urandom(6).hex()}"
+    host_file = Path("/tmp") / name
+    try:
+        for route in ("write", "stream/write"):
+            data = f"written via {route}".encode()
+            assert (await upload(http, running, route, f"../../../../tmp/{name}", data)).status_code == 204
+            assert not host_file.exists()
+            assert (await sh(http, running, f"cat /tmp/{name}"))["stdout"].encode() == data
+        # Reading the capsule's own files through an absolute path that climbs above the root.
+        capsule, headers = running
+        read = await http.post(
+            f"/v1/capsules/{capsule}/files/read", json={"path": "/../../etc/../tmp/" + name}, headers=headers
+        )
+        assert read.status_code == 200 and read.content == b"written via stream/write"
+        hostname = await http.post(
+            f"/v1/capsules/{capsule}/files/read", json={"path": "/../../../etc/hostname"}, headers=headers
+        )
+        assert hostname.content.decode() == (await sh(http, running, "cat /etc/hostname"))["stdout"]
+    finally:
+        await sh(http, running, f"rm -f /tmp/{name}")
+    assert not host_file.exists()
+
+
+async def test_symlink_to_a_host_path_stays_in_the_capsule(
+    http: httpx.AsyncClient, running: Running, tmp_path: Path
+) -> None:
+    """A link made in the capsule to the host's directory resolves in the capsule, where nothing is there."""
+    capsule, headers = running
+    base = f"/v1/capsules/{capsule}/files"
+    secret = os.urandom(16).hex().encode()
+    (tmp_path / "marker.txt").write_bytes(secret)
+    link = f"/tmp/wrenn-link-{os.urandom(6).hex()}"
+    await sh(http, running, f"ln -s '{tmp_path}' {link}")
+    try:
+        for route in ("read", "stream/read"):
+            resp = await http.post(f"{base}/{route}", json={"path": f"{link}/marker.txt"}, headers=headers)
+            assert_error(resp, 404, "not_found")
+        assert_error(await http.post(f"{base}/list", json={"path": link}, headers=headers), 404, "not_found")
+        resp = await http.post(f"{base}/remove", json={"path": f"{link}/marker.txt"}, headers=headers)
+        assert_error(resp, 404, "not_found")
+        # The link dangles in the capsule: nothing to write into.
+        assert_error(await upload(http, running, "write", f"{link}/planted", b"x"), 404, "not_found")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["marker.txt"]
+        assert (tmp_path / "marker.txt").read_bytes() == secret
+    finally:
+        await sh(http, running, f"rm -rf {link} '{tmp_path}'")
 
 
 async def test_upload_needs_both_parts(http: httpx.AsyncClient, running: Running) -> None:

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from wrenn_server import __version__
 
-from .errors import install_error_handlers
+from .errors import ERROR_RESPONSES, install_error_handlers
 from .limits import BodyLimitMiddleware
 from .logs import configure_logging
 from .proxy import PortProxy
@@ -40,6 +40,7 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
         openapi_url="/openapi.json",
         docs_url="/docs",
         redoc_url=None,
+        responses=ERROR_RESPONSES,
     )
     app.state.settings = settings
     app.state.max_json_bytes = settings.max_json_bytes

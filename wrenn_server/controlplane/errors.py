@@ -28,6 +28,7 @@ import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,24 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> WrennError:
     if code is not None and code in _RPC_ERRORS:
         return _RPC_ERRORS[code](message)
     return AgentError(message)
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable error code, e.g. `invalid_request`, `not_found`, `invalid_state`.")
+    message: str = Field(description="What went wrong, for people.")
+
+
+class ErrorBody(BaseModel):
+    """Every error the API answers (api.md §2.1)."""
+
+    error: ErrorDetail
+
+
+# Documents the error body on every operation (FastAPI then leaves out its unused 422 validation response).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorBody, "description": "The request was refused."},
+    "5XX": {"model": ErrorBody, "description": "The control plane, a host or a capsule failed."},
+}
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
@@ -15,6 +16,25 @@ from .deps import CP, Caller, CapsuleId
 
 router = APIRouter(prefix="/v1/capsules", tags=["files"])
 _MULTIPART_SLACK = 64 * 1024
+
+# The uploads read their multipart body themselves (as it streams), so FastAPI cannot describe it.
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["path", "file"],
+                    "properties": {
+                        "path": {"type": "string", "description": "Path inside the capsule; parents are created."},
+                        "file": {"type": "string", "format": "binary", "description": "The file's bytes."},
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 class PathBody(BaseModel):
@@ -89,7 +109,7 @@ async def read_file_stream(
     return await _download(cp, principal, sandbox_id, body.path)
 
 
-@router.post("/{id}/files/write", status_code=status.HTTP_204_NO_CONTENT)
+@router.post("/{id}/files/write", status_code=status.HTTP_204_NO_CONTENT, openapi_extra=UPLOAD_BODY)
 async def write_file(principal: Caller, cp: CP, sandbox_id: CapsuleId, request: Request) -> Response:
     """Multipart `path` + `file`; larger than the upload limit is 413 `too_large`."""
     limit = cp.settings.max_upload_bytes
@@ -101,7 +121,7 @@ async def write_file(principal: Caller, cp: CP, sandbox_id: CapsuleId, request: 
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{id}/files/stream/write", status_code=status.HTTP_204_NO_CONTENT)
+@router.post("/{id}/files/stream/write", status_code=status.HTTP_204_NO_CONTENT, openapi_extra=UPLOAD_BODY)
 async def write_file_stream(principal: Caller, cp: CP, sandbox_id: CapsuleId, request: Request) -> Response:
     """Chunked multipart `path` + `file`, forwarded to the agent in 64 KiB chunks as it arrives."""
     content_type = request.headers.get("content-type")
