@@ -162,6 +162,7 @@ def up() -> None:
 def agent() -> None:
     """Run a host agent that joins the control plane at WRENN_CP_URL."""
     from .hostagent.app import HostAgent
+    from .hostagent.registration import RegistrationError
     from .hostagent.settings import AgentSettings
 
     settings = AgentSettings()
@@ -181,7 +182,11 @@ def agent() -> None:
         finally:
             await host_agent.stop()
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except RegistrationError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
 
 
 @app.command("control-plane")

@@ -191,7 +191,7 @@ class Network:
     async def setup(self, slot: Slot) -> None:
         try:
             await self._build(slot)
-        except Exception:
+        except BaseException:  # cancelled too (an agent stopping while it refills its spares): nothing may leak
             await self.teardown(slot)
             raise
 

@@ -53,10 +53,13 @@ def machine_facts(data_dir: Path) -> dict[str, object]:
 
 
 async def register(cp_url: str, token: str, address: str, data_dir: Path) -> Credentials:
-    async with httpx.AsyncClient(base_url=cp_url, timeout=30) as http:
-        resp = await http.post(
-            "/v1/hosts/register", json={"token": token, "address": address, **machine_facts(data_dir)}
-        )
+    try:
+        async with httpx.AsyncClient(base_url=cp_url, timeout=30) as http:
+            resp = await http.post(
+                "/v1/hosts/register", json={"token": token, "address": address, **machine_facts(data_dir)}
+            )
+    except httpx.HTTPError as exc:
+        raise RegistrationError(f"the control plane at {cp_url} did not answer: {exc!r}") from exc
     if resp.status_code != 201:
         raise RegistrationError(f"the control plane refused the registration ({resp.status_code}): {resp.text}")
     body = resp.json()

@@ -129,7 +129,13 @@ class GVisorRuntime:
             started = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
             )
-            code = await started.wait()
+            try:
+                code = await started.wait()
+            except asyncio.CancelledError:
+                # runsc goes on making the container: see it through, so that the clean-up after the cancel
+                # finds the container and removes it, instead of leaving it running, no one's.
+                await started.wait()
+                raise
         if code != 0:
             tail = console.read_bytes()[-2000:].decode(errors="replace").strip()
             raise RuntimeFailure(f"runsc could not start the capsule: {tail}")
