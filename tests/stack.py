@@ -1,4 +1,5 @@
-"""The whole platform as a user runs it: `wrenn up` in a subprocess, on SQLite or a real PostgreSQL."""
+"""The whole platform as a user runs it: `wrenn up` in a subprocess, on SQLite or a real PostgreSQL (and
+`start_wrenn`, how these tests start any `wrenn` command)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -18,6 +21,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def start_wrenn(
+    command: str, env: Mapping[str, str], stdout: IO[bytes], stderr: IO[bytes] | None = None
+) -> subprocess.Popen[bytes]:
+    """`wrenn <command>` as a user starts it, with `env` over our environment, in a session of its own (a
+    signal to the session reaches everything it started); stderr goes with stdout unless given."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "wrenn_server.cli", command],
+        env={**os.environ, **env},
+        stdout=stdout,
+        stderr=stdout if stderr is None else stderr,
+        start_new_session=True,
+    )
 
 
 @dataclass
@@ -49,24 +66,20 @@ class Stack:
     def api_key(self) -> str:
         return self.config()["WRENN_API_KEY"]
 
-    def start(self, timeout: float = 120.0) -> None:
-        self.env_file.unlink(missing_ok=True)
-        env = {
-            **os.environ,
+    def environment(self) -> dict[str, str]:
+        """What `wrenn up` is started with, over our own environment."""
+        return {
             "WRENN_DIR": str(self.data_dir),
             "WRENN_CP_LISTEN_ADDR": f"127.0.0.1:{self.cp_port}",
             "WRENN_HOST_LISTEN_ADDR": f"127.0.0.1:{self.agent_port}",
             "DATABASE_URL": self.database_url,
             **self.extra_env,
         }
+
+    def start(self, timeout: float = 120.0) -> None:
+        self.env_file.unlink(missing_ok=True)
         with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "wrenn_server.cli", "up"],
-                env=env,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
+            self.process = start_wrenn("up", self.environment(), log)
         deadline = time.monotonic() + timeout
         while not self.env_file.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ import pytest
 
 from tests.cleanup import SLOTS, purge_data_dir
 from tests.guests import guest
-from tests.stack import Stack, free_port
+from tests.stack import Stack, free_port, start_wrenn
 from wrenn_server.hostagent.runtimes import NoRuntime, select_runtime
 
 pytestmark = pytest.mark.runtime
@@ -51,21 +49,8 @@ def launch(stack: Stack) -> Path:
     """`wrenn up` in a session of its own, stdout and stderr in separate files; returns (stdout's file) once
     it printed its configuration lines, which it does when it is up."""
     out = stack.data_dir / "stdout.txt"
-    env = {
-        **os.environ,
-        "WRENN_DIR": str(stack.data_dir),
-        "WRENN_CP_LISTEN_ADDR": f"127.0.0.1:{stack.cp_port}",
-        "WRENN_HOST_LISTEN_ADDR": f"127.0.0.1:{stack.agent_port}",
-        "DATABASE_URL": stack.database_url,
-    }
     with out.open("wb") as stdout, stack.log_file.open("ab") as stderr:
-        stack.process = subprocess.Popen(
-            [sys.executable, "-m", "wrenn_server.cli", "up"],
-            env=env,
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,
-        )
+        stack.process = start_wrenn("up", stack.environment(), stdout, stderr)
     deadline = time.monotonic() + 180
     while len([line for line in out.read_text().splitlines(keepends=True) if line.endswith("\n")]) < 3:
         assert stack.process.poll() is None, f"wrenn up exited:\n{stack.log_file.read_text()[-3000:]}"

@@ -7,148 +7,32 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import stat
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.cleanup import SLOTS, purge_data_dir
+from tests.agent_process import AgentProcess, skip_without_gvisor, until
 from wrenn_server.controlplane.ids import Kind, format_id
 from wrenn_server.controlplane.services.bootstrap import ensure_admin_key
-from wrenn_server.hostagent.runtimes import build_runtime
 
 from .agent import Agent
 from .harness import Harness, ServerThread, settings_for
-from .pg import free_port
-
-T = TypeVar("T")
-
-
-async def until(probe: Callable[[], Awaitable[T | None]], what: str, seconds: float = 120) -> T:
-    """Poll `probe` until it answers something; fail naming `what` after `seconds`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while True:
-        found = await probe()
-        if found is not None:
-            return found
-        assert loop.time() < deadline, f"gave up waiting for {what}"
-        await asyncio.sleep(0.2)
-
-
-@dataclass
-class AgentProcess:
-    """`wrenn agent` as an operator runs it: a process of its own, configured by its environment only."""
-
-    dir: Path
-    cp_url: str
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @classmethod
-    def in_dir(cls, data_dir: Path, cp_url: str) -> AgentProcess:
-        root = data_dir / f"agent-{uuid.uuid4().hex[:8]}"
-        (root / "images" / "teams").mkdir(parents=True)
-        (root / "images" / "minimal").symlink_to(data_dir / "images" / "minimal")
-        return cls(root, cp_url)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def log(self) -> Path:
-        return self.dir / "agent.log"
-
-    @property
-    def credentials(self) -> Path:
-        return self.dir / "host-credentials.json"
-
-    def start(self, **env: str) -> None:
-        environment = {
-            **os.environ,
-            "WRENN_DIR": str(self.dir),
-            "WRENN_HOST_LISTEN_ADDR": self.address,
-            "WRENN_CP_URL": self.cp_url,
-            "WRENN_RUNTIME": "gvisor",
-            "WRENN_HEARTBEAT_SEC": "0.5",
-            "WRENN_LOG_LEVEL": "info",
-            **env,
-        }
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "wrenn_server.cli", "agent"],
-                env=environment,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-
-    async def exited(self, timeout: float = 120) -> int:
-        assert self.process is not None
-        try:
-            code = await asyncio.to_thread(self.process.wait, timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            await asyncio.to_thread(self.process.wait)
-            pytest.fail(f"the agent did not exit:\n{self.tail()}")
-        self.process = None
-        return code
-
-    async def stop(self) -> int:
-        if self.process is None:
-            return 0
-        self.process.send_signal(signal.SIGTERM)
-        return await self.exited()
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def tail(self) -> str:
-        return self.log.read_text()[-3000:] if self.log.exists() else ""
-
-    async def close(self) -> None:
-        """Stop it and remove whatever of it is left on the machine (capsules, mounts, network slots)."""
-        try:
-            await self.stop()
-        finally:
-            await asyncio.to_thread(purge_data_dir, self.dir)
-
-    def leftovers(self) -> list[str]:
-        """What the agent holds on the machine: runsc containers and network slots."""
-        listed = subprocess.run(
-            ["runsc", "--root", str(self.dir / "runsc"), "list", "-quiet"], capture_output=True, text=True
-        )
-        owner = str(self.dir.resolve())
-        slots = [p.name for p in SLOTS.glob("*") if _read(p) == owner] if SLOTS.exists() else []
-        return [f"container {name}" for name in listed.stdout.split()] + [f"slot {slot}" for slot in slots]
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
 
 
 @pytest.fixture
 async def agent_processes(data_dir: Path, server: ServerThread) -> AsyncIterator[Callable[[], AgentProcess]]:
-    """Makes `wrenn agent` processes with data directories of their own, all stopped and purged at the end."""
-    probe = await build_runtime("gvisor", data_dir).probe()
-    if not probe.available:
-        pytest.skip(f"the gVisor runtime cannot run here: {probe.reason}")
+    """Makes `wrenn agent` processes with data directories of their own, joining the test control plane and
+    beating twice a second; all stopped and purged at the end."""
+    await skip_without_gvisor(data_dir)
     made: list[AgentProcess] = []
 
     def make() -> AgentProcess:
-        made.append(AgentProcess.in_dir(data_dir, server.base_url))
+        made.append(AgentProcess.in_dir(data_dir, WRENN_CP_URL=server.base_url, WRENN_HEARTBEAT_SEC="0.5"))
         return made[-1]
 
     try:
@@ -189,7 +73,7 @@ async def test_an_agent_joins_with_a_one_time_token_keeps_beating_and_comes_back
     assert host["address"] == agent.address
     assert host["cpu_cores"] == os.cpu_count() and host["arch"] == platform.machine() and host["memory_mb"] > 0
     creds = json.loads(agent.credentials.read_text())
-    assert creds["host_id"] == wire_id and creds["cp_url"] == agent.cp_url
+    assert creds["host_id"] == wire_id and creds["cp_url"] == agent.env["WRENN_CP_URL"]
     assert stat.S_IMODE(agent.credentials.stat().st_mode) == 0o600  # it holds the host's secrets
 
     # Its heartbeats keep the host's last heartbeat moving.

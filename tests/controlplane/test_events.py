@@ -168,6 +168,20 @@ async def create(http: httpx.AsyncClient, headers: dict[str, str], cleanup: list
     return body
 
 
+def bodies_of(frames: list[Frame], team_id: uuid.UUID, wire_id: str, actor: dict[str, str]) -> list[dict[str, Any]]:
+    """The frames' bodies, each checked for what every event of one capsule carries: its name (the frame's
+    `event:` line too), the team, the capsule as its resource, the actor, an RFC 3339 time, and no error."""
+    bodies = [frame.json() for frame in frames]
+    assert [frame.event for frame in frames] == [body["event"] for body in bodies]
+    for body in bodies:
+        assert body["team_id"] == format_id(Kind.TEAM, team_id)
+        assert body["resource"] == {"id": wire_id, "type": "sandbox"}
+        assert body["actor"] == actor
+        assert RFC3339.match(body["timestamp"]), body["timestamp"]
+        assert "error" not in body
+    return bodies
+
+
 # --- the contract -------------------------------------------------------------------------------------
 
 
@@ -248,8 +262,7 @@ async def test_create_and_destroy_are_events(
         with contextlib.suppress(Exception):
             await sdk_reader
 
-    bodies = [frame.json() for frame in frames]
-    assert [frame.event for frame in frames] == [body["event"] for body in bodies]
+    bodies = bodies_of(frames, team_id, wire_id, actor)
     assert [(b["event"], b.get("outcome"), b.get("metadata")) for b in bodies] == [
         ("capsule.state.changed", None, {"from": "starting", "to": "running"}),
         ("capsule.create", "success", None),
@@ -257,12 +270,6 @@ async def test_create_and_destroy_are_events(
         ("capsule.state.changed", None, {"from": "stopping", "to": "stopped"}),
         ("capsule.destroy", "success", None),
     ]
-    for body in bodies:
-        assert body["team_id"] == format_id(Kind.TEAM, team_id)
-        assert body["resource"] == {"id": wire_id, "type": "sandbox"}
-        assert body["actor"] == actor
-        assert RFC3339.match(body["timestamp"]), body["timestamp"]
-        assert "error" not in body
     created, destroyed = bodies[1], bodies[4]
     rendered = got.json()
     assert rendered.pop("disk_used_mb") >= 0  # measured on the host for GET of one capsule only
@@ -316,8 +323,7 @@ async def test_pause_and_resume_are_events(
                 seen_by_others.append(frame)
     assert [frame.json()["resource"] for frame in seen_by_others] == [{"id": marker, "type": "template"}]
 
-    bodies = [frame.json() for frame in pause_frames + resume_frames]
-    assert [frame.event for frame in pause_frames + resume_frames] == [body["event"] for body in bodies]
+    bodies = bodies_of(pause_frames + resume_frames, team_id, wire_id, actor)
     assert [(b["event"], b.get("outcome"), b.get("metadata")) for b in bodies] == [
         ("capsule.state.changed", None, {"from": "running", "to": "pausing"}),
         ("capsule.state.changed", None, {"from": "pausing", "to": "paused"}),
@@ -327,11 +333,6 @@ async def test_pause_and_resume_are_events(
         ("capsule.resume", "success", None),
     ]
     for body in bodies:
-        assert body["team_id"] == format_id(Kind.TEAM, team_id)
-        assert body["resource"] == {"id": wire_id, "type": "sandbox"}
-        assert body["actor"] == actor
-        assert RFC3339.match(body["timestamp"]), body["timestamp"]
-        assert "error" not in body
         assert body["sandbox"]["id"] == wire_id
         if body["event"] == "capsule.state.changed":
             assert body["sandbox"]["status"] == body["metadata"]["to"]

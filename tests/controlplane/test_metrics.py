@@ -20,6 +20,7 @@ from wrenn_server.controlplane.ids import Kind, parse_id
 
 from .harness import Harness
 from .test_errors_auth import assert_error
+from .test_events import create
 
 
 async def _samples(harness: Harness, team: uuid.UUID, rows: list[tuple[datetime, int, int, int]]) -> None:
@@ -188,14 +189,6 @@ async def until(fetch: Callable[[], Awaitable[T]], done: Callable[[T], bool]) ->
     return value
 
 
-async def _create(http: httpx.AsyncClient, headers: dict[str, str], cleanup: list[str]) -> dict[str, Any]:
-    resp = await http.post("/v1/capsules", json={}, headers=headers)
-    assert resp.status_code == 201 and resp.json()["status"] == "running", resp.text
-    cleanup.append(resp.json()["id"])
-    body: dict[str, Any] = resp.json()
-    return body
-
-
 async def _metrics(http: httpx.AsyncClient, headers: dict[str, str], capsule: str, name: str) -> list[dict[str, Any]]:
     resp = await http.get(f"/v1/capsules/{capsule}/metrics", params={"range": name}, headers=headers)
     assert resp.status_code == 200, resp.text
@@ -226,7 +219,7 @@ async def test_running_capsule_metrics_for_every_range(
 ) -> None:
     _, headers = own_team
     born = time.time()
-    capsule = (await _create(http, headers, cleanup))["id"]
+    capsule = (await create(http, headers, cleanup))["id"]
     busy = {"cmd": "/bin/sh", "args": ["-c", "head -c 20000000 /dev/urandom | sha256sum"]}
     assert (await http.post(f"/v1/capsules/{capsule}/exec", json=busy, headers=headers)).status_code == 200
     worked = time.time()
@@ -253,7 +246,7 @@ async def test_metrics_survive_pause_and_destroy(
 ) -> None:
     _, headers = own_team
     born = time.time()
-    created = await _create(http, headers, cleanup)
+    created = await create(http, headers, cleanup)
     capsule, vcpus, memory_mb = created["id"], created["vcpus"], created["memory_mb"]
 
     async def recent_usage() -> tuple[float, float]:

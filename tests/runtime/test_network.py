@@ -4,31 +4,27 @@ that is gone, and keeps what live capsules (and other agents) hold."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import pytest
 
-from tests.cleanup import SLOTS, purge_data_dir
+from tests.agent_process import AgentProcess, skip_without_gvisor, until
+from tests.cleanup import SLOTS
 from tests.guests import guest, kill_guest
 from wrenn_server.hostagent.network import Slot
-from wrenn_server.hostagent.runtimes import build_runtime
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 from wrenn_server.proto._generated import hostagent_pb2_grpc as pb_grpc
-
-from .conftest import free_port
 
 pytestmark = pytest.mark.runtime
 
@@ -36,18 +32,6 @@ TOKEN = "network-test-token"
 MD = (("x-wrenn-agent-token", TOKEN),)
 # Slots planted by hand sit at the top of the range, where no agent's lowest-free allocation reaches.
 PLANTED = range(32760, 32764)
-T = TypeVar("T")
-
-
-async def until(probe: Callable[[], Awaitable[T | None]], what: str, seconds: float = 180) -> T:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while True:
-        found = await probe()
-        if found is not None:
-            return found
-        assert loop.time() < deadline, f"gave up waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 def sh(*argv: str, check: bool = True) -> str:
@@ -124,87 +108,46 @@ def slot_of(info: pb.SandboxInfo) -> int:
 
 
 @dataclass
-class AgentProcess:
-    """`wrenn agent` in a process of its own, registered by the credentials file a registration leaves."""
+class NetworkAgent(AgentProcess):
+    """An agent registered by the credentials file a registration leaves, and a gRPC client to it."""
 
-    dir: Path
-    port: int
-    process: subprocess.Popen[bytes] | None = None
     channel: grpc.aio.Channel | None = None
-
-    @property
-    def owner(self) -> str:
-        return str(self.dir.resolve())
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "WRENN_DIR": str(self.dir),
-            "WRENN_HOST_LISTEN_ADDR": f"127.0.0.1:{self.port}",
-            "WRENN_RUNTIME": "gvisor",
-            "WRENN_LOG_LEVEL": "info",
-        }
-        with (self.dir / "agent.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "wrenn_server.cli", "agent"],
-                env=env,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
 
     async def stub(self) -> Any:
         """A client, once the agent answers (it serves only after it has re-adopted and reclaimed)."""
         if self.channel is not None:
             await self.channel.close()
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
+        self.channel = grpc.aio.insecure_channel(self.address)
         stub = pb_grpc.HostAgentServiceStub(self.channel)  # type: ignore[no-untyped-call]
 
         async def answers() -> bool | None:
-            assert self.process is not None and self.process.poll() is None, self.tail()
+            assert self.running(), self.tail()
             try:
                 await stub.Ping(pb.PingRequest(), metadata=MD, timeout=5)
             except grpc.aio.AioRpcError:
                 return None
             return True
 
-        await until(answers, "the agent to answer")
+        await until(answers, "the agent to answer", 180)
         return stub
-
-    def kill(self, sig: int = signal.SIGKILL) -> int:
-        assert self.process is not None
-        self.process.send_signal(sig)
-        code = self.process.wait(timeout=120)
-        self.process = None
-        return code
-
-    def tail(self) -> str:
-        return (self.dir / "agent.log").read_text()[-3000:]
 
     async def close(self) -> None:
         if self.channel is not None:
             await self.channel.close()
-        if self.process is not None:
-            self.kill(signal.SIGTERM)
+        await super().close()
 
 
 @pytest.fixture
-async def agent(data_dir: Path) -> AsyncIterator[AgentProcess]:
-    probe = await build_runtime("gvisor", data_dir).probe()
-    if not probe.available:
-        pytest.skip(f"the gVisor runtime cannot run here: {probe.reason}")
-    root = data_dir / f"net-agent-{uuid.uuid4().hex[:8]}"
-    (root / "images" / "teams").mkdir(parents=True)
-    (root / "images" / "minimal").symlink_to(data_dir / "images" / "minimal")
+async def agent(data_dir: Path) -> AsyncIterator[NetworkAgent]:
+    await skip_without_gvisor(data_dir)
+    handle = NetworkAgent.in_dir(data_dir)
     # What a registration with a control plane leaves; the control plane itself is not needed here.
     creds = {"host_id": "host-x", "token": "t", "refresh_token": "r", "rpc_token": TOKEN, "cp_url": ""}
-    (root / "host-credentials.json").write_text(json.dumps(creds))
-    handle = AgentProcess(root, free_port())
+    handle.credentials.write_text(json.dumps(creds))
     try:
         yield handle
     finally:
         await handle.close()
-        purge_data_dir(root)
 
 
 async def create(stub: Any) -> pb.SandboxInfo:
@@ -230,7 +173,7 @@ def containers(root: Path) -> set[str]:
 
 
 async def test_an_agent_killed_hard_leaves_network_that_the_next_one_reclaims_keeping_live_capsules(
-    agent: AgentProcess,
+    agent: NetworkAgent,
 ) -> None:
     agent.start()
     stub = await agent.stub()
@@ -241,7 +184,7 @@ async def test_an_agent_killed_hard_leaves_network_that_the_next_one_reclaims_ke
         ping = await stub.Ping(pb.PingRequest(), metadata=MD, timeout=15)
         return True if ping.pool["ready"] >= 1 else None
 
-    await until(warm, "a warm guest")
+    await until(warm, "a warm guest", 180)
     # A capsule taken from the pool keeps its guest's `wp-` name: the warm guests are the others.
     capsules = {guest(agent.dir, info.sandbox_id)[0] for info in (keep, lose)}
     pool_guests = {name for name in containers(agent.dir) if name.startswith("wp-")} - capsules
@@ -252,14 +195,14 @@ async def test_an_agent_killed_hard_leaves_network_that_the_next_one_reclaims_ke
         built = all(None not in identity(index) for index in held)
         return held if built and len(held) >= 3 + len(pool_guests) else None
 
-    held = await until(settled, "the spare slots")
+    held = await until(settled, "the spare slots", 180)
     assert {slot_of(keep), slot_of(lose)} <= held
     gone = held - {slot_of(keep)}  # the lost capsule's, the warm guest's and the spares
     assert len(gone) >= 2, held
     for index in held:
         mark(index)
 
-    assert agent.kill() == -signal.SIGKILL
+    assert await agent.stop(signal.SIGKILL) == -signal.SIGKILL
     kill_guest(agent.dir, lose.sandbox_id)  # and a capsule dies while no agent runs
 
     gone_owner = tempfile.mkdtemp(prefix="wrenn-gone-", dir="/var/tmp")

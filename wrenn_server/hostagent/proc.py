@@ -8,6 +8,7 @@ children that asyncio spawned are reaped by asyncio's own watcher, so they are s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -59,6 +60,12 @@ async def run(
         proc.kill()
         await proc.wait()
         raise RuntimeFailure(f"{argv[0]} did not finish within {timeout:.0f} s") from None
+    except asyncio.CancelledError:
+        # A command cut short (the agent stopping) ends with it, and is reaped while the loop still runs.
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await asyncio.shield(proc.wait())
+        raise
     finally:
         _spawned.discard(proc.pid)
     done = Completed(tuple(argv), proc.returncode or 0, out, err)
