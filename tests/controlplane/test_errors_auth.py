@@ -233,9 +233,10 @@ async def ws_frames(
     url = server.base_url.replace("http://", "ws://") + path
     frames: list[Any] = []
     async with connect(url, additional_headers=headers, proxy=None, open_timeout=30) as ws:
-        with contextlib.suppress(ConnectionClosed):
-            if first is not None:
+        if first is not None:
+            with contextlib.suppress(ConnectionClosed):  # the server may have refused and closed already
                 await ws.send(json.dumps(first))
+        with contextlib.suppress(ConnectionClosed):  # what it sent before closing is still read
             async for message in ws:
                 frames.append(json.loads(message) if isinstance(message, str) else message)
         assert ws.close_code == 1000
