@@ -507,10 +507,12 @@ async def test_reconciler_moves_are_events(harness: Harness, agent: Agent) -> No
         host_stale_sec=24 * 3600,
         is_booting=lambda _: False,
         events=events,
+        transition_grace_sec=0,
     )
     team_id, _ = await harness.team(byoc=True)
     live_host = await harness.host(team_id, address=agent.address)
     never = await harness.capsule(team_id, "running", live_host)  # a capsule the host never had
+    cut_short = await harness.capsule(team_id, "stopping", live_host)  # a destroy whose control plane went away
     silent_host = await harness.host(team_id)
     lost = {await harness.capsule(team_id, status, silent_host): status for status in ("running", "starting")}
     async with harness.sessionmaker() as session:
@@ -522,12 +524,22 @@ async def test_reconciler_moves_are_events(harness: Harness, agent: Agent) -> No
         with bus.subscribe() as subscription:
             await reconciler.reconcile_host(HostRef(live_host, agent.address, AGENT_TOKEN))
             await reconciler.mark_stale_hosts()
-            seen = [await subscription.next(timeout=5) for _ in range(3)]
+            seen = [await subscription.next(timeout=5) for _ in range(5)]
     finally:
         await pool.close()
-    bodies = {event.resource_id: event.payload() for event in seen if event is not None}
-    assert set(bodies) == {never, *lost}
-    expected = {never: ("running", "stopped"), **{wire: (status, "missing") for wire, status in lost.items()}}
+    finished = [event.payload() for event in seen if event is not None and event.name == "capsule.destroy"]
+    assert [(body["resource"]["id"], body["outcome"], body["actor"]) for body in finished] == [
+        (cut_short, "success", {"type": "system"})
+    ]
+    bodies = {
+        event.resource_id: event.payload() for event in seen if event is not None and event.name != "capsule.destroy"
+    }
+    assert set(bodies) == {never, cut_short, *lost}
+    expected = {
+        never: ("running", "stopped"),
+        cut_short: ("stopping", "stopped"),
+        **{wire: (status, "missing") for wire, status in lost.items()},
+    }
     for wire_id, (old, new) in expected.items():
         body = bodies[wire_id]
         assert body["event"] == "capsule.state.changed" and "outcome" not in body

@@ -18,16 +18,23 @@ from .harness import AGENT_TOKEN, Harness
 from .test_errors_auth import assert_error
 
 
-def reconciler(harness: Harness, pool: AgentPool, stale: float = 3600) -> Reconciler:
+def reconciler(harness: Harness, pool: AgentPool, stale: float = 3600, grace: float = 0) -> Reconciler:
+    """By default the only control plane of its database (as `wrenn up`): no other one is half-way through
+    a pause, resume or destroy, so those rows are settled at once."""
     return Reconciler(
-        harness.sessionmaker, pool, interval=3600, host_stale_sec=stale, is_booting=lambda _: False
+        harness.sessionmaker,
+        pool,
+        interval=3600,
+        host_stale_sec=stale,
+        is_booting=lambda _: False,
+        transition_grace_sec=grace,
     )
 
 
-async def reconcile(harness: Harness, host_id: uuid.UUID, agent: Agent) -> None:
+async def reconcile(harness: Harness, host_id: uuid.UUID, agent: Agent, grace: float = 0) -> None:
     pool = AgentPool()
     try:
-        await reconciler(harness, pool).reconcile_host(HostRef(host_id, agent.address, AGENT_TOKEN))
+        await reconciler(harness, pool, grace=grace).reconcile_host(HostRef(host_id, agent.address, AGENT_TOKEN))
     finally:
         await pool.close()
 
@@ -57,6 +64,7 @@ async def test_rows_follow_the_agent(
     gone = await create(http, headers, cleanup)
     back = await create(http, headers, cleanup)
     orphan = await create(http, headers, cleanup)
+    orphan_container = agent.guest_name(orphan)
     await agent.destroy(gone)  # the host lost it behind the control plane's back
     await harness.set_status(back, "missing")  # as if its host had been silent for a while
     await harness.set_status(orphan, "stopped")  # as if a destroy had not reached the host
@@ -76,7 +84,7 @@ async def test_rows_follow_the_agent(
     on_host = await agent.sandboxes()
     assert alive in on_host and back in on_host
     assert orphan not in on_host  # destroyed on the host
-    assert orphan not in await agent.containers()
+    assert orphan_container not in await agent.containers()
     listed = {c["id"]: c["status"] for c in (await http.get("/v1/capsules", headers=headers)).json()}
     assert listed == {alive: "running", back: "running"}
     ran = await http.post(f"/v1/capsules/{back}/exec", json={"cmd": "true"}, headers=headers)
@@ -90,6 +98,20 @@ async def test_rows_follow_the_agent(
         "stopped",
         "stopped",
     ]
+
+
+async def test_a_young_destroy_is_left_to_the_control_plane_making_it(
+    harness: Harness, agent: Agent, cleanup: list[str]
+) -> None:
+    """With other control planes on the database, a `stopping` row may be a destroy still under way in one of
+    them, which ends it and says so (`capsule.destroy`): the reconciler leaves it alone for the grace period,
+    then settles it from the host."""
+    team_id, host_id, _ = await byoc_team(harness, agent)
+    underway = await harness.capsule(team_id, "stopping", host_id)
+    await reconcile(harness, host_id, agent, grace=300)
+    assert await status_of(harness, underway) == "stopping"
+    await reconcile(harness, host_id, agent, grace=0)
+    assert await status_of(harness, underway) == "stopped"
 
 
 async def test_capsule_that_died_with_the_agent_is_error(

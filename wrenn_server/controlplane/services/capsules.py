@@ -7,6 +7,7 @@ import re
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -125,10 +126,10 @@ class CapsuleService:
         self._wait_sec = wait_sec
         self._placement = asyncio.Lock()
         self._booting: dict[uuid.UUID, asyncio.Task[None]] = {}
-        self._transitions: Counter[uuid.UUID] = Counter()  # pauses/resumes this process is making
+        self._transitions: Counter[uuid.UUID] = Counter()  # pauses, resumes and destroys this process is making
 
     def is_transitioning(self, sandbox_id: uuid.UUID) -> bool:
-        """Whether this process is pausing or resuming the capsule now."""
+        """Whether this process is pausing, resuming or destroying the capsule now."""
         return self._transitions[sandbox_id] > 0
 
     def is_booting(self, sandbox_id: uuid.UUID) -> bool:
@@ -264,7 +265,16 @@ class CapsuleService:
         else:
             raise Conflict("the sandbox is changing state; try again")
         teardown = lifecycle.teardown(self._sessionmaker, self._pool, row.id, host_ref, self._events, actor)
-        await wait_bounded(self._tasks.spawn(teardown, name=f"destroy-{row.id}"), self._wait_sec)
+        self._transitions[row.id] += 1  # at once: the reconciler must not settle the row under the teardown
+        await wait_bounded(self._tasks.spawn(self._ending(row.id, teardown), name=f"destroy-{row.id}"), self._wait_sec)
+
+    async def _ending(self, sandbox_id: uuid.UUID, teardown: Awaitable[None]) -> None:
+        try:
+            await teardown
+        finally:
+            self._transitions[sandbox_id] -= 1
+            if not self._transitions[sandbox_id]:
+                del self._transitions[sandbox_id]
 
     async def running(self, principal: Principal | None, sandbox_id: uuid.UUID) -> tuple[Sandbox, HostRef]:
         """The capsule and its host, or 409 `invalid_state` unless it is running; any team's without `principal`.
@@ -285,9 +295,7 @@ class CapsuleService:
         async with self._sessionmaker() as session:
             found = (
                 await session.execute(
-                    select(Sandbox, Host)
-                    .outerjoin(Host, Host.id == Sandbox.host_id)
-                    .where(Sandbox.id == sandbox_id)
+                    select(Sandbox, Host).outerjoin(Host, Host.id == Sandbox.host_id).where(Sandbox.id == sandbox_id)
                 )
             ).first()
             if found is None or not _owns(principal, found[0]):

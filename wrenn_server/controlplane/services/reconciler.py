@@ -24,14 +24,14 @@ from ..db.types import utcnow
 from ..errors import WrennError
 from ..ids import Kind, format_id
 from .agents import AgentPool, HostRef
-from .events import SYSTEM, CapsuleEvents
+from .events import SYSTEM, CapsuleEvents, EventName
 from .lifecycle import destroy_on_agent
 from .status import FINAL, LOST_WITH_HOST, HostStatus, Status
 
 log = logging.getLogger(__name__)
 # A `starting` row no process is booting any more is given this long before it is judged.
 STARTING_GRACE = timedelta(minutes=10)
-TRANSITION_GRACE = timedelta(minutes=5)  # no pause or resume takes longer (default of transition_grace_sec)
+TRANSITION_GRACE = timedelta(minutes=5)  # no pause, resume or destroy takes longer (default of transition_grace_sec)
 # Rows whose sandbox must not exist on a host any more: found alive, it is destroyed.
 STOPPED_OR_STOPPING = FINAL | {Status.STOPPING}
 
@@ -100,9 +100,7 @@ class Reconciler:
         async with self._sessionmaker() as session:
             stale = (
                 await session.scalars(
-                    select(Host.id).where(
-                        Host.status == HostStatus.ONLINE.value, Host.last_heartbeat_at < cutoff
-                    )
+                    select(Host.id).where(Host.status == HostStatus.ONLINE.value, Host.last_heartbeat_at < cutoff)
                 )
             ).all()
             if not stale:
@@ -148,8 +146,7 @@ class Reconciler:
                 error = info.error if info is not None and target == Status.ERROR else None
                 await self._move(sandbox_id, status, stamp, target, error)
             elif (
-                status in STOPPED_OR_STOPPING
-                and info is not None
+                status in STOPPED_OR_STOPPING and info is not None
             ):  # the host still holds what the row says is gone (a tombstone keeps disk and records)
                 log.info("destroying orphan %s on host %s", wire_id, host.address)
                 await destroy_on_agent(self._pool, host, wire_id)
@@ -164,18 +161,19 @@ class Reconciler:
         paused: bool,
         stamp: datetime,
     ) -> Status | None:
-        if status in (Status.PAUSING, Status.RESUMING):
-            # A pause or resume whose control plane went away: the agent knows how it ended.
+        if status in (Status.PAUSING, Status.RESUMING, Status.STOPPING):
+            # A pause, resume or destroy whose control plane went away: the agent knows how it ended. One that
+            # is young may still be under way in another control plane, which finishes it (and says so).
             if self._is_transitioning(sandbox_id) or utcnow() - stamp < self._transition_grace:
                 return None
+            if status == Status.STOPPING:
+                return None if alive else Status.STOPPED
             if not alive:
                 return Status.STOPPED
             return {"running": Status.RUNNING, "paused": Status.PAUSED, "error": Status.ERROR}.get(agent)
         if status == Status.STARTING:
             if self._is_booting(sandbox_id) or (not alive and utcnow() - created < STARTING_GRACE):
                 return None
-        if status == Status.STOPPING:
-            return None if alive else Status.STOPPED  # a destroy cut short (the CP restarted)
         if status not in (Status.RUNNING, Status.STARTING, Status.MISSING, Status.PAUSED):
             return None
         if agent == "error":
@@ -190,9 +188,7 @@ class Reconciler:
             return Status.PAUSED
         return Status.STOPPED
 
-    async def _move(
-        self, sandbox_id: uuid.UUID, old: Status, stamp: datetime, new: Status, error: str | None
-    ) -> None:
+    async def _move(self, sandbox_id: uuid.UUID, old: Status, stamp: datetime, new: Status, error: str | None) -> None:
         values: dict[str, object] = {"status": new.value, "last_updated": utcnow()}
         if error:
             values["error"] = error
@@ -209,3 +205,5 @@ class Reconciler:
         log.info("capsule %s: %s -> %s (reconciled)", format_id(Kind.SANDBOX, sandbox_id), old, new)
         if result.rowcount == 1 and self._events is not None:
             await self._events.state_changed(sandbox_id, old, new, SYSTEM)
+            if old == Status.STOPPING:  # the destroy that was cut short is done
+                await self._events.finished(EventName.CAPSULE_DESTROY, sandbox_id, SYSTEM)
