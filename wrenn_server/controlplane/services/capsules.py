@@ -132,6 +132,11 @@ class CapsuleService:
         """Whether this process is pausing, resuming or destroying the capsule now."""
         return self._transitions[sandbox_id] > 0
 
+    def _transition_ended(self, sandbox_id: uuid.UUID) -> None:
+        self._transitions[sandbox_id] -= 1
+        if not self._transitions[sandbox_id]:
+            del self._transitions[sandbox_id]
+
     def is_booting(self, sandbox_id: uuid.UUID) -> bool:
         """Whether this process is still starting the capsule (the reconciler leaves those alone)."""
         task = self._booting.get(sandbox_id)
@@ -272,9 +277,7 @@ class CapsuleService:
         try:
             await teardown
         finally:
-            self._transitions[sandbox_id] -= 1
-            if not self._transitions[sandbox_id]:
-                del self._transitions[sandbox_id]
+            self._transition_ended(sandbox_id)
 
     async def running(self, principal: Principal | None, sandbox_id: uuid.UUID) -> tuple[Sandbox, HostRef]:
         """The capsule and its host, or 409 `invalid_state` unless it is running; any team's without `principal`.
@@ -372,9 +375,7 @@ class CapsuleService:
             values = {"last_active_at": utcnow()} if target == Status.RUNNING else {}
             await lifecycle.set_status(self._sessionmaker, row.id, [during], target, **values)
         finally:
-            self._transitions[row.id] -= 1
-            if not self._transitions[row.id]:
-                del self._transitions[row.id]
+            self._transition_ended(row.id)
         if target == Status.PAUSED:
             # The agent keeps a paused capsule's rings: they reach the database after the answer.
             tiers = ("10m", "2h", "24h")
