@@ -71,7 +71,7 @@ class ControlPlaneSettings(BaseSettings):
     transition_grace_sec: float = Field(
         300.0,
         ge=0,
-        description="A pause or resume left half-way by a control plane process that went away is settled "
+        description="A pause, resume or destroy left half-way by a control plane process that went away is settled "
         "from its host after this long (another process may still be at it). `wrenn up`, the only control "
         "plane of its database, settles them at once.",
     )
