@@ -17,11 +17,14 @@ from .runtimes.base import SNAPSHOT_FILE, Runtime
 QUIESCE_CHECKS, QUIESCE_WAIT = 5, 0.02
 
 
-async def quiesce(envd: EnvdClient, network: Network, slot: Slot) -> list[str]:
+async def quiesce(runtime: Runtime, envd: EnvdClient, network: Network, slot: Slot) -> list[str]:
     """Close every TCP connection to the guest a checkpoint would trip over (envd's clients, port relays,
-    ours); answers the live TCP states left, which make a checkpoint fail (and kill the guest)."""
+    ours); answers the live TCP states left, which make a checkpoint fail (and kill the guest). A runtime
+    that checkpoints connections has none that stand in its way."""
     await envd.prepare_checkpoint()
     envd.reset()
+    if runtime.capabilities.checkpoint_keeps_connections:
+        return []
     states = await network.open_tcp_states(slot)
     for _ in range(QUIESCE_CHECKS):  # the resets just sent may not have crossed the router yet
         if not states:

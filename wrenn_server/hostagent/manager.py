@@ -385,9 +385,7 @@ class SandboxManager:
                 return sandbox
             sandbox = self.get(sandbox_id)
             record = sandbox.record
-            connections = await quiesce(sandbox.envd, self.network, sandbox.slot)
-            if self.runtime.capabilities.checkpoint_keeps_connections:
-                connections = []
+            connections = await quiesce(self.runtime, sandbox.envd, self.network, sandbox.slot)
             await self.runtime.freeze(record.name)
             if connections:
                 log.info("capsule %s has TCP connections %s: it stays frozen in memory", sandbox_id, connections)
@@ -471,8 +469,7 @@ class SandboxManager:
         async with self._lock(sandbox_id):
             sandbox = self.get(sandbox_id)
             record = sandbox.record
-            connections = await quiesce(sandbox.envd, self.network, sandbox.slot)
-            if connections and not self.runtime.capabilities.checkpoint_keeps_connections:
+            if connections := await quiesce(self.runtime, sandbox.envd, self.network, sandbox.slot):
                 await sandbox.envd.forward_again()
                 raise Conflict(
                     f"the capsule holds network connections ({', '.join(connections)}), which a snapshot cannot "

@@ -228,7 +228,7 @@ class WarmPool:
         try:
             await self.runtime.create(self._spec(name, key.template_dir, key, slot))
             await envd.wait_ready(time.monotonic() + ENVD_TIMEOUT)
-            if connections := await quiesce(envd, self.network, slot):
+            if connections := await quiesce(self.runtime, envd, self.network, slot):
                 raise RuntimeFailure(f"the fresh guest holds network connections {connections}")
             about = {"base": str(key.template_dir), "prepared": True}
             await save_template(self.runtime, name, self.records.workdir(name), staging, about)
