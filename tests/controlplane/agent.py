@@ -121,6 +121,12 @@ class Agent:
         """Where a team template's files live on this host (its root filesystem is `rootfs/` inside)."""
         return self.dir / "images" / "teams" / str(team_id) / str(template_id)
 
+    async def template_without_init(self, harness: Harness, team_id: uuid.UUID, name: str) -> None:
+        """A team template whose root filesystem has no init: the runtime cannot start a capsule of it."""
+        rootfs = self.team_template(team_id, await harness.template(team_id, name)) / "rootfs"
+        rootfs.mkdir(parents=True)
+        (rootfs / "README").write_text("no init here\n")
+
     async def close(self) -> list[str]:
         """Destroy every capsule the agent still has, stop it; answers what the host still holds after."""
         try:

@@ -152,10 +152,7 @@ async def test_a_create_answered_starting_that_fails_later_ends_in_error_with_it
     has no init). The capsule ends `error`, the failure reaches the caller's event stream with the runtime's
     reason, the row keeps that reason, and the host keeps nothing of it."""
     team_id, headers = own_team
-    template_id = await harness.template(team_id, "broken-later")
-    rootfs = agent.team_template(team_id, template_id) / "rootfs"
-    rootfs.mkdir(parents=True)
-    (rootfs / "README").write_text("no init here\n")
+    await agent.template_without_init(harness, team_id, "broken-later")
     before = set(await agent.sandboxes())
     impatient = ServerThread(settings_for(tmp_path, harness.settings.database_url, create_wait_sec=0))
     await asyncio.to_thread(impatient.start)

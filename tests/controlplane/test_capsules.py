@@ -225,10 +225,7 @@ async def test_boot_failure_marks_error(
     """A template whose root filesystem has no init: runsc cannot start the capsule. The answer is 502
     `agent_error` with the runtime's reason, the row ends `error` with it, and the host keeps nothing."""
     team_id, headers = own_team
-    template_id = await harness.template(team_id, "broken")
-    rootfs = agent.team_template(team_id, template_id) / "rootfs"
-    rootfs.mkdir(parents=True)
-    (rootfs / "README").write_text("no init here\n")
+    await agent.template_without_init(harness, team_id, "broken")
     before = set(await agent.sandboxes())
     resp = await http.post("/v1/capsules", json={"template": "broken"}, headers=headers)
     message = assert_error(resp, 502, "agent_error")
