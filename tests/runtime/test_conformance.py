@@ -503,7 +503,9 @@ async def test_pause_and_resume_keep_the_whole_guest(agent: AgentHandle) -> None
     box = await create(agent)
     ref = pb.SandboxRef(sandbox_id=box.sandbox_id)
     await sh(agent, box, "echo on-disk > /root/kept; echo in-tmpfs > /tmp/kept")
-    counter = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"
+    counter = (  # renamed into place: a pause mid-write must not leave the file empty
+        "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.next; mv /tmp/count.next /tmp/count; sleep 0.1; done"
+    )
     await agent.stub.StartBackground(
         pb.ExecRequest(sandbox_id=box.sandbox_id, cmd="/bin/sh", args=["-c", counter], tag="counter"),
         metadata=agent.md,

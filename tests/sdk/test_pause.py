@@ -29,6 +29,11 @@ def idle() -> Iterator[Capsule]:
         yield box
 
 
+# The count is renamed into place: a pause between `>` truncating the file and echo writing it would
+# otherwise leave it empty for the next read.
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.next; mv /tmp/count.next /tmp/count; sleep 0.1; done"
+
+
 def count(box: Capsule) -> int:
     return int(box.commands.run("cat /tmp/count").stdout)
 
@@ -38,9 +43,7 @@ def test_a_counter_keeps_counting_and_files_stay(capsule: Capsule) -> None:
 
     capsule.files.write("/root/kept.txt", "on disk")
     capsule.commands.run("echo in-tmpfs > /tmp/kept")
-    handle = capsule.commands.run(
-        "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done", background=True, tag="counter"
-    )
+    handle = capsule.commands.run(COUNTER, background=True, tag="counter")
     time.sleep(0.5)
     for cycle in range(5):
         before = count(capsule)

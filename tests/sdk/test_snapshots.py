@@ -21,6 +21,11 @@ def client() -> Iterator[WrennClient]:
         yield c
 
 
+# The count is renamed into place: a pause between `>` truncating the file and echo writing it would
+# otherwise leave it empty for the next read.
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.next; mv /tmp/count.next /tmp/count; sleep 0.1; done"
+
+
 def count(box: Capsule) -> int:
     return int(box.commands.run("cat /tmp/count").stdout)
 
@@ -31,9 +36,7 @@ def test_a_capsule_from_a_snapshot_continues_files_and_processes(capsule: Capsul
 
     name = f"snap-{uuid.uuid4().hex[:8]}"
     capsule.files.write("/root/from-source.txt", "source file")
-    counter = capsule.commands.run(
-        "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done", background=True, tag="counter"
-    )
+    counter = capsule.commands.run(COUNTER, background=True, tag="counter")
     time.sleep(0.3)
     template = capsule.create_snapshot(name)
     assert template.name == name and str(template.type) in ("snapshot", "Type.snapshot", "TemplateType.snapshot")
