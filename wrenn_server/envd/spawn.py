@@ -26,10 +26,9 @@ log = logging.getLogger(__name__)
 
 SPAWNER = "/usr/local/lib/wrenn/wrenn-spawn"
 CHILD_OOM_SCORE = 100
-_REQUEST = struct.Struct("=IIIIIIIi")  # struct request in spawner.c
+_REQUEST = struct.Struct("=IIIIIII")  # struct request in spawner.c
 _REPLY = struct.Struct("=iii")
 _EXITED = struct.Struct("=ii")
-_NO_OOM_SCORE = -(2**31)
 _FLAG_TERMINAL, _FLAG_SWITCH_USER = 1, 2
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -136,7 +135,7 @@ class Spawner:
     def __init__(self, path: str, on_exit: Callable[[int, int], None], child_oom_score: int | None) -> None:
         self.path = path
         self._on_exit = on_exit
-        self._oom_score = _NO_OOM_SCORE if child_oom_score is None else child_oom_score
+        self._oom_score = child_oom_score
         self._helper: subprocess.Popen[bytes] | None = None
         self._requests: socket.socket | None = None
         self._events: socket.socket | None = None
@@ -151,7 +150,8 @@ class Spawner:
         events, their_events = socket.socketpair()
         try:
             self._helper = subprocess.Popen(
-                [self.path, str(theirs.fileno()), str(their_events.fileno())],
+                [self.path, str(theirs.fileno()), str(their_events.fileno())]
+                + ([] if self._oom_score is None else [str(self._oom_score)]),
                 pass_fds=(theirs.fileno(), their_events.fileno()),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -172,36 +172,44 @@ class Spawner:
 
     def lost(self) -> None:
         """The helper is gone (envd reaped it, or its socket closed): the next start runs a new one."""
-        if self._events is not None:
-            asyncio.get_running_loop().remove_reader(self._events.fileno())
-            self._read_events()
-            self._events.close()
+        events, self._events = self._events, None
+        if events is not None:
+            asyncio.get_running_loop().remove_reader(events.fileno())
+            while True:  # the exits it reported before it went
+                try:
+                    data = events.recv(65536)
+                except OSError:  # BlockingIOError included: nothing more
+                    break
+                if not data:
+                    break
+                self._records(data)
+            events.close()
         if self._requests is not None:
             self._requests.close()
         if self._helper is not None:
             self._helper.returncode = self._helper.returncode or -1  # reaped by envd's reaper, never by Popen
-        self._helper = self._requests = self._events = None
+        self._helper = self._requests = None
         self._pending = b""
 
     def _read_events(self) -> None:
+        """One read per wake-up (the poll wakes us again for more): each system call is a trap under gVisor."""
         events = self._events
         if events is None:
             return
-        while True:
-            try:
-                data = events.recv(65536)
-            except BlockingIOError:
-                break
-            except OSError:
-                data = b""
-            if not data:
-                log.warning("the process helper stopped; it starts again with the next process")
-                self._events = None
-                asyncio.get_running_loop().remove_reader(events.fileno())
-                events.close()
-                self.lost()
-                return
-            self._pending += data
+        try:
+            data = events.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._records(data)
+        else:
+            log.warning("the process helper stopped; it starts again with the next process")
+            self.lost()
+
+    def _records(self, data: bytes) -> None:
+        self._pending += data
         whole = len(self._pending) - len(self._pending) % _EXITED.size
         records, self._pending = self._pending[:whole], self._pending[whole:]
         for pid, status in _EXITED.iter_unpack(records):
@@ -227,19 +235,19 @@ class Spawner:
             len(switch.groups) if switch else 0,
             len(launch.argv),
             len(launch.env),
-            self._oom_score,
         )
         master: int | None = None
         if launch.pty:
             master, slave = os.openpty()
+            os.set_blocking(master, False)
             set_winsize(master, launch.pty)
             ours, theirs, stdio = [master], [slave], (slave, slave, slave)
             outputs: dict[int, OutputKind] = {master: OutputKind.PTY}
             input_fd: int | None = master
         else:
-            out_r, out_w = os.pipe()
-            err_r, err_w = os.pipe()
-            in_r, in_w = os.pipe() if launch.stdin else (self._null, None)
+            out_r, out_w = _pipe(ours_reads=True)
+            err_r, err_w = _pipe(ours_reads=True)
+            in_r, in_w = _pipe(ours_reads=False) if launch.stdin else (self._null, None)
             ours = [out_r, err_r] + ([in_w] if in_w is not None else [])
             theirs = [out_w, err_w] + ([in_r] if in_w is not None else [])
             stdio = (in_r, out_w, err_w)
@@ -255,8 +263,6 @@ class Spawner:
         finally:
             for fd in theirs:
                 os.close(fd)
-        for fd in ours:
-            os.set_blocking(fd, False)
         return Spawned(pid, outputs, input_fd, master)
 
     def _exchange(self, header: bytes, body: bytes, stdio: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -266,8 +272,9 @@ class Spawner:
         requests = self._requests
         assert requests is not None
         try:
-            requests.sendmsg([header], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("3i", *stdio))])
-            requests.sendall(body)
+            message = header + body
+            sent = requests.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("3i", *stdio))])
+            requests.sendall(message[sent:])
             reply = b""
             while len(reply) < _REPLY.size:
                 chunk = requests.recv(_REPLY.size - len(reply))
@@ -284,6 +291,14 @@ class Spawner:
         if self._requests is not None:
             self._requests.close()  # the helper exits when it reads the end
             self._requests = None
+
+
+def _pipe(ours_reads: bool) -> tuple[int, int]:
+    """A pipe whose end we keep is non-blocking and whose end the child gets is blocking, in two system calls
+    rather than three: under gVisor each is a trap."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    fcntl.fcntl(write_end if ours_reads else read_end, fcntl.F_SETFL, 0)
+    return read_end, write_end
 
 
 def _env_key(key: str) -> str:

@@ -3,20 +3,21 @@
  *
  * Why it exists: a process start from Python costs ~5.7 ms under gVisor here, ~2.5 ms of which are the
  * ~64 rt_sigaction calls Python's vfork child makes to reset the handlers it shares with the interpreter
- * (every system call is a trap into gVisor, ~50 us each). This helper installs no handler a child could
- * inherit except SIGCHLD (reset by execve anyway), so its child makes only the calls the start needs.
+ * (every system call is a trap into gVisor, ~50 us each). This helper installs no signal handler a child could
+ * inherit, so its child makes only the calls the start needs.
  *
- * Usage: wrenn-spawn REQUEST_FD EVENTS_FD
+ * Usage: wrenn-spawn REQUEST_FD EVENTS_FD [OOM_SCORE]
  *   REQUEST_FD (stream socket): envd writes a request, with the child's stdin, stdout and stderr attached as
  *   SCM_RIGHTS, and reads back a reply. EVENTS_FD (stream socket): the helper writes one record per child that
  *   exits. Both layouts are `struct request`, `struct reply` and `struct exited` below, in native byte order;
  *   wrenn_server/envd/spawn.py is the other side. The helper exits when envd closes REQUEST_FD.
+ *   OOM_SCORE: the helper's own oom_score_adj, which its children inherit.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
-#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -28,7 +29,6 @@
 
 #define FLAG_TERMINAL 1u /* make stdin (a pty slave) the controlling terminal */
 #define FLAG_SWITCH_USER 2u
-#define NO_OOM_SCORE INT32_MIN
 
 enum step { STEP_NONE, STEP_CHDIR, STEP_EXEC, STEP_USER, STEP_FORK, STEP_OTHER };
 
@@ -36,7 +36,6 @@ struct request {
     uint32_t size; /* bytes after this header: groups, then NUL-terminated exe, cwd, argv..., env... */
     uint32_t flags;
     uint32_t uid, gid, ngroups, argc, envc;
-    int32_t oom_score;
 };
 
 struct reply {
@@ -47,15 +46,12 @@ struct exited {
     int32_t pid, status;
 };
 
-static int wake[2];
 static volatile int child_err, child_step; /* written by the vfork child, which shares our memory */
 
-static void on_child(int sig) {
-    (void)sig;
-    int saved = errno;
-    if (write(wake[1], "x", 1) < 0) { /* full: a wake-up is pending anyway */ }
-    errno = saved;
-}
+/* Children started and not yet reaped: the reaper thread sleeps while there are none (waitpid would fail). */
+static pthread_mutex_t children_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t children_started = PTHREAD_COND_INITIALIZER;
+static unsigned children;
 
 static int read_exact(int fd, void *buf, size_t len) {
     char *p = buf;
@@ -81,7 +77,7 @@ static int write_exact(int fd, const void *buf, size_t len) {
     return 0;
 }
 
-static void set_oom_score(int32_t score) {
+static void set_oom_score(int score) {
     char text[16];
     int len = 0, value = score < 0 ? -score : score;
     char digits[12];
@@ -104,8 +100,6 @@ static void child(const struct request *req, const gid_t *groups, const int *std
     for (int fd = 0; fd < 3; fd++)
         if (dup2(stdio[fd], fd) < 0) goto fail;
     if ((req->flags & FLAG_TERMINAL) && ioctl(0, TIOCSCTTY, 0) < 0) goto fail;
-    /* Before the user switch: afterwards the process is not dumpable and its /proc files are root's. */
-    if (req->oom_score != NO_OOM_SCORE) set_oom_score(req->oom_score);
     if (req->flags & FLAG_SWITCH_USER) {
         step = STEP_USER;
         if (setgroups(req->ngroups, groups) < 0 || setgid(req->gid) < 0 || setuid(req->uid) < 0) goto fail;
@@ -164,10 +158,15 @@ static struct reply start(int sock) {
     if (pid < 0) {
         out.err = errno;
         out.step = STEP_FORK;
-    } else if (child_err) {
+        goto done;
+    }
+    pthread_mutex_lock(&children_lock);
+    children++;
+    pthread_cond_signal(&children_started);
+    pthread_mutex_unlock(&children_lock);
+    if (child_err) { /* the reaper reaps it; envd never heard of its pid */
         out.err = child_err;
         out.step = child_step;
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
     } else {
         out.pid = pid;
         out.step = STEP_NONE;
@@ -181,40 +180,43 @@ done:
     return out;
 }
 
-static void report_exits(int events) {
-    char drain[64];
-    while (read(wake[0], drain, sizeof drain) > 0) {}
+/* Blocked in waitpid, the thread hears of an exit without a signal being delivered: under gVisor each signal
+ * and system call is a trap, and SIGCHLD plus a wake-up pipe cost several of them per child. */
+static void *report_exits(void *arg) {
+    int events = *(int *)arg;
     for (;;) {
+        pthread_mutex_lock(&children_lock);
+        while (children == 0) pthread_cond_wait(&children_started, &children_lock);
+        pthread_mutex_unlock(&children_lock);
         int status;
-        pid_t pid = waitpid(-1, &status, WNOHANG);
-        if (pid <= 0) {
-            if (pid < 0 && errno == EINTR) continue;
-            return;
+        pid_t pid = waitpid(-1, &status, 0);
+        if (pid < 0) {
+            if (errno == EINTR) continue;
+            exit(1);
         }
+        pthread_mutex_lock(&children_lock);
+        children--;
+        pthread_mutex_unlock(&children_lock);
         struct exited record = {pid, status};
         if (write_exact(events, &record, sizeof record) < 0) exit(1);
     }
+    return NULL;
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) return 2;
-    int sock = atoi(argv[1]), events = atoi(argv[2]);
+    if (argc != 3 && argc != 4) return 2;
+    /* Set once here, the children's score is inherited: three system calls fewer per child. */
+    if (argc == 4) set_oom_score(atoi(argv[3]));
+    static int sock, events;
+    signal(SIGCHLD, SIG_DFL); /* not ignored: ignored children would be reaped by no one we could hear */
+    sock = atoi(argv[1]);
+    events = atoi(argv[2]);
     /* Inherited without close-on-exec; the children must not hold envd's sockets. */
     if (fcntl(sock, F_SETFD, FD_CLOEXEC) < 0 || fcntl(events, F_SETFD, FD_CLOEXEC) < 0) return 1;
-    if (pipe2(wake, O_CLOEXEC | O_NONBLOCK) < 0) return 1;
-    struct sigaction sa = {.sa_handler = on_child, .sa_flags = SA_RESTART | SA_NOCLDSTOP};
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGCHLD, &sa, NULL);
-    struct pollfd fds[2] = {{sock, POLLIN, 0}, {wake[0], POLLIN, 0}};
+    pthread_t reaper;
+    if (pthread_create(&reaper, NULL, report_exits, &events) != 0) return 1;
     for (;;) {
-        if (poll(fds, 2, -1) < 0) {
-            if (errno == EINTR) continue;
-            return 1;
-        }
-        if (fds[1].revents) report_exits(events);
-        if (fds[0].revents) {
-            struct reply out = start(sock);
-            if (write_exact(sock, &out, sizeof out) < 0) return 1;
-        }
+        struct reply out = start(sock);
+        if (write_exact(sock, &out, sizeof out) < 0) return 1;
     }
 }

@@ -173,7 +173,7 @@ def build_spawner(out: Path) -> None:
     """envd's process helper (envd/spawner.c); static, so it maps little and starts children cheaply."""
     out.parent.mkdir(parents=True, exist_ok=True)
     source = _envd_dir() / "spawner.c"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-static", "-o", str(out), str(source)], check=True)
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-static", "-pthread", "-o", str(out), str(source)], check=True)
 
 
 def _install_statx_shim(rootfs: Path) -> None:
