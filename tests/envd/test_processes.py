@@ -66,7 +66,7 @@ async def test_run_missing_cwd_is_404(client: httpx.AsyncClient) -> None:
 
 async def test_children_get_oom_score_100_and_envd_keeps_its_own(client: httpx.AsyncClient) -> None:
     # The child's parent is envd's process helper; envd is the helper's parent.
-    envd_pid = "$(ps -o ppid= -p $PPID)"
+    envd_pid = "$(cut -d' ' -f4 /proc/$PPID/stat)"
     result = await sh(client, f"cat /proc/{envd_pid}/oom_score_adj /proc/$$/oom_score_adj /proc/self/oom_score_adj")
     envd, child, grandchild = unb64(result["stdout"]).split()
     assert (child, grandchild) == (b"100", b"100")
