@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 say() { printf '\033[1m==>\033[0m %s\n' "$*"; }
 
 PACKAGES=(runsc debootstrap qemu-system-x86 qemu-utils iproute2 nftables iptables socat tini e2fsprogs
-          busybox-static lz4 gcc libc6-dev libnss-myhostname postgresql-15 redis-server ca-certificates curl)
+          busybox-static lz4 gcc libc6-dev make dpkg-dev autoconf automake libnss-myhostname postgresql-15
+          redis-server ca-certificates curl)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
