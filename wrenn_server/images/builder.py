@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..envd.spawn import SPAWNER
 from . import shell, vm
+from .divert import replace_diverted
 
 PACKAGES = (
     "python3",
@@ -95,9 +96,8 @@ def final_key() -> str:
     h = hashlib.sha256(base_key().encode())
     h.update(_init_script())
     h.update(_shim_source())
-    h.update(Path(__file__).read_bytes())  # how the image is finished is an input too
-    h.update(Path(vm.__file__).read_bytes())
-    h.update(Path(shell.__file__).read_bytes())
+    for module in sorted(Path(__file__).parent.glob("*.py")):  # how the image is finished is an input too
+        h.update(module.read_bytes())
     for path in sorted([*_envd_dir().rglob("*.py"), *_envd_dir().rglob("*.c")]):
         h.update(path.name.encode())
         h.update(path.read_bytes())
@@ -185,23 +185,7 @@ def _install_statx_shim(rootfs: Path) -> None:
     for out, extra in ((lib, ["-shared", "-fPIC"]), (wrapper, ["-DWRAPPER"])):
         subprocess.run(["gcc", "-O2", *extra, "-o", str(out), "-x", "c", "-"], input=_shim_source(), check=True)
     for name in STATX_WRAPPED:
-        # A diversion keeps the wrapper in place when a package upgrade in the capsule reinstalls coreutils.
-        subprocess.run(
-            [
-                "chroot",
-                str(rootfs),
-                "dpkg-divert",
-                "--quiet",
-                "--local",
-                "--rename",
-                "--divert",
-                f"/usr/bin/{name}.real",
-                "--add",
-                f"/usr/bin/{name}",
-            ],
-            check=True,
-        )
-        shutil.copy2(wrapper, rootfs / "usr/bin" / name)
+        replace_diverted(rootfs, f"/usr/bin/{name}", wrapper)
 
 
 def _finalize(base_rootfs: Path, paths: ImagePaths, progress: Progress) -> None:

@@ -21,6 +21,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from .divert import replace_diverted
+
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 DEBIAN_CONFIGURE = ("--disable-fnmatch", "--disable-lineno", "--disable-glob")  # debian/rules of dash
 GETPWNAM = r"""
@@ -107,24 +109,7 @@ def build_static_dash(version: str, mirror: str, suite: str, cache: Path) -> Pat
 
 
 def install(rootfs: Path, binary: Path) -> None:
-    subprocess.run(
-        [
-            "chroot",
-            str(rootfs),
-            "dpkg-divert",
-            "--quiet",
-            "--local",
-            "--rename",
-            "--divert",
-            "/usr/bin/dash.real",
-            "--add",
-            "/usr/bin/dash",
-        ],
-        check=True,
-    )
-    target = rootfs / "usr/bin/dash"
-    shutil.copy2(binary, target)
-    target.chmod(0o755)
+    replace_diverted(rootfs, "/usr/bin/dash", binary)
 
 
 def _run(argv: list[str], cwd: Path) -> None:
