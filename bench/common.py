@@ -26,7 +26,7 @@ from wrenn_server.hostagent.runtimes.gvisor import _HIDE_NET_SYSCTL, _mount_over
 if TYPE_CHECKING:
     from wrenn import Capsule
 
-IMAGES = Path("/var/lib/wrenn/images")
+IMAGES = Path(os.environ.get("WRENN_TEST_IMAGES", "/var/lib/wrenn/images"))
 
 
 def summary(samples_ms: list[float]) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,8 @@ import pytest
 
 from tests.cleanup import purge_data_dir
 
-SHARED_IMAGES = Path("/var/lib/wrenn/images")
+# WRENN_TEST_IMAGES: images built elsewhere (say, by a branch whose envd differs from the installed one).
+SHARED_IMAGES = Path(os.environ.get("WRENN_TEST_IMAGES", "/var/lib/wrenn/images"))
 
 
 @pytest.fixture(scope="session")
