@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def idle() -> Iterator[Capsule]:
-    """A capsule with the shortest inactivity timeout (60 s), made first so its clock runs during the module."""
+def idle(stack: Stack) -> Iterator[Capsule]:
+    """A capsule with the shortest inactivity timeout (60 s), made first so its clock runs during the module;
+    one per stack (without naming the stack, the second stack's tests got the first one's capsule)."""
     from wrenn import Capsule
 
     with Capsule(timeout=60) as box:

@@ -13,7 +13,7 @@ import ctypes
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,8 +45,10 @@ async def run(
     input: bytes | None = None,
     timeout: float = 60.0,
     check: bool = True,
+    started: Callable[[int], Awaitable[None]] | None = None,
 ) -> Completed:
-    """Run a command and collect its output; a failure raises RuntimeFailure naming the command."""
+    """Run a command and collect its output; a failure raises RuntimeFailure naming the command. `started` is
+    awaited with the command's pid once it runs, before its output is collected."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
@@ -55,6 +57,8 @@ async def run(
     )
     _spawned.add(proc.pid)
     try:
+        if started is not None:
+            await started(proc.pid)
         out, err = await asyncio.wait_for(proc.communicate(input), timeout)
     except TimeoutError:
         proc.kill()

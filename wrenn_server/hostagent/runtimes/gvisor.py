@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
 import shutil
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -177,7 +180,8 @@ class GVisorRuntime:
         # The checkpoint stops the sandbox: a failed one takes the sandbox with it (runsc 20221219), which is
         # why the manager only asks once the guest holds no network connection (see envd /snapshot/prepare).
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        await proc.run(self._runsc("checkpoint", "--image-path", str(checkpoint_dir), sandbox_id), timeout=120)
+        command = self._runsc("checkpoint", "--image-path", str(checkpoint_dir), sandbox_id)
+        await proc.run(command, timeout=120, started=_thaw_once_asked(sandbox_id) if _frozen(sandbox_id) else None)
         await proc.run(self._runsc("delete", "--force", sandbox_id), check=False, timeout=30)  # frees its memory
 
     async def save_files(self, workdir: Path, template_dir: Path) -> None:
@@ -195,10 +199,87 @@ class GVisorRuntime:
             await self._run_detached(command, spec.workdir)
 
     async def freeze(self, sandbox_id: str) -> None:
+        # `runsc pause` (20221219) leaves the tasks of a guest restored from a checkpoint running (a warm-pool
+        # guest went on writing files through a whole pause), so the sandbox's cgroup is frozen too: every
+        # process of it (sentry, gofer, guest code) stops. runsc's own pause comes first, while it can answer.
         await proc.run(self._runsc("pause", sandbox_id), timeout=30)
+        await _set_frozen(sandbox_id, True)
 
     async def thaw(self, sandbox_id: str) -> None:
+        await _set_frozen(sandbox_id, False)
         await proc.run(self._runsc("resume", sandbox_id), timeout=30)
+
+
+_CGROUPS = Path("/sys/fs/cgroup")
+_FREEZE_POLL_SEC, _FREEZE_WAIT_SEC = 0.002, 10.0
+
+
+async def _set_frozen(sandbox_id: str, frozen: bool) -> None:
+    """Freeze or thaw every process of the sandbox's cgroup (v1 freezer, or v2 `cgroup.freeze`), and wait until
+    the kernel says it is done: a v1 freeze passes through FREEZING while tasks are stopped."""
+    v1 = _CGROUPS / "freezer" / "wrenn" / sandbox_id / "freezer.state"
+    v2 = _CGROUPS / "wrenn" / sandbox_id / "cgroup.freeze"
+    if v1.exists():
+        control, want, done = v1, "FROZEN" if frozen else "THAWED", v1
+    elif v2.exists():
+        control, want, done = v2, "1" if frozen else "0", v2.with_name("cgroup.events")
+    else:
+        raise RuntimeFailure(f"the cgroup of sandbox {sandbox_id} is missing: cannot {'freeze' if frozen else 'thaw'}")
+    deadline = time.monotonic() + _FREEZE_WAIT_SEC
+    while True:
+        try:
+            control.write_text(want)
+            state = done.read_text()
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot {'freeze' if frozen else 'thaw'} sandbox {sandbox_id}: {exc}") from exc
+        if (state.strip() == want) if done is control else (f"frozen {want}" in state):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeFailure(f"sandbox {sandbox_id} did not {'freeze' if frozen else 'thaw'}: {state.strip()}")
+        await asyncio.sleep(_FREEZE_POLL_SEC)
+
+
+def _frozen(sandbox_id: str) -> bool:
+    v1 = _CGROUPS / "freezer" / "wrenn" / sandbox_id / "freezer.state"
+    v2 = _CGROUPS / "wrenn" / sandbox_id / "cgroup.freeze"
+    try:
+        return v1.read_text().strip() == "FROZEN" if v1.exists() else v2.read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+# The system call a Go runsc waits in for the sentry's answer, once its request is written (unet polls).
+_PPOLL = {"x86_64": 271, "aarch64": 73}.get(platform.machine(), -1)
+_ASK_WAIT_SEC = 5.0
+
+
+def _thaw_once_asked(sandbox_id: str) -> Callable[[int], Awaitable[None]]:
+    """For a checkpoint of a frozen guest: the sentry must run to answer it, but its guest must not. The
+    cgroup is thawed only once runsc's request waits at the sentry, so the checkpoint stops the guest's tasks
+    first thing, rather than letting them run for the ~50 ms runsc takes to start and ask."""
+
+    async def thaw(pid: int) -> None:
+        deadline = time.monotonic() + _ASK_WAIT_SEC
+        while time.monotonic() < deadline and not _waits_for_answer(pid):
+            await asyncio.sleep(0.002)
+        await _set_frozen(sandbox_id, False)
+
+    return thaw
+
+
+def _waits_for_answer(pid: int) -> bool:
+    """Whether a thread of the process sits in ppoll (or the process is gone: nothing left to wait for)."""
+    try:
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return True
+    for thread in threads:
+        try:
+            if (thread / "syscall").read_text().split()[0] == str(_PPOLL):
+                return True
+        except (OSError, IndexError):
+            continue
+    return False
 
 
 def _sandbox_pid(state_dir: Path, sandbox_id: str) -> int | None:
