@@ -107,6 +107,8 @@ _RPC_ERRORS: dict[grpc.StatusCode, type[WrennError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: NoHostsAvailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: Timeout,
     grpc.StatusCode.UNAVAILABLE: HostUnavailable,
+    grpc.StatusCode.PERMISSION_DENIED: Forbidden,
+    grpc.StatusCode.OUT_OF_RANGE: TooLarge,
 }
 
 
