@@ -1,4 +1,4 @@
-"""`GET /v1/events/stream` (api.md §2.9) over real HTTP, the event bus behind it (in-process and Redis),
+"""`GET /v1/events/stream` (docs/api.md, "Events") over real HTTP, the event bus behind it (in-process and Redis),
 and the real SDK's `events.stream()` reading it."""
 
 from __future__ import annotations

@@ -320,7 +320,7 @@ async def test_pty_controls_and_reattach(ws_server: ServerThread, running: Runni
 
 
 async def test_pty_negotiates_permessage_deflate(ws_server: ServerThread, running: Running) -> None:
-    """The terminal socket compresses (api.md §2.7): a client offering permessage-deflate gets it, and a
+    """The terminal socket compresses (docs/api.md, "Streams"): a client offering permessage-deflate gets it, and a
     compressed session carries terminal bytes both ways."""
     capsule, headers = running
     async with open_ws(ws_server, f"/v1/capsules/{capsule}/pty", headers) as ws:

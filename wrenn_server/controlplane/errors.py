@@ -129,7 +129,7 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Every error the API answers (api.md §2.1)."""
+    """Every error the API answers (docs/api.md, "Errors")."""
 
     error: ErrorDetail
 

@@ -1,4 +1,4 @@
-"""Capsules: create, list, get, destroy, ping (api.md §2.3–2.4)."""
+"""Capsules: create, list, get, destroy, ping (docs/api.md, "Capsules")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Lifecycle events for `GET /v1/events/stream` (api.md §2.9), and the bus that carries them.
+"""Lifecycle events for `GET /v1/events/stream` (docs/api.md, "Events"), and the bus that carries them.
 
 The bus has one small interface, `EventBus`: `publish(event)` never blocks and never fails, `subscribe()`
 answers an async iterator of events, `close()` ends every subscription. `InProcessBus` serves one control
