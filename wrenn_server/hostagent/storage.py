@@ -61,6 +61,8 @@ class Storage:
         for shared in self._shared():
             users = shared / USERS_DIR
             for entry in users.glob("*") if users.is_dir() else []:
+                if "." in entry.name:  # one being written
+                    continue
                 try:
                     root = Path(entry.read_text())
                 except OSError:
