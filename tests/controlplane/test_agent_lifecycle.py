@@ -180,11 +180,12 @@ async def test_a_create_answered_starting_that_fails_later_ends_in_error_with_it
     assert reason.startswith("capsule failed to start"), reason
     assert "/usr/local/bin/wrenn-init" in reason  # the runtime's own words
     changes = [e["metadata"] for e in seen if e["event"] == "capsule.state.changed"]
-    assert {"from": "starting", "to": "error"} in changes, seen
+    assert {"from": "starting", "to": "error", "reason": reason} in changes, seen
 
     # Seen through the other control plane on the same database: `error`, for good.
     got = (await http.get(f"/v1/capsules/{capsule_id}", headers=headers)).json()
     assert got["status"] == "error" and "started_at" not in got, got
+    assert got["metadata"]["end_reason"] == reason
     row = await harness.row(capsule_id)
     assert (row.status, row.error) == ("error", reason)
     assert (await http.get("/v1/capsules", headers=headers)).json() == []

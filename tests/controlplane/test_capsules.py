@@ -1,4 +1,4 @@
-"""Capsule create/list/get/destroy: validation, placement, lifecycle (api.md §2.4)."""
+"""Capsule create/list/get/destroy: validation, placement, lifecycle (docs/api.md, "Capsules"; docs/lifecycle.md)."""
 
 from __future__ import annotations
 

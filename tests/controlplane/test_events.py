@@ -1,4 +1,4 @@
-"""`GET /v1/events/stream` (api.md §2.9) over real HTTP, the event bus behind it (in-process and Redis),
+"""`GET /v1/events/stream` (docs/api.md, "Events") over real HTTP, the event bus behind it (in-process and Redis),
 and the real SDK's `events.stream()` reading it."""
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ from wrenn_server.controlplane.services.events import (
     Outcome,
     RedisBus,
 )
-from wrenn_server.controlplane.services.reconciler import Reconciler
+from wrenn_server.controlplane.services.lifecycle import DESTROYED
+from wrenn_server.controlplane.services.reconciler import HOST_SILENT, NOT_ON_HOST, Reconciler
 from wrenn_server.controlplane.state import ControlPlane, capsule_json
 
 from .agent import Agent, agent_team
@@ -267,7 +268,7 @@ async def test_create_and_destroy_are_events(
         ("capsule.state.changed", None, {"from": "starting", "to": "running"}),
         ("capsule.create", "success", None),
         ("capsule.state.changed", None, {"from": "running", "to": "stopping"}),
-        ("capsule.state.changed", None, {"from": "stopping", "to": "stopped"}),
+        ("capsule.state.changed", None, {"from": "stopping", "to": "stopped", "reason": DESTROYED}),
         ("capsule.destroy", "success", None),
     ]
     created, destroyed = bodies[1], bodies[4]
@@ -356,9 +357,10 @@ async def test_failed_create_is_an_error_event(server: ServerThread, harness: Ha
         wire_id = format_id(Kind.SANDBOX, row.id)
         frames = await mine.events_of(wire_id, until="capsule.create")
     changed, created = (frame.json() for frame in frames)
-    assert changed["metadata"] == {"from": "starting", "to": "error"}
+    assert changed["metadata"] == {"from": "starting", "to": "error", "reason": row.error}
+    assert changed["error"] == row.error
     assert created["outcome"] == "error" and created["error"] == row.error and row.error
-    assert created["sandbox"]["status"] == "error"
+    assert created["sandbox"]["status"] == "error" and created["sandbox"]["metadata"]["end_reason"] == row.error
 
 
 async def test_slow_reader_is_dropped_without_blocking(
@@ -540,10 +542,15 @@ async def test_reconciler_moves_are_events(harness: Harness, agent: Agent) -> No
         cut_short: ("stopping", "stopped"),
         **{wire: (status, "missing") for wire, status in lost.items()},
     }
+    reasons = {
+        never: NOT_ON_HOST,
+        cut_short: DESTROYED,
+        **{wire: HOST_SILENT.format(seconds=24 * 3600) for wire in lost},
+    }
     for wire_id, (old, new) in expected.items():
         body = bodies[wire_id]
         assert body["event"] == "capsule.state.changed" and "outcome" not in body
-        assert body["metadata"] == {"from": old, "to": new}
+        assert body["metadata"] == {"from": old, "to": new, "reason": reasons[wire_id]}
         assert body["actor"] == {"type": "system"}
         assert body["team_id"] == format_id(Kind.TEAM, team_id)
         assert body["sandbox"]["status"] == new and body["sandbox"]["id"] == wire_id

@@ -2,7 +2,7 @@
 HTTP, with a valid API key, against the real host agent, and checks the contract on every answer.
 
 Checks: no 5xx; every error is the contract body `{"error":{"code","message"}}` with the code its status
-means (api.md §2.1); the status, content type and body are ones the document declares; and data that breaks
+means (docs/api.md, "Errors"); the status, content type and body are ones the document declares; and data that breaks
 the schema is refused with a 4xx.
 
 Capsule routes are fuzzed three ways: on the module's running capsule (unless that would stop it for the
@@ -49,7 +49,7 @@ UNKNOWN_CAPSULE = format_id(Kind.SANDBOX, uuid.UUID(int=1))
 # Never sent the shared capsule: a paused or destroyed capsule would answer 409 to everything after.
 NOT_ON_CAPSULE = {"DELETE /v1/capsules/{id}", "POST /v1/capsules/{id}/pause"}
 
-# The contract's error codes by status (api.md §2.1, `wrenn_server.controlplane.errors`).
+# The contract's error codes by status (docs/api.md, "Errors"; `wrenn_server.controlplane.errors`).
 ERROR_CODES = {
     400: {"invalid_request"},
     401: {"unauthorized"},

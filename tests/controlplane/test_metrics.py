@@ -113,7 +113,7 @@ async def test_bad_input(http: httpx.AsyncClient, harness: Harness) -> None:
 
 # --- team stats for every range ---------------------------------------------------------------------------
 
-# api.md §2.3 / system.md §7.8: range -> (window, bucket), in seconds.
+# docs/api.md, "Metrics": range -> (window, bucket), in seconds.
 STATS_RANGES = {"5m": (300, 3), "1h": (3600, 30), "6h": (21600, 180), "24h": (86400, 720), "30d": (2592000, 21600)}
 
 
@@ -164,7 +164,7 @@ async def test_stats_for_every_range(http: httpx.AsyncClient, harness: Harness) 
 
 # --- one real capsule: running, paused, destroyed -------------------------------------------------------------
 
-# system.md §7.8: range -> (the agent's ring tier that answers it, how far back it reaches in seconds).
+# docs/api.md, "Metrics": range -> (the agent's ring tier that answers it, how far back it reaches in seconds).
 METRIC_RANGES = {
     "5m": ("10m", 300),
     "10m": ("10m", 600),
@@ -293,12 +293,12 @@ async def test_metrics_survive_pause_and_destroy(
         return value
 
     await until(status, lambda s: s == "stopped")
-    async with harness.sessionmaker() as session:  # only the 24 h tier outlives the capsule (system.md §7.8)
+    async with harness.sessionmaker() as session:  # only the 24 h tier outlives the capsule (docs/api.md, "Metrics")
         kept_tiers = await session.scalars(
             select(SandboxMetricPoint.tier).where(SandboxMetricPoint.sandbox_id == parse_id(Kind.SANDBOX, capsule))
         )
         assert set(kept_tiers) <= {"24h"}
-    # A destroyed capsule's own samples are no longer served (system.md §7.8: 404 for any other state)...
+    # A destroyed capsule's own samples are no longer served (docs/api.md, "Metrics": 404 for any other state)...
     gone = await http.get(f"/v1/capsules/{capsule}/metrics", params={"range": "10m"}, headers=headers)
     assert assert_error(gone, 404, "not_found") == "metrics not available for sandbox in state: stopped"
     # ...while what the team ran stays in its stats and its usage.

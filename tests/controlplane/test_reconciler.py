@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import uuid
 from datetime import timedelta
 
 import httpx
 from sqlalchemy import update
 
+from tests.agent_process import until
 from wrenn_server.controlplane.db.models import Host
 from wrenn_server.controlplane.db.types import utcnow
 from wrenn_server.controlplane.services.agents import AgentPool, HostRef
-from wrenn_server.controlplane.services.reconciler import Reconciler
+from wrenn_server.controlplane.services.events import CapsuleEvents, InProcessBus
+from wrenn_server.controlplane.services.lifecycle import DESTROYED
+from wrenn_server.controlplane.services.reconciler import HOST_SILENT, NOT_ON_HOST, Reconciler
+from wrenn_server.controlplane.state import capsule_json
 
 from .agent import Agent
 from .harness import AGENT_TOKEN, Harness
@@ -41,6 +48,14 @@ async def reconcile(harness: Harness, host_id: uuid.UUID, agent: Agent, grace: f
 
 async def status_of(harness: Harness, wire_id: str) -> str:
     return (await harness.row(wire_id)).status
+
+
+async def end_reason(http: httpx.AsyncClient, headers: dict[str, str], wire_id: str) -> str | None:
+    """Why the capsule ended, as `GET /v1/capsules/{id}` says it (None: it does not say)."""
+    resp = await http.get(f"/v1/capsules/{wire_id}", headers=headers)
+    assert resp.status_code == 200, resp.text
+    reason: str | None = resp.json()["metadata"].get("end_reason")
+    return reason
 
 
 async def create(http: httpx.AsyncClient, headers: dict[str, str], cleanup: list[str]) -> str:
@@ -81,6 +96,11 @@ async def test_rows_follow_the_agent(
     assert await status_of(harness, never) == "stopped"
     assert await status_of(harness, lost) == "stopped"
     assert await status_of(harness, cut_short) == "stopped"
+    # Each says why it ended: the host does not have it, or (a destroy cut short) it was destroyed.
+    for wire_id in (gone, never, lost):
+        assert await end_reason(http, headers, wire_id) == NOT_ON_HOST, wire_id
+    assert await end_reason(http, headers, cut_short) == DESTROYED
+    assert await end_reason(http, headers, back) is None  # found alive again: no reason of its loss left
     on_host = await agent.sandboxes()
     assert alive in on_host and back in on_host
     assert orphan not in on_host  # destroyed on the host
@@ -136,6 +156,7 @@ async def test_capsule_that_died_with_the_agent_is_error(
     row = await harness.row(dies)
     assert (row.status, row.error) == ("error", info.error)
     assert "stopped while the host agent was not running" in info.error
+    assert await end_reason(http, headers, dies) == info.error
     resp = await http.post(f"/v1/capsules/{dies}/exec", json={"cmd": "true"}, headers=headers)
     assert assert_error(resp, 409, "invalid_state") == "sandbox is not running (status: error)"
     assert [c["id"] for c in (await http.get("/v1/capsules", headers=headers)).json()] == [survives]
@@ -165,4 +186,57 @@ async def test_silent_host_goes_unreachable(harness: Harness) -> None:
         host = await session.get(Host, host_id, populate_existing=True)
         assert host is not None and host.status == "unreachable"
     assert await status_of(harness, running) == "missing"
+    assert (await harness.row(running)).error == HOST_SILENT.format(seconds=4 * 3600)
     assert await status_of(harness, paused) == "paused"
+
+
+async def test_a_guest_killed_on_the_host_says_why_it_ended(
+    http: httpx.AsyncClient, harness: Harness, agent: Agent, cleanup: list[str]
+) -> None:
+    """The runsc sandbox process of a running capsule is killed on the host: the agent notices the guest is
+    gone, and the capsule ends `error` with that reason in its row, its JSON and its event."""
+    _, host_id, headers = await byoc_team(harness, agent)
+    wire_id = await create(http, headers, cleanup)
+    ran = await http.post(f"/v1/capsules/{wire_id}/exec", json={"cmd": "true"}, headers=headers)
+    assert ran.status_code == 200 and ran.json()["exit_code"] == 0, ran.text
+    state = await agent.runsc("state", agent.guest_name(wire_id))
+    assert state.returncode == 0, state.stderr
+    pid = int(json.loads(state.stdout)["pid"])
+    os.kill(pid, 0)  # the guest's sandbox process is there
+    assert await end_reason(http, headers, wire_id) is None
+
+    os.kill(pid, signal.SIGKILL)
+
+    async def reported() -> str | None:
+        info = (await agent.sandboxes())[wire_id]
+        return str(info.error) if info.status == "error" else None
+
+    reason = await until(reported, "the agent to notice the guest is gone")
+    assert "stopped on its own" in reason
+    bus = InProcessBus()
+    pool = AgentPool()
+    reconciler = Reconciler(
+        harness.sessionmaker,
+        pool,
+        interval=3600,
+        host_stale_sec=3600,
+        is_booting=lambda _: False,
+        events=CapsuleEvents(bus, harness.sessionmaker, capsule_json),
+        transition_grace_sec=0,
+    )
+    try:
+        with bus.subscribe() as subscription:
+            await reconciler.reconcile_host(HostRef(host_id, agent.address, AGENT_TOKEN))
+            event = await subscription.next(timeout=5)
+    finally:
+        await pool.close()
+
+    row = await harness.row(wire_id)
+    assert (row.status, row.error) == ("error", reason)
+    assert await end_reason(http, headers, wire_id) == reason
+    assert event is not None
+    body = event.payload()
+    assert body["resource"]["id"] == wire_id
+    assert body["metadata"] == {"from": "running", "to": "error", "reason": reason}
+    assert body["error"] == reason
+    assert body["sandbox"]["status"] == "error" and body["sandbox"]["metadata"]["end_reason"] == reason

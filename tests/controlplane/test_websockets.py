@@ -192,23 +192,46 @@ async def test_exec_stream_keeps_characters_split_across_chunks(ws_server: Serve
     assert frames[-1] == {"type": "exit", "exit_code": 0}
 
 
+async def guest_pids(server: ServerThread, running: Running) -> set[int]:
+    """Every process of the capsule as its kernel lists them (not only those envd started)."""
+    capsule, headers = running
+    async with httpx.AsyncClient(base_url=server.base_url, headers=headers, timeout=30) as http:
+        body = {"cmd": "/bin/sh", "args": ["-c", "for d in /proc/[0-9]*; do echo ${d#/proc/}; done"]}
+        resp = await http.post(f"/v1/capsules/{capsule}/exec", json=body)
+        assert resp.status_code == 200, resp.text
+        return {int(line) for line in resp.json()["stdout"].split()}
+
+
+async def start_sleeper(ws: ClientConnection, server: ServerThread, running: Running) -> int:
+    """Start a long command on the exec stream and see it run: its output arrives, and the capsule lists its
+    pid (to envd and to the guest's kernel alike). Answers the pid."""
+    await ws.send(json.dumps({"type": "start", "cmd": "/bin/sh", "args": ["-c", "echo sleeping; exec sleep 300"]}))
+    start = await next_control(ws)
+    assert start["type"] == "start", start
+    assert await next_control(ws) == {"type": "stdout", "data": "sleeping\n"}
+    pid = int(start["pid"])
+    assert pid in await process_pids(server, running)
+    assert pid in await guest_pids(server, running)
+    return pid
+
+
 async def test_exec_stream_dropped_socket_kills(ws_server: ServerThread, running: Running) -> None:
     capsule, headers = running
     async with open_ws(ws_server, f"/v1/capsules/{capsule}/exec/stream", headers) as ws:
-        await ws.send(json.dumps({"type": "start", "cmd": "sleep", "args": ["300"]}))
-        start = await next_control(ws)
-    await wait_gone(ws_server, running, start["pid"])
+        pid = await start_sleeper(ws, ws_server, running)
+    await wait_gone(ws_server, running, pid)
+    assert pid not in await guest_pids(ws_server, running)
 
 
 async def test_exec_stream_bad_frame_midway_kills(ws_server: ServerThread, running: Running) -> None:
     capsule, headers = running
     async with open_ws(ws_server, f"/v1/capsules/{capsule}/exec/stream", headers) as ws:
-        await ws.send(json.dumps({"type": "start", "cmd": "sleep", "args": ["300"]}))
-        start = await next_control(ws)
+        pid = await start_sleeper(ws, ws_server, running)
         await ws.send("{broken")
         frames, code = await until_closed(ws)
     assert [f["type"] for f in frames] == ["error"] and code == 1000
-    await wait_gone(ws_server, running, start["pid"])
+    await wait_gone(ws_server, running, pid)
+    assert pid not in await guest_pids(ws_server, running)
 
 
 @pytest.mark.parametrize("suffix", ["/exec/stream", "/pty"])
@@ -297,7 +320,7 @@ async def test_pty_controls_and_reattach(ws_server: ServerThread, running: Runni
 
 
 async def test_pty_negotiates_permessage_deflate(ws_server: ServerThread, running: Running) -> None:
-    """The terminal socket compresses (api.md §2.7): a client offering permessage-deflate gets it, and a
+    """The terminal socket compresses (docs/api.md, "Streams"): a client offering permessage-deflate gets it, and a
     compressed session carries terminal bytes both ways."""
     capsule, headers = running
     async with open_ws(ws_server, f"/v1/capsules/{capsule}/pty", headers) as ws:

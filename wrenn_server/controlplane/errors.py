@@ -107,6 +107,8 @@ _RPC_ERRORS: dict[grpc.StatusCode, type[WrennError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: NoHostsAvailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: Timeout,
     grpc.StatusCode.UNAVAILABLE: HostUnavailable,
+    grpc.StatusCode.PERMISSION_DENIED: Forbidden,
+    grpc.StatusCode.OUT_OF_RANGE: TooLarge,
 }
 
 
@@ -127,7 +129,7 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Every error the API answers (api.md §2.1)."""
+    """Every error the API answers (docs/api.md, "Errors")."""
 
     error: ErrorDetail
 

@@ -10,26 +10,47 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
-from .errors import AgentError, CommandTimeout, Conflict, Forbidden, InvalidArgument, NotFound, Unreachable
+from .errors import (
+    AgentError,
+    CommandTimeout,
+    Conflict,
+    Forbidden,
+    InvalidArgument,
+    NotFound,
+    TooLarge,
+    Unreachable,
+)
 from .http1 import Client, ConnectionFailed
 
 ENVD_PORT = 49983
+# Every error envd answers (envd/errors.py) has its host-agent twin, which the control plane turns into the
+# same contract error (docs/agent-rpc.md, "Errors"). Known by code; an answer without one by its HTTP status.
 _ERRORS: dict[str, type[AgentError]] = {
-    "not_found": NotFound,
     "invalid_request": InvalidArgument,
-    "conflict": Conflict,
-    "timeout": CommandTimeout,
     "forbidden": Forbidden,
+    "not_found": NotFound,
+    "conflict": Conflict,
+    "too_large": TooLarge,
+    "timeout": CommandTimeout,
+}
+_BY_STATUS: dict[int, type[AgentError]] = {
+    400: InvalidArgument,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: TooLarge,
+    504: CommandTimeout,
 }
 
 
 def _error(status: int, body: bytes) -> AgentError:
     try:
         payload = json.loads(body)
-        code, message = payload.get("code", ""), payload.get("message", "")
-    except ValueError:
+        code, message = str(payload.get("code", "")), str(payload.get("message", ""))
+    except (ValueError, AttributeError):
         code, message = "", body.decode(errors="replace")[:500]
-    return _ERRORS.get(code, AgentError)(message or f"envd answered {status}")
+    kind = _ERRORS.get(code) or _BY_STATUS.get(status, AgentError)
+    return kind(message or f"envd answered {status}")
 
 
 def _unreachable(exc: ConnectionFailed) -> Unreachable:

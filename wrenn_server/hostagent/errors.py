@@ -9,6 +9,7 @@
     ├── CommandTimeout         DEADLINE_EXCEEDED
     ├── Unreachable            UNAVAILABLE
     ├── Forbidden              PERMISSION_DENIED
+    ├── TooLarge               OUT_OF_RANGE  (a request over a limit of the capsule's agent)
     └── RuntimeFailure         INTERNAL      (a runtime command failed; the message carries its output)
 
 Low-level failures (subprocess, runsc, QMP, HTTP to envd) are translated into these where they happen.
@@ -61,3 +62,7 @@ class RuntimeFailure(AgentError):
 
 class Forbidden(AgentError):
     status = grpc.StatusCode.PERMISSION_DENIED
+
+
+class TooLarge(AgentError):
+    status = grpc.StatusCode.OUT_OF_RANGE

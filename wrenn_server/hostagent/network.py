@@ -9,7 +9,9 @@ the host itself.
 
 Slots are machine-wide: several agents may share a machine (tests, a second data directory), so a slot is
 taken by creating `/run/wrenn/slots/<N>` exclusively, holding the owning data directory. An agent reclaims only
-its own slots, and namespaces that no slot file claims at all.
+its own slots, those of a data directory that is gone, and namespaces that no slot file claims at all; it never
+removes the namespaces or link of a slot another agent holds, and never takes a number whose namespaces exist
+(docs/lifecycle.md, "Several agents on one machine").
 """
 
 from __future__ import annotations
@@ -151,8 +153,9 @@ class Network:
             if not entry.name.isdigit() or int(entry.name) in live_slots:
                 continue
             owner = self._owner_of(int(entry.name))
-            # An owner whose data directory is gone will never come back for its slot.
-            if owner == self._owner or (owner and not Path(owner).exists()):
+            # An owner whose data directory is gone will never come back for its slot. Only a data directory
+            # (an absolute path) can be judged gone: other owners (a bench's `bench-…`) clean up themselves.
+            if owner == self._owner or (owner and owner.startswith("/") and not Path(owner).exists()):
                 await self.teardown(Slot(int(entry.name)), force=True)
         listing = await proc.run(["ip", "netns", "list"])
         for line in listing.stdout.decode().splitlines():
@@ -173,6 +176,9 @@ class Network:
                 continue
             with os.fdopen(fd, "w") as f:
                 f.write(self._owner)
+            if _built(Slot(index)):  # someone's namespaces without a slot file: not ours to build over or remove
+                (self._slots / str(index)).unlink(missing_ok=True)
+                continue
             self._used.add(index)
             return Slot(index)
         raise NoCapacity("no free network slot on this host")
@@ -264,9 +270,17 @@ route add default via {GUEST_GATEWAY}
         return states
 
     async def teardown(self, slot: Slot, force: bool = False) -> None:
+        """Remove a slot of ours (`force`: a leftover being reclaimed). A slot whose file names another agent
+        is that agent's now (ours was given up and taken again): its namespaces and link are left alone."""
+        self._used.discard(slot.index)
+        if not force and not self.owns(slot.index):
+            log.warning("network slot %d belongs to another agent now; leaving it", slot.index)
+            return
         for ns in (slot.capsule_ns, slot.router_ns):
             await proc.run(["ip", "netns", "del", ns], check=False)
         await proc.run(["ip", "link", "del", slot.veth], check=False)
-        if force or self._owner_of(slot.index) == self._owner:
-            (self._slots / str(slot.index)).unlink(missing_ok=True)
-        self._used.discard(slot.index)
+        (self._slots / str(slot.index)).unlink(missing_ok=True)
+
+
+def _built(slot: Slot) -> bool:
+    return any((Path("/run/netns") / ns).exists() for ns in (slot.router_ns, slot.capsule_ns))

@@ -1,7 +1,15 @@
-"""Where templates and capsules live on disk under the data directory."""
+"""Where templates and capsules live on disk under the data directory.
+
+Image directories may be shared: a data directory's `images` (or its `images/minimal`) may be a symlink to
+another's, as the tests and benches do with the machine's built image. Whoever removes unused templates there
+must then know what every sharing data directory's capsules use: each one registers in `.users/` of the
+image directories it uses, and a collection asks the records of all of them (docs/lifecycle.md).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -13,6 +21,7 @@ from .runtimes.base import SNAPSHOT_FILE, template_layers
 log = logging.getLogger(__name__)
 
 DELETED_FILE = "deleted"
+USERS_DIR = ".users"  # in an image directory: one file per data directory that uses it, holding its path
 PLATFORM_TEAM = "00000000-0000-0000-0000-000000000000"
 MINIMAL_TEMPLATE = "00000000-0000-0000-0000-000000000000"
 
@@ -23,6 +32,48 @@ class Storage:
         self.images = root / "images"
         self.sandboxes = root / "sandboxes"
         self.sandboxes.mkdir(parents=True, exist_ok=True)
+        self.register()
+
+    def _shared(self) -> list[Path]:
+        """The image directories other data directories may share with this one (resolved)."""
+        return [d.resolve() for d in (self.images / "minimal", self.images / "teams") if d.is_dir()]
+
+    def register(self) -> None:
+        """Say in the image directories this data directory uses that its capsules use them."""
+        me = str(self.root.resolve())
+        for shared in self._shared():
+            users = shared / USERS_DIR
+            entry = users / hashlib.sha256(me.encode()).hexdigest()[:16]
+            try:
+                users.mkdir(exist_ok=True)
+                if not entry.exists():
+                    tmp = entry.with_suffix(f".{os.getpid()}")
+                    tmp.write_text(me)
+                    tmp.replace(entry)
+            except OSError as exc:  # a read-only image directory: nobody collects there either
+                log.warning("cannot register as a user of %s: %s", shared, exc)
+
+    def used_elsewhere(self) -> set[str]:
+        """Template directories that the capsules (and snapshot templates) of the other data directories
+        sharing these images use. A registered data directory that is gone is forgotten."""
+        me = str(self.root.resolve())
+        used: set[str] = set()
+        for shared in self._shared():
+            users = shared / USERS_DIR
+            for entry in users.glob("*") if users.is_dir() else []:
+                if "." in entry.name:  # one being written
+                    continue
+                try:
+                    root = Path(entry.read_text())
+                except OSError:
+                    continue
+                if str(root) == me:
+                    continue
+                if not (root / "sandboxes").is_dir():
+                    entry.unlink(missing_ok=True)
+                    continue
+                used |= _uses_of(root)
+        return used
 
     def template_dir(self, team_id: str, template_id: str, name: str) -> Path:
         """The resolved (versioned) directory of a template, which a capsule keeps using for its lifetime."""
@@ -39,7 +90,9 @@ class Storage:
 
     def collect_unused_templates(self, in_use: set[str]) -> None:
         """Remove superseded versions of the minimal image, and deleted snapshot templates, that no capsule
-        (nor a snapshot template built on it) uses any more."""
+        (nor a snapshot template built on it) uses any more, here or in another data directory sharing them."""
+        self.register()
+        in_use = in_use | self.used_elsewhere()
         for marker in self.images.glob("teams/*/*/" + DELETED_FILE):
             template = marker.parent.resolve()
             if not _used(template, in_use):
@@ -86,6 +139,24 @@ class Storage:
                 except OSError:
                     pass
         return total
+
+
+def _uses_of(root: Path) -> set[str]:
+    """What a data directory's capsules run on (from their records) and its snapshot templates build on."""
+    used: set[str] = set()
+    for state in (root / "sandboxes").glob("*/state.json"):
+        try:
+            template_dir = json.loads(state.read_text())["template_dir"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if template_dir:
+            used.add(str(template_dir))
+    for snapshot in (root / "images").glob("teams/*/*/" + SNAPSHOT_FILE):
+        try:
+            used.update(str(layer.parent) for layer in template_layers(snapshot.parent))
+        except (OSError, ValueError):
+            continue
+    return used
 
 
 def _used(directory: Path, in_use: set[str]) -> bool:

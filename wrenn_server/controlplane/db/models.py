@@ -1,4 +1,4 @@
-"""SQLAlchemy models of system.md §5 (the tables the control plane needs so far)."""
+"""SQLAlchemy models: the tables the control plane needs (a capsule's row and its states: docs/lifecycle.md)."""
 
 from __future__ import annotations
 

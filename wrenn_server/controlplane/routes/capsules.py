@@ -1,4 +1,4 @@
-"""Capsules: create, list, get, destroy, ping (api.md §2.3–2.4)."""
+"""Capsules: create, list, get, destroy, ping (docs/api.md, "Capsules")."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..db.models import Sandbox
 from ..ids import Kind, format_id
 from ..services.capsules import CreateSpec
+from ..services.status import ENDED_OR_LOST
 from .deps import CP, Caller, CapsuleId
 
 router = APIRouter(prefix="/v1/capsules", tags=["capsules"])
@@ -61,8 +62,16 @@ class Capsule(BaseModel):
             started_at=rfc3339(row.started_at),
             last_active_at=rfc3339(row.last_active_at),
             last_updated=rfc3339(row.last_updated) or "",
-            metadata={str(k): str(v) for k, v in (row.meta or {}).items()},
+            metadata=_metadata(row),
         )
+
+
+def _metadata(row: Sandbox) -> dict[str, str]:
+    """The capsule's labels; for one that ended or was lost, `end_reason` says why (docs/lifecycle.md)."""
+    metadata = {str(k): str(v) for k, v in (row.meta or {}).items()}
+    if row.error and row.status in ENDED_OR_LOST:
+        metadata["end_reason"] = row.error
+    return metadata
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model_exclude_none=True)

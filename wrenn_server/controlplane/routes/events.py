@@ -1,4 +1,4 @@
-"""Server-sent events: `GET /v1/events/stream` (api.md §2.9)."""
+"""Server-sent events: `GET /v1/events/stream` (docs/api.md, "Events")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Files inside a capsule (api.md §2.3, SDK §10.4)."""
+"""Files inside a capsule (docs/api.md, "Files")."""
 
 from __future__ import annotations
 

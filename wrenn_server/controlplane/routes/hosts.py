@@ -1,4 +1,4 @@
-"""Host agents: registration, heartbeat, credential refresh, listing (api.md §1.2, §2.3)."""
+"""Host agents: registration, heartbeat, credential refresh, listing (docs/api.md, "Hosts"; docs/agent-rpc.md)."""
 
 from __future__ import annotations
 

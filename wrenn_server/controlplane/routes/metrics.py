@@ -1,4 +1,4 @@
-"""Metrics: one capsule's samples, the team's stats, daily usage (api.md §2.8)."""
+"""Metrics: one capsule's samples, the team's stats, daily usage (docs/api.md, "Metrics")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Snapshot templates (api.md: POST/GET /v1/snapshots, DELETE /v1/snapshots/{name})."""
+"""Snapshot templates (docs/api.md, "Snapshots")."""
 
 from __future__ import annotations
 

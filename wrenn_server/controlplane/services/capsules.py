@@ -369,7 +369,8 @@ class CapsuleService:
                 # The agent says what became of the capsule: back where it was, or lost (error).
                 back = await lifecycle.status_on_agent(agent, wire_id, source)
                 await lifecycle.set_status(self._sessionmaker, row.id, [during], back, error=exc.message)
-                await self._events.state_changed(row.id, during, back, actor)
+                reason = exc.message if back in FINAL else None
+                await self._events.state_changed(row.id, during, back, actor, reason)
                 await self._events.finished(event, row.id, actor, error=exc.message)
                 raise
             values = {"last_active_at": utcnow()} if target == Status.RUNNING else {}

@@ -1,4 +1,4 @@
-"""Lifecycle events for `GET /v1/events/stream` (api.md §2.9), and the bus that carries them.
+"""Lifecycle events for `GET /v1/events/stream` (docs/api.md, "Events"), and the bus that carries them.
 
 The bus has one small interface, `EventBus`: `publish(event)` never blocks and never fails, `subscribe()`
 answers an async iterator of events, `close()` ends every subscription. `InProcessBus` serves one control
@@ -356,9 +356,16 @@ class CapsuleEvents:
         self._sessionmaker = sessionmaker
         self._render = render
 
-    async def state_changed(self, sandbox_id: uuid.UUID, old: Status, new: Status, actor: Actor) -> None:
+    async def state_changed(
+        self, sandbox_id: uuid.UUID, old: Status, new: Status, actor: Actor, reason: str | None = None
+    ) -> None:
+        """`reason`: why, for a capsule that ended or was lost (docs/lifecycle.md); it is also the event's
+        `error` when the capsule failed."""
         metadata = {"from": old.value, "to": new.value}
-        await self._publish(EventName.CAPSULE_STATE_CHANGED, sandbox_id, actor, metadata=metadata)
+        if reason:
+            metadata["reason"] = reason
+        error = reason if reason and new == Status.ERROR else None
+        await self._publish(EventName.CAPSULE_STATE_CHANGED, sandbox_id, actor, metadata=metadata, error=error)
 
     async def finished(
         self, name: EventName, sandbox_id: uuid.UUID, actor: Actor, error: str | None = None

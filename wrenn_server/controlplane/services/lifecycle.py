@@ -30,6 +30,7 @@ from .status import Status
 
 log = logging.getLogger(__name__)
 DESTROYED_WHILE_STARTING = "the capsule was destroyed while starting"
+DESTROYED = "destroyed on request"  # the end reason of a capsule its team destroyed (docs/lifecycle.md)
 
 
 async def set_status(
@@ -85,7 +86,7 @@ async def boot(
             log.exception("boot of %s failed", wire_id)
         old = await set_status(sessionmaker, plan.sandbox_id, [Status.STARTING], Status.ERROR, error=failure.message)
         if old is not None:
-            await events.state_changed(plan.sandbox_id, old, Status.ERROR, plan.actor)
+            await events.state_changed(plan.sandbox_id, old, Status.ERROR, plan.actor, failure.message)
         await events.finished(EventName.CAPSULE_CREATE, plan.sandbox_id, plan.actor, error=failure.message)
         raise failure from exc
     now = utcnow()
@@ -145,6 +146,6 @@ async def teardown(
         await metric_store.flush(sessionmaker, pool, host, sandbox_id, ("24h",))
         await destroy_on_agent(pool, host, format_id(Kind.SANDBOX, sandbox_id))
     await metric_store.forget_short_tiers(sessionmaker, sandbox_id)
-    if await set_status(sessionmaker, sandbox_id, [Status.STOPPING], Status.STOPPED):
-        await events.state_changed(sandbox_id, Status.STOPPING, Status.STOPPED, actor)
+    if await set_status(sessionmaker, sandbox_id, [Status.STOPPING], Status.STOPPED, error=DESTROYED):
+        await events.state_changed(sandbox_id, Status.STOPPING, Status.STOPPED, actor, DESTROYED)
         await events.finished(EventName.CAPSULE_DESTROY, sandbox_id, actor)

@@ -60,7 +60,7 @@ async def flush(
 
 
 async def forget_short_tiers(sessionmaker: SessionMaker, sandbox_id: uuid.UUID) -> None:
-    """A destroyed capsule keeps only its 24 h history (system.md §7.8)."""
+    """A destroyed capsule keeps only its 24 h history (docs/api.md, "Metrics")."""
     async with sessionmaker() as session:
         await session.execute(
             delete(SandboxMetricPoint).where(

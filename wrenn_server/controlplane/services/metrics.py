@@ -1,5 +1,5 @@
 """Metrics: a capsule's samples (the host agent's rings while it runs, the database afterwards), team stats
-from a sampler every 10 s, and daily usage rolled up from those samples (system.md §7.8)."""
+from a sampler every 10 s, and daily usage rolled up from those samples (docs/api.md, "Metrics")."""
 
 from __future__ import annotations
 

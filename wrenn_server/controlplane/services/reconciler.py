@@ -1,4 +1,4 @@
-"""Keeps capsule rows honest about what hosts really run (system.md §7.3).
+"""Keeps capsule rows honest about what hosts really run (docs/lifecycle.md, "The reconciler").
 
 Passive: hosts silent for longer than `host_stale_sec` become `unreachable`, their live capsules `missing`.
 Active: every online host is asked for its sandboxes; rows are corrected with compare-and-set updates
@@ -25,7 +25,7 @@ from ..errors import WrennError
 from ..ids import Kind, format_id
 from .agents import AgentPool, HostRef
 from .events import SYSTEM, CapsuleEvents, EventName
-from .lifecycle import destroy_on_agent
+from .lifecycle import DESTROYED, destroy_on_agent
 from .status import FINAL, LOST_WITH_HOST, HostStatus, Status
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,10 @@ STARTING_GRACE = timedelta(minutes=10)
 TRANSITION_GRACE = timedelta(minutes=5)  # no pause, resume or destroy takes longer (default of transition_grace_sec)
 # Rows whose sandbox must not exist on a host any more: found alive, it is destroyed.
 STOPPED_OR_STOPPING = FINAL | {Status.STOPPING}
+# Why a capsule ended or was lost, when its host cannot say more (docs/lifecycle.md, "End reasons").
+NOT_ON_HOST = "its host agent no longer has this capsule"
+FAILED_ON_HOST = "its host agent reported it failed"
+HOST_SILENT = "its host stopped answering (no heartbeat for {seconds:g} s)"
 
 
 class Reconciler:
@@ -106,6 +110,7 @@ class Reconciler:
             if not stale:
                 return
             now = utcnow()
+            silent = HOST_SILENT.format(seconds=self._stale.total_seconds())
             await session.execute(
                 update(Host)
                 .where(Host.id.in_(stale), Host.status == HostStatus.ONLINE.value)
@@ -116,7 +121,7 @@ class Reconciler:
                 moved = await session.scalars(
                     update(Sandbox)
                     .where(Sandbox.host_id.in_(stale), Sandbox.status == old.value)
-                    .values(status=Status.MISSING.value, last_updated=now)
+                    .values(status=Status.MISSING.value, last_updated=now, error=silent)
                     .returning(Sandbox.id)
                 )
                 lost += [(sandbox_id, old) for sandbox_id in moved.all()]
@@ -125,7 +130,7 @@ class Reconciler:
             log.warning("host %s stopped heartbeating; marked unreachable", format_id(Kind.HOST, host_id))
         for sandbox_id, old in lost:
             if self._events is not None:
-                await self._events.state_changed(sandbox_id, old, Status.MISSING, SYSTEM)
+                await self._events.state_changed(sandbox_id, old, Status.MISSING, SYSTEM, silent)
 
     async def reconcile_host(self, host: HostRef) -> None:
         # Rows are read before the agent is asked: a row that changes afterwards fails the CAS below.
@@ -143,8 +148,7 @@ class Reconciler:
                 sandbox_id, status, created, info is not None, agent_status, wire_id in auto_paused, stamp
             )
             if target is not None:
-                error = info.error if info is not None and target == Status.ERROR else None
-                await self._move(sandbox_id, status, stamp, target, error)
+                await self._move(sandbox_id, status, stamp, target, self._reason(status, target, info))
             elif (
                 status in STOPPED_OR_STOPPING and info is not None
             ):  # the host still holds what the row says is gone (a tombstone keeps disk and records)
@@ -188,10 +192,22 @@ class Reconciler:
             return Status.PAUSED
         return Status.STOPPED
 
+    @staticmethod
+    def _reason(old: Status, new: Status, info: Any) -> str | None:
+        """Why the capsule ended or was lost (None: it runs or is paused)."""
+        if new == Status.ERROR:
+            return str(info.error) if info is not None and info.error else FAILED_ON_HOST
+        if new != Status.STOPPED:
+            return None
+        if old == Status.STOPPING:  # a destroy whose control plane went away
+            return DESTROYED
+        if old in (Status.PAUSING, Status.RESUMING):
+            return f"{NOT_ON_HOST} after a {'pause' if old == Status.PAUSING else 'resume'} left half-way"
+        return NOT_ON_HOST
+
     async def _move(self, sandbox_id: uuid.UUID, old: Status, stamp: datetime, new: Status, error: str | None) -> None:
-        values: dict[str, object] = {"status": new.value, "last_updated": utcnow()}
-        if error:
-            values["error"] = error
+        # A capsule found alive again (`missing` → `running`) keeps no reason of its loss.
+        values: dict[str, object] = {"status": new.value, "last_updated": utcnow(), "error": error}
         async with self._sessionmaker() as session:
             result = cast(
                 CursorResult[Any],
@@ -204,6 +220,6 @@ class Reconciler:
             await session.commit()
         log.info("capsule %s: %s -> %s (reconciled)", format_id(Kind.SANDBOX, sandbox_id), old, new)
         if result.rowcount == 1 and self._events is not None:
-            await self._events.state_changed(sandbox_id, old, new, SYSTEM)
+            await self._events.state_changed(sandbox_id, old, new, SYSTEM, error)
             if old == Status.STOPPING:  # the destroy that was cut short is done
                 await self._events.finished(EventName.CAPSULE_DESTROY, sandbox_id, SYSTEM)

@@ -19,7 +19,7 @@ from .agents import AgentPool, HostRef
 from .auth import Principal
 from .capsules import CapsuleService, not_running
 from .events import Actor, CapsuleEvents, EventName
-from .status import Status
+from .status import FINAL, Status
 from .templates import DEFAULT_TEMPLATE, check_safe_name
 
 TYPES = ("base", "snapshot")
@@ -70,10 +70,11 @@ class SnapshotService:
         agent = self._pool.client(host_ref)
         try:
             info = await agent.snapshot_sandbox(request)
-        except WrennError:
+        except WrennError as exc:
             back = await lifecycle.status_on_agent(agent, request.sandbox_id, Status.RUNNING)
-            await lifecycle.set_status(self._sessionmaker, sandbox_id, [Status.SNAPSHOTTING], back)
-            await self._events.state_changed(sandbox_id, Status.SNAPSHOTTING, back, actor)
+            reason = exc.message if back in FINAL else None  # the capsule did not survive it: say why
+            await lifecycle.set_status(self._sessionmaker, sandbox_id, [Status.SNAPSHOTTING], back, error=reason)
+            await self._events.state_changed(sandbox_id, Status.SNAPSHOTTING, back, actor, reason)
             raise
         await lifecycle.set_status(self._sessionmaker, sandbox_id, [Status.SNAPSHOTTING], Status.RUNNING)
         await self._events.state_changed(sandbox_id, Status.SNAPSHOTTING, Status.RUNNING, actor)

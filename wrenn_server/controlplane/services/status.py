@@ -30,6 +30,8 @@ class HostStatus(StrEnum):
 
 # Finished capsules: hidden from the list, destroy is a no-op.
 FINAL = frozenset({Status.STOPPED, Status.ERROR})
+# Capsules whose row says why they are not running any more (its `error`, the API's `metadata.end_reason`).
+ENDED_OR_LOST = FINAL | {Status.MISSING}
 # Capsules that hold memory on their host (paused ones live on disk).
 HOLDS_MEMORY = frozenset(
     {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..kvm import probe_kvm
@@ -26,6 +27,19 @@ def build_runtime(name: str, data_dir: Path) -> Runtime:
     raise NoRuntime(f"unknown runtime {name!r}; choose one of: auto, {', '.join(RUNTIMES)}")
 
 
+def runtimes_in_use(data_dir: Path) -> tuple[str, ...]:
+    """The runtimes of the capsules recorded in the data directory, most used first."""
+    counts: dict[str, int] = {}
+    for state in (data_dir / "sandboxes").glob("*/state.json"):
+        try:
+            runtime = json.loads(state.read_text()).get("runtime")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if runtime in RUNTIMES:
+            counts[runtime] = counts.get(runtime, 0) + 1
+    return tuple(sorted(counts, key=lambda r: -counts[r]))
+
+
 def auto_order() -> tuple[str, ...]:
     """microVMs where hardware KVM works; else gVisor, whose guests run at native speed; else emulated microVMs."""
     return ("microvm", "gvisor") if probe_kvm().usable else ("gvisor", "microvm")
@@ -36,8 +50,14 @@ async def probe_all(data_dir: Path) -> dict[str, Probe]:
 
 
 async def select_runtime(name: str, data_dir: Path) -> Runtime:
-    """The runtime to use: the named one if it works here, or for `auto` the first that works."""
-    candidates = auto_order() if name == "auto" else (name,)
+    """The runtime to use: the named one if it works here, or for `auto` the first that works. `auto` tries
+    first the runtime the data directory's capsules run on: an agent of another runtime would not know them,
+    and its control plane would find them gone."""
+    if name == "auto":
+        in_use = runtimes_in_use(data_dir)
+        candidates = (*in_use, *(c for c in auto_order() if c not in in_use))
+    else:
+        candidates = (name,)
     reasons = []
     for candidate in candidates:
         runtime = build_runtime(candidate, data_dir)
