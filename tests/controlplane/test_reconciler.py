@@ -12,6 +12,7 @@ from wrenn_server.controlplane.db.models import Host
 from wrenn_server.controlplane.db.types import utcnow
 from wrenn_server.controlplane.services.agents import AgentPool, HostRef
 from wrenn_server.controlplane.services.reconciler import Reconciler
+from wrenn_server.proto._generated import hostagent_pb2 as pb
 
 from .agent import Agent
 from .harness import AGENT_TOKEN, Harness
@@ -129,7 +130,7 @@ async def test_capsule_that_died_with_the_agent_is_error(
 
     await agent.restart(while_down=kill)
     info = (await agent.sandboxes())[dies]
-    assert info.status == "error"
+    assert info.status == pb.SANDBOX_STATUS_ERROR
 
     await reconcile(harness, host_id, agent)
 

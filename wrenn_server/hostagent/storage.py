@@ -1,4 +1,4 @@
-"""Where templates and capsules live on disk under the data directory."""
+"""Templates and capsules on disk: which template a capsule uses, what can be removed, what a capsule wrote."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import shutil
 from pathlib import Path
 
 from .errors import NotFound
-from .runtimes.base import SNAPSHOT_FILE, template_layers
+from .layout import DELETED_FILE, SNAPSHOT_FILE, CapsuleDir, DataDir, TemplateDir
 
 log = logging.getLogger(__name__)
 
-DELETED_FILE = "deleted"
 PLATFORM_TEAM = "00000000-0000-0000-0000-000000000000"
 MINIMAL_TEMPLATE = "00000000-0000-0000-0000-000000000000"
 
@@ -20,34 +19,40 @@ MINIMAL_TEMPLATE = "00000000-0000-0000-0000-000000000000"
 class Storage:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.images = root / "images"
-        self.sandboxes = root / "sandboxes"
-        self.sandboxes.mkdir(parents=True, exist_ok=True)
+        self.data = DataDir(root)
+        self.data.sandboxes.mkdir(parents=True, exist_ok=True)
 
     def template_dir(self, team_id: str, template_id: str, name: str) -> Path:
         """The resolved (versioned) directory of a template, which a capsule keeps using for its lifetime."""
         if template_id in ("", MINIMAL_TEMPLATE):
-            link = self.images / "minimal" / "current"
+            link = self.data.minimal_current
         else:
-            link = self.team_template(team_id, template_id)
-        if not (link / "rootfs").is_dir() and not (link / SNAPSHOT_FILE).is_file():
+            link = self.data.team_template(team_id, template_id)
+        if not TemplateDir(link).exists():
             raise NotFound(f"template {name!r} is not available on this host; build it with `wrenn image build`")
         return link.resolve()
 
+    def default_template(self) -> Path | None:
+        """The platform's minimal template, if this host has it."""
+        try:
+            return self.template_dir(PLATFORM_TEAM, MINIMAL_TEMPLATE, "minimal")
+        except NotFound:
+            return None
+
     def team_template(self, team_id: str, template_id: str) -> Path:
-        return self.images / "teams" / team_id / template_id
+        return self.data.team_template(team_id, template_id)
 
     def collect_unused_templates(self, in_use: set[str]) -> None:
         """Remove superseded versions of the minimal image, and deleted snapshot templates, that no capsule
         (nor a snapshot template built on it) uses any more."""
-        for marker in self.images.glob("teams/*/*/" + DELETED_FILE):
-            template = marker.parent.resolve()
+        for marked in self.data.team_templates(DELETED_FILE):
+            template = marked.resolve()
             if not _used(template, in_use):
                 log.info("removing deleted template %s", template.name)
                 shutil.rmtree(template, ignore_errors=True)
         in_use = in_use | {str(base) for base in self._snapshot_bases()}
-        base = self.images / "minimal"
-        current = (base / "current").resolve() if (base / "current").exists() else None
+        base = self.data.minimal
+        current = self.data.minimal_current.resolve() if self.data.minimal_current.exists() else None
         for version in base.glob("*"):
             if version.is_symlink() or version.name.startswith(".") or not version.is_dir():
                 continue
@@ -59,21 +64,21 @@ class Storage:
 
     def _snapshot_bases(self) -> set[Path]:
         bases = set()
-        for snapshot in self.images.glob("teams/*/*/" + SNAPSHOT_FILE):
+        for snapshot in self.data.team_templates(SNAPSHOT_FILE):
             try:
-                bases.update(template_layers(snapshot.parent))
-            except (OSError, ValueError):
+                bases.update(TemplateDir(snapshot).layers())
+            except (OSError, ValueError, KeyError):
                 continue
         return {b.parent for b in bases}
 
     @staticmethod
-    def disk_used(workdir: Path) -> int:
+    def disk_used(capsule: CapsuleDir) -> int:
         """Bytes the capsule wrote on top of its template (its overlay upper layer, or its qcow2 overlay)."""
         try:
-            overlay = (workdir / "disk.qcow2").stat().st_blocks * 512
+            overlay = capsule.disk.stat().st_blocks * 512
         except OSError:
             overlay = 0
-        return Storage.tree_size(workdir / "upper") + overlay
+        return Storage.tree_size(capsule.upper) + overlay
 
     @staticmethod
     def tree_size(path: Path) -> int:
