@@ -1,6 +1,6 @@
 """A running guest made into a template: its network connections closed, then its state and files saved.
 
-Shared by snapshots of capsules (the manager) and by prepared checkpoints of templates (the warm pool).
+Shared by snapshots of capsules (`templates.py`) and by prepared checkpoints of templates (the warm pool).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@
     <template>/prepared/<size>-<stamp>/     a prepared checkpoint of a template, laid out like a snapshot template
     <data>/sandboxes/<name>/                a capsule's (or a warm guest's) working directory
     <data>/runsc/                           runsc's own state
+    <data>/host-credentials.json            what the agent got at registration
 
 A checkpoint directory holds `checkpoint.img` (written last: the checkpoint is complete once it is there) and,
 from the microVM runtime, `memory` and `vm.json`.
@@ -58,6 +59,11 @@ class DataDir:
     @property
     def runsc_state(self) -> Path:
         return self.root / "runsc"
+
+    @property
+    def credentials(self) -> Path:
+        """What the agent got at registration."""
+        return self.root / "host-credentials.json"
 
 
 def staging(target: Path, tag: str) -> Path:
@@ -149,6 +155,7 @@ class CapsuleDir:
 
     @property
     def bundle(self) -> Path:
+        """gVisor's OCI bundle (`config.json`)."""
         return self.path / "bundle"
 
     @property
