@@ -236,9 +236,6 @@ class TemplateDir:
         """The prepared checkpoint of this template at `size` (which names the runtime's stamp too)."""
         return self.path / "prepared" / size
 
-    def prepared_glob(self, pattern: str) -> list[Path]:
-        return list(self.path.glob(f"prepared/{pattern}"))
-
     def about(self) -> dict[str, object] | None:
         """A snapshot template's `snapshot.json`; None for a base template."""
         if not self.snapshot_file.is_file():
