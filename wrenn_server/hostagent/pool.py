@@ -178,7 +178,7 @@ class WarmPool:
                     if key in self._wanted:
                         self.ready.setdefault(key, []).append(guest)
                     else:
-                        await self._discard(guest)
+                        await self.launcher.discard(guest)
             except (AgentError, OSError) as exc:
                 self.stats.failures += 1
                 log.warning("warm pool: %s at %dx%d MiB failed: %s", key.template_dir, key.vcpus, key.memory_mb, exc)
@@ -230,12 +230,9 @@ class WarmPool:
             await asyncio.to_thread(shutil.rmtree, new, True)
 
     def _discard_later(self, guest: Guest) -> None:
-        task = asyncio.create_task(self._discard(guest))
+        task = asyncio.create_task(self.launcher.discard(guest))
         self._discards.add(task)
         task.add_done_callback(self._discards.discard)
-
-    async def _discard(self, guest: Guest) -> None:
-        await self.launcher.discard(guest)
 
 
 async def _wait_ready(envd: EnvdClient, deadline: float) -> None:
