@@ -20,6 +20,7 @@ import pytest
 from tests.guests import guest, kill_guest
 from wrenn_server.hostagent.launcher import Size
 from wrenn_server.hostagent.network import Slot
+from wrenn_server.hostagent.runtimes.base import RuntimeState
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 
 from .conftest import AgentHandle
@@ -527,7 +528,7 @@ async def test_pause_and_resume_keep_the_whole_guest(agent: AgentHandle) -> None
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         if cycle > 0:  # cycle 0 thaws the frozen guest; the others restore it from its checkpoint
             for _ in range(100):
-                if checkpoint.is_file() and await agent.agent.manager.runtime.state(name) != "paused":
+                if checkpoint.is_file() and await agent.agent.manager.runtime.state(name) != RuntimeState.FROZEN:
                     break
                 await asyncio.sleep(0.1)
             assert checkpoint.is_file(), "no checkpoint after the delay"
@@ -669,7 +670,7 @@ async def test_a_capsule_holding_a_connection_is_checkpointed_only_where_the_run
         if manager.runtime.capabilities.checkpoint_keeps_connections:
             assert checkpointed and await manager.runtime.state(name) == "missing"  # its memory released
         else:
-            assert not checkpointed and await manager.runtime.state(name) == "paused"  # frozen in memory
+            assert not checkpointed and await manager.runtime.state(name) == RuntimeState.FROZEN  # frozen in memory
         await agent.stub.ResumeSandbox(ref, metadata=agent.md)
         conn.sendall(b"after")
         assert conn.recv(99) == b"after"
@@ -691,7 +692,7 @@ async def test_a_capsule_whose_checkpoint_is_damaged_ends_in_error(agent: AgentH
         await agent.stub.PauseSandbox(ref, metadata=agent.md)
         image = workdir / "checkpoint" / "checkpoint.img"
         for _ in range(100):
-            if image.is_file() and await manager.runtime.state(name) != "paused":
+            if image.is_file() and await manager.runtime.state(name) != RuntimeState.FROZEN:
                 break
             await asyncio.sleep(0.1)
         image.write_bytes(b"not a checkpoint")

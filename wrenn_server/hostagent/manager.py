@@ -29,7 +29,7 @@ from .pausing import Pauser
 from .pool import Key, WarmPool
 from .reaper import Reaper
 from .recovery import Recovery
-from .registry import Registry, Sandbox
+from .registry import Registry, Sandbox, Start
 from .runtimes.base import Runtime, Usage
 from .state import RecordStore, SandboxRecord, SandboxStatus
 from .storage import Storage
@@ -201,7 +201,7 @@ class SandboxManager:
             raise RuntimeFailure(f"capsule failed to start: {reason}") from exc
         record.status = SandboxStatus.RUNNING
         self.registry.records.save(record)
-        return Sandbox(record, warm.slot, warm.envd, time.monotonic(), start="pool")
+        return Sandbox(record, warm.slot, warm.envd, time.monotonic(), start=Start.POOL)
 
     async def _launch(self, req: CreateRequest, template_dir: Path) -> Sandbox:
         """A guest booted, or restored from `template_dir`'s checkpoint; recorded from the start, so that an
@@ -209,7 +209,7 @@ class SandboxManager:
         guest = await self.launcher.reserve(req.sandbox_id, template_dir)
         record = self._record(req, guest)
         self.registry.records.save(record)
-        restored = TemplateDir(template_dir).checkpoint() is not None
+        start = Start.RESTORE if TemplateDir(template_dir).checkpoint() is not None else Start.BOOT
 
         async def ready(envd: EnvdClient, deadline: float) -> None:
             # Also turns port forwarding back on: checkpoints are taken with it stopped.
@@ -218,7 +218,7 @@ class SandboxManager:
         await self.launcher.launch(guest, req.size, ready)
         record.status = SandboxStatus.RUNNING
         self.registry.records.save(record)
-        return Sandbox(record, guest.slot, guest.envd, time.monotonic(), start="restore" if restored else "boot")
+        return Sandbox(record, guest.slot, guest.envd, time.monotonic(), start=start)
 
     async def destroy(self, sandbox_id: str) -> None:
         self.pauser.cancel_checkpoint(sandbox_id)

@@ -82,7 +82,7 @@ class Pauser:
             try:
                 await self.runtime.checkpoint(record.name, checkpoint)
             except AgentError as exc:
-                if await self.runtime.state(record.name) is RuntimeState.PAUSED:
+                if await self.runtime.state(record.name) is RuntimeState.FROZEN:
                     log.warning("capsule %s stays frozen: its checkpoint failed: %s", sandbox_id, exc.message)
                     record.checkpoint_pending = False
                     self.registry.records.save(record)

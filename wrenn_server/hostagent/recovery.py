@@ -83,7 +83,7 @@ class Recovery:
         checkpointed = self.registry.records.capsule(record).checkpoint.complete()
         if state is RuntimeState.RUNNING:  # whatever the record says: a resume finished, a pause never began
             record.set_running()
-        elif state is RuntimeState.PAUSED:
+        elif state is RuntimeState.FROZEN:
             if record.paused_mode is not PausedMode.FROZEN:
                 record.set_paused(PausedMode.FROZEN)
         elif record.status is SandboxStatus.PAUSED and checkpointed:  # the checkpoint was written, not recorded

@@ -7,6 +7,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from .envd_client import EnvdClient
@@ -16,13 +17,22 @@ from .network import Slot
 from .state import RecordStore, SandboxRecord, SandboxStatus
 
 
+class Start(StrEnum):
+    """How a new capsule came up (told to the control plane in its metadata)."""
+
+    POOL = "pool"  # a warm guest
+    RESTORE = "restore"  # a checkpoint restored
+    BOOT = "boot"
+    READOPTED = ""  # found again at agent start
+
+
 @dataclass
 class Sandbox:
     record: SandboxRecord
     slot: Slot
     envd: EnvdClient
     last_active: float
-    start: str = ""  # how it came up: pool (a warm guest), restore (a checkpoint) or boot
+    start: Start = Start.READOPTED
 
     def touch(self) -> None:
         self.last_active = time.monotonic()

@@ -23,6 +23,7 @@ from wrenn_server.proto._generated import hostagent_pb2_grpc as pb_grpc
 from .errors import AgentError, InvalidArgument
 from .manager import CreateRequest, SandboxManager
 from .metrics import RANGES, TIER_2H, TIER_10M, TIER_24H, Point
+from .registry import Start
 from .state import SandboxRecord, SandboxStatus
 from .storage import Storage
 
@@ -80,7 +81,7 @@ _WIRE_STATUS = {
 }
 
 
-def _info(record: SandboxRecord, host_ip: str, disk_used: int = 0, start: str = "") -> pb.SandboxInfo:
+def _info(record: SandboxRecord, host_ip: str, disk_used: int = 0, start: Start = Start.READOPTED) -> pb.SandboxInfo:
     info = pb.SandboxInfo(
         sandbox_id=record.sandbox_id,
         status=_WIRE_STATUS[record.status],
@@ -96,7 +97,7 @@ def _info(record: SandboxRecord, host_ip: str, disk_used: int = 0, start: str = 
         },
     )
     if start:
-        info.metadata["start"] = start  # pool | restore | boot: how a new capsule came up
+        info.metadata["start"] = start.value  # pool | restore | boot: how a new capsule came up
     return info
 
 

@@ -58,7 +58,7 @@ class SandboxSpec:
 
 class RuntimeState(enum.StrEnum):
     RUNNING = "running"
-    PAUSED = "paused"
+    FROZEN = "frozen"  # its CPUs stopped, its memory kept (see `Runtime.freeze`)
     STOPPED = "stopped"
     MISSING = "missing"
 

@@ -154,7 +154,7 @@ class GVisorRuntime:
         status = json.loads(done.stdout).get("status")
         return {
             "running": RuntimeState.RUNNING,
-            "paused": RuntimeState.PAUSED,
+            "paused": RuntimeState.FROZEN,
         }.get(status, RuntimeState.STOPPED)
 
     def exited(self, sandbox_id: str) -> bool:

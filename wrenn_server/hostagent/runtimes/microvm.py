@@ -303,7 +303,7 @@ class MicroVMRuntime:
         if status == "running":
             return RuntimeState.RUNNING
         # `paused` is a freeze; `postmigrate` a checkpoint whose QEMU had not quit yet; both keep the guest intact.
-        return RuntimeState.PAUSED if status in ("paused", "postmigrate", "finish-migrate") else RuntimeState.STOPPED
+        return RuntimeState.FROZEN if status in ("paused", "postmigrate", "finish-migrate") else RuntimeState.STOPPED
 
     def exited(self, sandbox_id: str) -> bool:
         pid = _pid(self._capsule(sandbox_id))
