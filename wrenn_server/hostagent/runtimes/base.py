@@ -4,7 +4,10 @@ A runtime isolates one capsule: it prepares the capsule's disk on top of a read-
 (whose init starts envd) inside the network namespace the agent made, and tears it all down again. It declares
 what it can do in a frozen `Capabilities` value; the agent, `wrenn doctor` and the tests read that value, and
 never discover support by catching exceptions. A runtime gets its config and nothing else: no global settings,
-no database.
+no database; where things are inside a capsule's or a template's directory, it asks `hostagent.layout`.
+
+Its words: it freezes and thaws a guest (in memory), and checkpoints and restores one (to and from disk). Pause and
+resume are the API's words, for what the agent makes of them (`hostagent/pausing.py`).
 """
 
 from __future__ import annotations
