@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from tests.cleanup import purge_data_dir
 from tests.stack import Stack, free_port
+from wrenn_server.hostagent.layout import CapsuleDir, TemplateDir
 from wrenn_server.hostagent.network import Network, Slot
-from wrenn_server.hostagent.runtimes.base import SandboxSpec, template_layers
+from wrenn_server.hostagent.runtimes.base import SandboxSpec
 from wrenn_server.hostagent.runtimes.gvisor import _HIDE_NET_SYSCTL, _mount_overlay, _oci_spec
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ class RawSandbox:
         sandbox_id = f"bench-{uuid.uuid4().hex[:12]}"
         workdir = root / sandbox_id
         spec = SandboxSpec(sandbox_id, template, workdir, 1, 512, 5120, slot.guest)
-        rootfs = asyncio.run(_mount_overlay(template_layers(template), workdir))
+        rootfs = asyncio.run(_mount_overlay(TemplateDir(template).layers(), CapsuleDir(workdir)))
         (workdir / "bundle").mkdir()
         (workdir / "bundle" / "config.json").write_text(json.dumps(_oci_spec(spec, rootfs)))
         return cls(root, network, slot, sandbox_id, workdir, rootfs)

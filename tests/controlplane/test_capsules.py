@@ -13,6 +13,7 @@ from wrenn.models import Capsule as SdkCapsule
 
 from wrenn_server import __version__
 from wrenn_server.controlplane.ids import Kind, format_id
+from wrenn_server.proto._generated import hostagent_pb2 as pb
 
 from .agent import Agent, namespaces, slot_namespaces
 from .harness import Harness, ServerThread, settings_for
@@ -173,7 +174,7 @@ async def test_create_runs_on_agent(
     assert capsule.metadata["agent_version"] == __version__ and capsule.metadata["runtime"] == "gvisor"
     assert ipaddress.IPv4Address(resp.json()["host_ip"]) in ipaddress.IPv4Network("10.11.0.0/16")
     assert capsule.started_at is not None and capsule.template == "minimal"
-    assert (await agent.sandboxes())[capsule.id].status == "running"
+    assert (await agent.sandboxes())[capsule.id].status == pb.SANDBOX_STATUS_RUNNING
     container = agent.guest_name(capsule.id)  # a guest from the warm pool keeps its own name
     assert container in await agent.containers()
     network = slot_namespaces(resp.json()["host_ip"])

@@ -19,6 +19,7 @@ from wrenn_server.controlplane.services.events import CapsuleEvents, InProcessBu
 from wrenn_server.controlplane.services.lifecycle import DESTROYED
 from wrenn_server.controlplane.services.reconciler import HOST_SILENT, NOT_ON_HOST, Reconciler
 from wrenn_server.controlplane.state import capsule_json
+from wrenn_server.proto._generated import hostagent_pb2 as pb
 
 from .agent import Agent
 from .harness import AGENT_TOKEN, Harness
@@ -149,7 +150,7 @@ async def test_capsule_that_died_with_the_agent_is_error(
 
     await agent.restart(while_down=kill)
     info = (await agent.sandboxes())[dies]
-    assert info.status == "error"
+    assert info.status == pb.SANDBOX_STATUS_ERROR
 
     await reconcile(harness, host_id, agent)
 

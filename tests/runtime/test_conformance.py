@@ -18,7 +18,9 @@ import grpc
 import pytest
 
 from tests.guests import guest, kill_guest
+from wrenn_server.hostagent.launcher import Size
 from wrenn_server.hostagent.network import Slot
+from wrenn_server.hostagent.runtimes.base import RuntimeState
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 
 from .conftest import AgentHandle
@@ -49,9 +51,9 @@ async def sh(agent: AgentHandle, capsule: pb.SandboxInfo, script: str, **kw: obj
 
 
 async def test_created_capsule_is_running_and_listed(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:
-    assert capsule.status == "running"
+    assert capsule.status == pb.SANDBOX_STATUS_RUNNING
     listed = {s.sandbox_id: s.status for s in (await agent.stub.ListSandboxes(pb.Empty(), metadata=agent.md)).sandboxes}
-    assert listed[capsule.sandbox_id] == "running"
+    assert listed[capsule.sandbox_id] == pb.SANDBOX_STATUS_RUNNING
 
 
 async def test_exec_exit_codes_output_env_cwd(agent: AgentHandle, capsule: pb.SandboxInfo) -> None:
@@ -439,8 +441,8 @@ async def test_agent_restart_readopts_and_reports_lost(agent: AgentHandle) -> No
     await asyncio.sleep(0.5)
     await agent.restart()
     listed = {s.sandbox_id: s for s in (await agent.stub.ListSandboxes(pb.Empty(), metadata=agent.md)).sandboxes}
-    assert listed[keep.sandbox_id].status == "running"
-    assert listed[lose.sandbox_id].status == "error" and listed[lose.sandbox_id].error
+    assert listed[keep.sandbox_id].status == pb.SANDBOX_STATUS_RUNNING
+    assert listed[lose.sandbox_id].status == pb.SANDBOX_STATUS_ERROR and listed[lose.sandbox_id].error
     assert (await sh(agent, keep, "cat /root/mark")).stdout == b"kept\n"
     procs = (await agent.stub.ListProcesses(pb.SandboxRef(sandbox_id=keep.sandbox_id), metadata=agent.md)).processes
     assert any(p.tag == "survivor" and p.pid == bg.pid for p in procs)
@@ -519,14 +521,14 @@ async def test_pause_and_resume_keep_the_whole_guest(agent: AgentHandle) -> None
     for cycle in range(3):
         before = int((await sh(agent, box, "cat /tmp/count")).stdout)
         paused = await agent.stub.PauseSandbox(ref, metadata=agent.md)
-        assert paused.status == "paused" and paused.host_ip == box.host_ip
-        assert (await agent.stub.PauseSandbox(ref, metadata=agent.md)).status == "paused"  # idempotent
+        assert paused.status == pb.SANDBOX_STATUS_PAUSED and paused.host_ip == box.host_ip
+        assert (await agent.stub.PauseSandbox(ref, metadata=agent.md)).status == pb.SANDBOX_STATUS_PAUSED  # idempotent
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await sh(agent, box, "true")
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         if cycle > 0:  # cycle 0 thaws the frozen guest; the others restore it from its checkpoint
             for _ in range(100):
-                if checkpoint.is_file() and await agent.agent.manager.runtime.state(name) != "paused":
+                if checkpoint.is_file() and await agent.agent.manager.runtime.state(name) != RuntimeState.FROZEN:
                     break
                 await asyncio.sleep(0.1)
             assert checkpoint.is_file(), "no checkpoint after the delay"
@@ -538,10 +540,11 @@ async def test_pause_and_resume_keep_the_whole_guest(agent: AgentHandle) -> None
                 s.sandbox_id: s.status
                 for s in (await agent.stub.ListSandboxes(pb.Empty(), metadata=agent.md)).sandboxes
             }
-            assert listed[box.sandbox_id] == "paused"
+            assert listed[box.sandbox_id] == pb.SANDBOX_STATUS_PAUSED
         resumed = await agent.stub.ResumeSandbox(ref, metadata=agent.md)
-        assert resumed.status == "running"
-        assert (await agent.stub.ResumeSandbox(ref, metadata=agent.md)).status == "running"  # idempotent
+        assert resumed.status == pb.SANDBOX_STATUS_RUNNING
+        again = await agent.stub.ResumeSandbox(ref, metadata=agent.md)
+        assert again.status == pb.SANDBOX_STATUS_RUNNING  # idempotent
         after = int((await sh(agent, box, "cat /tmp/count")).stdout)
         assert after >= before
         await asyncio.sleep(0.4)
@@ -667,7 +670,7 @@ async def test_a_capsule_holding_a_connection_is_checkpointed_only_where_the_run
         if manager.runtime.capabilities.checkpoint_keeps_connections:
             assert checkpointed and await manager.runtime.state(name) == "missing"  # its memory released
         else:
-            assert not checkpointed and await manager.runtime.state(name) == "paused"  # frozen in memory
+            assert not checkpointed and await manager.runtime.state(name) == RuntimeState.FROZEN  # frozen in memory
         await agent.stub.ResumeSandbox(ref, metadata=agent.md)
         conn.sendall(b"after")
         assert conn.recv(99) == b"after"
@@ -689,7 +692,7 @@ async def test_a_capsule_whose_checkpoint_is_damaged_ends_in_error(agent: AgentH
         await agent.stub.PauseSandbox(ref, metadata=agent.md)
         image = workdir / "checkpoint" / "checkpoint.img"
         for _ in range(100):
-            if image.is_file() and await manager.runtime.state(name) != "paused":
+            if image.is_file() and await manager.runtime.state(name) != RuntimeState.FROZEN:
                 break
             await asyncio.sleep(0.1)
         image.write_bytes(b"not a checkpoint")
@@ -697,7 +700,7 @@ async def test_a_capsule_whose_checkpoint_is_damaged_ends_in_error(agent: AgentH
             await agent.stub.ResumeSandbox(ref, metadata=agent.md)
         assert "could not be restored" in (failed.value.details() or "")
         info = await agent.stub.GetSandbox(ref, metadata=agent.md)
-        assert info.status == "error" and "could not be restored" in info.error
+        assert info.status == pb.SANDBOX_STATUS_ERROR and "could not be restored" in info.error
     finally:
         manager.checkpoint_after_sec = agent.settings.checkpoint_after_sec
         await agent.stub.DestroySandbox(ref, metadata=agent.md)
@@ -716,7 +719,7 @@ async def test_an_agent_that_died_half_way_finds_each_capsule_running_or_paused(
     assert manager is not None
     runtime = manager.runtime
 
-    async def status_after_restart() -> str:
+    async def status_after_restart() -> pb.SandboxStatus:
         await agent.restart()
         return (await agent.stub.GetSandbox(ref, metadata=agent.md)).status
 
@@ -726,7 +729,7 @@ async def test_an_agent_that_died_half_way_finds_each_capsule_running_or_paused(
     # Frozen by a pause, the pause never recorded.
     await agent.agent.stop()
     await runtime.freeze(name)
-    assert await status_after_restart() == "paused"
+    assert await status_after_restart() == pb.SANDBOX_STATUS_PAUSED
     await agent.stub.ResumeSandbox(ref, metadata=agent.md)
     await intact()
 
@@ -734,27 +737,29 @@ async def test_an_agent_that_died_half_way_finds_each_capsule_running_or_paused(
     await agent.stub.PauseSandbox(ref, metadata=agent.md)
     await agent.agent.stop()
     await runtime.thaw(name)
-    assert await status_after_restart() == "running"
+    assert await status_after_restart() == pb.SANDBOX_STATUS_RUNNING
     await intact()
 
     # Checkpointed (memory released), the checkpoint never recorded.
     await agent.stub.PauseSandbox(ref, metadata=agent.md)
     await agent.agent.stop()
-    await runtime.pause(name, workdir / "checkpoint")
-    assert await status_after_restart() == "paused"
+    await runtime.checkpoint(name, workdir / "checkpoint")
+    assert await status_after_restart() == pb.SANDBOX_STATUS_PAUSED
     await agent.stub.ResumeSandbox(ref, metadata=agent.md)
     await intact()
 
     # Restored from its checkpoint, the resume never recorded.
     await agent.stub.PauseSandbox(ref, metadata=agent.md)
     await agent.agent.stop()
-    await runtime.pause(name, workdir / "checkpoint")
+    await runtime.checkpoint(name, workdir / "checkpoint")
     restarted = agent.agent.manager
     assert restarted is not None
     record = restarted.record_of(box.sandbox_id)
     await restarted.network.readdress(Slot(record.slot))
-    await runtime.resume(restarted._spec(record, Slot(record.slot)), workdir / "checkpoint")
-    assert await status_after_restart() == "running"
+    size = Size(record.vcpus, record.memory_mb, record.disk_size_mb)
+    spec = restarted.launcher.spec(record.name, Path(record.template_dir), size, Slot(record.slot))
+    await runtime.restore(spec, workdir / "checkpoint")
+    assert await status_after_restart() == pb.SANDBOX_STATUS_RUNNING
     await intact()
     assert not (workdir / "checkpoint").exists()
     await agent.stub.DestroySandbox(ref, metadata=agent.md)
@@ -778,16 +783,16 @@ async def test_a_microvm_whose_memory_file_was_moved_half_way_continues(agent: A
     (workdir / "checkpoint").mkdir()
     (workdir / "mem").rename(workdir / "checkpoint" / "memory")
     await agent.restart()
-    assert (await agent.stub.GetSandbox(ref, metadata=agent.md)).status == "paused"
+    assert (await agent.stub.GetSandbox(ref, metadata=agent.md)).status == pb.SANDBOX_STATUS_PAUSED
     await agent.stub.ResumeSandbox(ref, metadata=agent.md)
     assert (await sh(agent, box, "cat /tmp/mem")).stdout == b"alive\n"
     # Checkpointed; a resume moved the memory file back and died before QEMU ran.
     await agent.stub.PauseSandbox(ref, metadata=agent.md)
     await agent.agent.stop()
-    await manager.runtime.pause(name, workdir / "checkpoint")
+    await manager.runtime.checkpoint(name, workdir / "checkpoint")
     (workdir / "checkpoint" / "memory").rename(workdir / "mem")
     await agent.restart()
-    assert (await agent.stub.GetSandbox(ref, metadata=agent.md)).status == "paused"
+    assert (await agent.stub.GetSandbox(ref, metadata=agent.md)).status == pb.SANDBOX_STATUS_PAUSED
     await agent.stub.ResumeSandbox(ref, metadata=agent.md)
     assert (await sh(agent, box, "cat /tmp/mem")).stdout == b"alive\n"
     await agent.stub.DestroySandbox(ref, metadata=agent.md)
@@ -856,7 +861,7 @@ async def test_sizes_the_host_cannot_give_are_refused(agent: AgentHandle) -> Non
 async def wait_for_error(agent: AgentHandle, sandbox_id: str) -> pb.SandboxInfo:
     for _ in range(300):
         info = await agent.stub.GetSandbox(pb.SandboxRef(sandbox_id=sandbox_id), metadata=agent.md)
-        if info.status == "error":
+        if info.status == pb.SANDBOX_STATUS_ERROR:
             return info
         await asyncio.sleep(0.1)
     raise AssertionError(f"capsule {sandbox_id} is still {info.status}")

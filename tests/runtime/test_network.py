@@ -221,14 +221,14 @@ async def test_an_agent_killed_hard_leaves_network_that_the_next_one_reclaims_ke
 
         # The live capsule keeps its own slot, untouched, and is reachable through it.
         listed = {s.sandbox_id: s for s in (await stub.ListSandboxes(pb.Empty(), metadata=MD)).sandboxes}
-        assert listed[keep.sandbox_id].status == "running"
+        assert listed[keep.sandbox_id].status == pb.SANDBOX_STATUS_RUNNING
         assert marks(slot_of(keep)) == (True, True, True)
         assert slot_owner(slot_of(keep)) == agent.owner
         assert keep.host_ip in sh("ip", "route", "show", f"{keep.host_ip}/32")
         assert await echo(stub, keep, "still-here") == b"still-here\n"
         # The capsule that died is reported, and nothing of what is gone keeps its network: each of those
         # slots is removed (its number may serve a new spare or warm guest: then it is made anew).
-        assert listed[lose.sandbox_id].status == "error" and listed[lose.sandbox_id].error
+        assert listed[lose.sandbox_id].status == pb.SANDBOX_STATUS_ERROR and listed[lose.sandbox_id].error
         assert {index: marks(index) for index in gone} == {index: (False, False, False) for index in gone}
         assert not containers(agent.dir) & pool_guests
         assert not any((agent.dir / "sandboxes" / name).exists() for name in pool_guests)

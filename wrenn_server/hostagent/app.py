@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from . import proc
+from .layout import DataDir
 from .manager import SandboxManager
 from .network import Network
 from .registration import Credentials, Heartbeat, RegistrationError, register
@@ -30,7 +31,7 @@ class HostAgent:
 
     @property
     def credentials_path(self) -> Path:
-        return self.settings.dir / "host-credentials.json"
+        return DataDir(self.settings.dir).credentials
 
     async def start(self, registration_token: str = "") -> None:
         self.settings.dir.mkdir(parents=True, exist_ok=True)

@@ -1,18 +1,17 @@
 """A running guest made into a template: its network connections closed, then its state and files saved.
 
-Shared by snapshots of capsules (the manager) and by prepared checkpoints of templates (the warm pool).
+Shared by snapshots of capsules (`templates.py`) and by prepared checkpoints of templates (the warm pool).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
-from typing import Any
 
 from .envd_client import EnvdClient
+from .layout import CapsuleDir, TemplateDir
 from .network import Network, Slot
-from .runtimes.base import SNAPSHOT_FILE, Runtime
+from .runtimes.base import Runtime
 
 QUIESCE_CHECKS, QUIESCE_WAIT = 5, 0.02
 
@@ -34,11 +33,14 @@ async def quiesce(runtime: Runtime, envd: EnvdClient, network: Network, slot: Sl
     return states
 
 
-async def save_template(runtime: Runtime, name: str, workdir: Path, staging: Path, about: dict[str, Any]) -> None:
-    """Into the new directory `staging`: the guest's state (`checkpoint/`; the guest stops), its files
-    (`upper/` or `disk.qcow2`, layered over the template `about["base"]`) and `snapshot.json` saying so."""
+async def save_template(
+    runtime: Runtime, name: str, capsule: CapsuleDir, staging: Path, about: dict[str, object]
+) -> None:
+    """Into the new template directory `staging`: the guest's state (its checkpoint; the guest stops), its files
+    (layered over the template `about["base"]`) and the `snapshot.json` saying so."""
+    template = TemplateDir(staging)
     staging.mkdir(parents=True)
     await runtime.freeze(name)
-    await runtime.pause(name, staging / "checkpoint")
-    await runtime.save_files(workdir, staging)
-    (staging / SNAPSHOT_FILE).write_text(json.dumps({**about, "runtime": runtime.name}))
+    await runtime.checkpoint(name, template.checkpoint_dir.path)
+    await runtime.save_files(capsule.path, staging)
+    template.write_about({**about, "runtime": runtime.name})

@@ -29,14 +29,12 @@ from pathlib import Path
 from .checkpoints import quiesce, save_template
 from .envd_client import EnvdClient
 from .errors import AgentError, RuntimeFailure
-from .network import Network, Slot
-from .runtimes.base import Runtime, SandboxSpec, template_checkpoint
-from .state import RecordStore
+from .launcher import Guest, Launcher, Size
+from .layout import TemplateDir, staging
 
 log = logging.getLogger(__name__)
 
 POOL_PREFIX = "wp-"
-ENVD_TIMEOUT = 60.0
 MAX_KEYS = 2  # the templates/sizes kept warm: the most recently created ones
 # The platform template's size (see the control plane's template catalog): warmed from the start.
 DEFAULT_VCPUS = 1
@@ -51,15 +49,9 @@ class Key:
     memory_mb: int
     disk_size_mb: int
 
-
-@dataclass
-class Warm:
-    """A restored, idle guest waiting for a capsule."""
-
-    name: str
-    template_dir: Path  # what its disk is layered on: the prepared checkpoint or the snapshot template
-    slot: Slot
-    envd: EnvdClient
+    @property
+    def size(self) -> Size:
+        return Size(self.vcpus, self.memory_mb, self.disk_size_mb)
 
 
 @dataclass
@@ -79,16 +71,17 @@ def memory_available_mb() -> int:
 
 
 class WarmPool:
-    def __init__(
-        self, runtime: Runtime, network: Network, records: RecordStore, size: int, min_free_mb: int
-    ) -> None:
-        self.runtime = runtime
-        self.network = network
-        self.records = records
+    """Restored, idle guests (`Guest`s, their disk layered on the prepared checkpoint or snapshot template) waiting
+    for a capsule, per `Key`."""
+
+    def __init__(self, launcher: Launcher, size: int, min_free_mb: int) -> None:
+        self.launcher = launcher
+        self.runtime = launcher.runtime
+        self.network = launcher.network
         self.size = size
         self.min_free_mb = min_free_mb
         self.stats = Stats()
-        self.ready: dict[Key, list[Warm]] = {}
+        self.ready: dict[Key, list[Guest]] = {}
         self._stamp = ""
         self._wanted: OrderedDict[Key, None] = OrderedDict()
         self._work: asyncio.Task[None] | None = None
@@ -100,10 +93,11 @@ class WarmPool:
         probe = await self.runtime.probe()
         # A checkpoint is only good for the runtime version and platform that wrote it.
         self._stamp = hashlib.sha256(f"{self.runtime.name} {probe.reason}".encode()).hexdigest()[:10]
-        for workdir in self.records.root.glob(POOL_PREFIX + "*"):
-            if not (workdir / "state.json").exists():
-                await self.runtime.destroy(workdir.name, workdir)
-                await asyncio.to_thread(shutil.rmtree, workdir, True)
+        for workdir in self.launcher.data.sandboxes.glob(POOL_PREFIX + "*"):
+            capsule = self.launcher.data.capsule(workdir.name)
+            if not capsule.record.exists():
+                await self.runtime.destroy(capsule.name, capsule.path)
+                await asyncio.to_thread(shutil.rmtree, capsule.path, True)
         if default_template is not None:
             self.want(Key(default_template, DEFAULT_VCPUS, DEFAULT_MEMORY_MB, DEFAULT_DISK_MB))
 
@@ -114,32 +108,33 @@ class WarmPool:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._work
         for guests in self.ready.values():
-            for warm in guests:
-                self._discard_later(warm)
+            for guest in guests:
+                self._discard_later(guest)
         self.ready.clear()
         await asyncio.gather(*self._discards, return_exceptions=True)
 
     def source(self, key: Key) -> Path | None:
         """What a capsule of `key` restores: the template's own checkpoint, or its prepared one; None: boot."""
-        if template_checkpoint(key.template_dir) is not None:
+        if TemplateDir(key.template_dir).checkpoint() is not None:
             return key.template_dir
         prepared = self._prepared_dir(key)
-        return prepared if template_checkpoint(prepared) is not None else None
+        return prepared if TemplateDir(prepared).checkpoint() is not None else None
 
     def _prepared_dir(self, key: Key) -> Path:
-        return key.template_dir / "prepared" / f"{key.vcpus}x{key.memory_mb}x{key.disk_size_mb}-{self._stamp}"
+        size = f"{key.vcpus}x{key.memory_mb}x{key.disk_size_mb}-{self._stamp}"
+        return TemplateDir(key.template_dir).prepared(size)
 
     def counters(self) -> dict[str, int]:
         ready = sum(len(guests) for guests in self.ready.values())
         st = self.stats
         return {"hits": st.hits, "misses": st.misses, "ready": ready, "prepared": st.prepared, "failures": st.failures}
 
-    def take(self, key: Key) -> Warm | None:
+    def take(self, key: Key) -> Guest | None:
         """A warm guest for a new capsule of `key`, counted as a hit, or None (a miss)."""
-        warm = self.ready.get(key, [])
-        if warm:
+        guests = self.ready.get(key, [])
+        if guests:
             self.stats.hits += 1
-            return warm.pop(0)
+            return guests.pop(0)
         self.stats.misses += 1
         return None
 
@@ -149,8 +144,8 @@ class WarmPool:
         self._wanted.move_to_end(key)
         while len(self._wanted) > MAX_KEYS:
             old, _ = self._wanted.popitem(last=False)
-            for warm in self.ready.pop(old, []):
-                self._discard_later(warm)
+            for guest in self.ready.pop(old, []):
+                self._discard_later(guest)
         self.kick()
 
     def drop(self, template_dir: Path) -> None:
@@ -159,8 +154,8 @@ class WarmPool:
         for key in [k for k in self._wanted if k.template_dir == template_dir]:
             del self._wanted[key]
         for key in [k for k in self.ready if k.template_dir == template_dir]:
-            for warm in self.ready.pop(key):
-                self._discard_later(warm)
+            for guest in self.ready.pop(key):
+                self._discard_later(guest)
 
     def templates_in_use(self) -> set[str]:
         return {str(w.template_dir) for guests in self.ready.values() for w in guests}
@@ -179,11 +174,11 @@ class WarmPool:
                 if self.source(key) is None:
                     await self._prepare(key)
                 else:
-                    warm = await self._start(key)
+                    guest = await self._start(key)
                     if key in self._wanted:
-                        self.ready.setdefault(key, []).append(warm)
+                        self.ready.setdefault(key, []).append(guest)
                     else:
-                        await self._discard(warm)
+                        await self.launcher.discard(guest)
             except (AgentError, OSError) as exc:
                 self.stats.failures += 1
                 log.warning("warm pool: %s at %dx%d MiB failed: %s", key.template_dir, key.vcpus, key.memory_mb, exc)
@@ -198,70 +193,47 @@ class WarmPool:
             return False
         return memory_available_mb() - key.memory_mb >= self.min_free_mb
 
-    async def _start(self, key: Key) -> Warm:
+    async def _start(self, key: Key) -> Guest:
         """A guest restored from the key's checkpoint, envd answering; port forwarding stays off until the
         capsule's `/init`."""
         source = self.source(key)
         if source is None:
             raise RuntimeFailure("no checkpoint to restore")
-        name = POOL_PREFIX + secrets.token_hex(6)
-        slot = await self.network.acquire()
-        envd = EnvdClient(slot.host_ip)
-        try:
-            await self.runtime.create(self._spec(name, source, key, slot))  # a new slot: its address is there
-            await envd.wait_ready(time.monotonic() + ENVD_TIMEOUT)
-        except BaseException:
-            await self._discard(Warm(name, source, slot, envd))
-            raise
+        guest = await self.launcher.reserve(POOL_PREFIX + secrets.token_hex(6), source)
+        await self.launcher.launch(guest, key.size, _wait_ready)
         self.network.refill()
-        return Warm(name, source, slot, envd)
+        return guest
 
     async def _prepare(self, key: Key) -> None:
         """Boot a guest of the template, wait for envd, checkpoint it, and keep that as the key's checkpoint."""
         self._preparing.add(key)
         name = POOL_PREFIX + secrets.token_hex(6)
-        slot = await self.network.acquire()
-        envd = EnvdClient(slot.host_ip)
         target = self._prepared_dir(key)
-        staging = target.with_name(f".staging-{name}")
+        new = staging(target, name)
         started = time.monotonic()
         try:
-            await self.runtime.create(self._spec(name, key.template_dir, key, slot))
-            await envd.wait_ready(time.monotonic() + ENVD_TIMEOUT)
-            if connections := await quiesce(self.runtime, envd, self.network, slot):
-                raise RuntimeFailure(f"the fresh guest holds network connections {connections}")
-            about = {"base": str(key.template_dir), "prepared": True}
-            await save_template(self.runtime, name, self.records.workdir(name), staging, about)
-            with contextlib.suppress(OSError):  # another agent sharing the images made it first: keep theirs
-                staging.rename(target)
-            self.stats.prepared += 1
-            log.info("prepared checkpoint %s in %.2f s", target, time.monotonic() - started)
+            guest = await self.launcher.reserve(name, key.template_dir)
+            await self.launcher.launch(guest, key.size, _wait_ready)
+            try:
+                if connections := await quiesce(self.runtime, guest.envd, self.network, guest.slot):
+                    raise RuntimeFailure(f"the fresh guest holds network connections {connections}")
+                about: dict[str, object] = {"base": str(key.template_dir), "prepared": True}
+                await save_template(self.runtime, name, self.launcher.data.capsule(name), new, about)
+                with contextlib.suppress(OSError):  # another agent sharing the images made it first: keep theirs
+                    new.rename(target)
+                self.stats.prepared += 1
+                log.info("prepared checkpoint %s in %.2f s", target, time.monotonic() - started)
+            finally:
+                await self.launcher.discard(guest)
         finally:
             self._preparing.discard(key)
-            await asyncio.to_thread(shutil.rmtree, staging, True)
-            await self._discard(Warm(name, key.template_dir, slot, envd))
+            await asyncio.to_thread(shutil.rmtree, new, True)
 
-    def _discard_later(self, warm: Warm) -> None:
-        task = asyncio.create_task(self._discard(warm))
+    def _discard_later(self, guest: Guest) -> None:
+        task = asyncio.create_task(self.launcher.discard(guest))
         self._discards.add(task)
         task.add_done_callback(self._discards.discard)
 
-    async def _discard(self, warm: Warm) -> None:
-        await warm.envd.close()
-        workdir = self.records.workdir(warm.name)
-        try:
-            await self.runtime.destroy(warm.name, workdir)
-        finally:
-            await self.network.teardown(warm.slot)
-            await asyncio.to_thread(shutil.rmtree, workdir, True)
 
-    def _spec(self, name: str, template_dir: Path, key: Key, slot: Slot) -> SandboxSpec:
-        return SandboxSpec(
-            sandbox_id=name,
-            template_dir=template_dir,
-            workdir=self.records.workdir(name),
-            vcpus=key.vcpus,
-            memory_mb=key.memory_mb,
-            disk_size_mb=key.disk_size_mb,
-            network=slot.guest,
-        )
+async def _wait_ready(envd: EnvdClient, deadline: float) -> None:
+    await envd.wait_ready(deadline)

@@ -23,7 +23,8 @@ from wrenn_server.proto._generated import hostagent_pb2_grpc as pb_grpc
 from .errors import AgentError, InvalidArgument
 from .manager import CreateRequest, SandboxManager
 from .metrics import RANGES, TIER_2H, TIER_10M, TIER_24H, Point
-from .state import SandboxRecord
+from .registry import Start
+from .state import SandboxRecord, SandboxStatus
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,18 @@ def streaming(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterato
     return wrapper
 
 
-def _info(record: SandboxRecord, host_ip: str, disk_used: int = 0, start: str = "") -> pb.SandboxInfo:
+_WIRE_STATUS = {
+    SandboxStatus.STARTING: pb.SANDBOX_STATUS_STARTING,
+    SandboxStatus.RUNNING: pb.SANDBOX_STATUS_RUNNING,
+    SandboxStatus.PAUSED: pb.SANDBOX_STATUS_PAUSED,
+    SandboxStatus.ERROR: pb.SANDBOX_STATUS_ERROR,
+}
+
+
+def _info(record: SandboxRecord, host_ip: str, disk_used: int = 0, start: Start = Start.READOPTED) -> pb.SandboxInfo:
     info = pb.SandboxInfo(
         sandbox_id=record.sandbox_id,
-        status=record.status,
+        status=_WIRE_STATUS[record.status],
         host_ip=host_ip,
         error=record.error,
         disk_used_bytes=disk_used,
@@ -88,7 +97,7 @@ def _info(record: SandboxRecord, host_ip: str, disk_used: int = 0, start: str = 
         },
     )
     if start:
-        info.metadata["start"] = start  # pool | restore | boot: how a new capsule came up
+        info.metadata["start"] = start.value  # pool | restore | boot: how a new capsule came up
     return info
 
 
@@ -185,7 +194,7 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
     @unary
     async def GetSandbox(self, request: pb.SandboxRef, context: Any) -> pb.SandboxInfo:
         record = self.manager.record_of(request.sandbox_id)
-        if record.status == "error":
+        if record.status is SandboxStatus.ERROR:
             return _info(record, "")
         sandbox = self.manager.lookup(request.sandbox_id)
         used = await self.manager.disk_used(request.sandbox_id)

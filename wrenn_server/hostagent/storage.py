@@ -1,4 +1,4 @@
-"""Where templates and capsules live on disk under the data directory.
+"""Templates and capsules on disk: which template a capsule uses, what can be removed, what a capsule wrote.
 
 Image directories may be shared: a data directory's `images` (or its `images/minimal`) may be a symlink to
 another's, as the tests and benches do with the machine's built image. Whoever removes unused templates there
@@ -16,11 +16,10 @@ import shutil
 from pathlib import Path
 
 from .errors import NotFound
-from .runtimes.base import SNAPSHOT_FILE, template_layers
+from .layout import DELETED_FILE, SNAPSHOT_FILE, CapsuleDir, DataDir, TemplateDir
 
 log = logging.getLogger(__name__)
 
-DELETED_FILE = "deleted"
 USERS_DIR = ".users"  # in an image directory: one file per data directory that uses it, holding its path
 PLATFORM_TEAM = "00000000-0000-0000-0000-000000000000"
 MINIMAL_TEMPLATE = "00000000-0000-0000-0000-000000000000"
@@ -29,14 +28,13 @@ MINIMAL_TEMPLATE = "00000000-0000-0000-0000-000000000000"
 class Storage:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.images = root / "images"
-        self.sandboxes = root / "sandboxes"
-        self.sandboxes.mkdir(parents=True, exist_ok=True)
+        self.data = DataDir(root)
+        self.data.sandboxes.mkdir(parents=True, exist_ok=True)
         self.register()
 
     def _shared(self) -> list[Path]:
         """The image directories other data directories may share with this one (resolved)."""
-        return [d.resolve() for d in (self.images / "minimal", self.images / "teams") if d.is_dir()]
+        return [d.resolve() for d in (self.data.minimal, self.data.images / "teams") if d.is_dir()]
 
     def register(self) -> None:
         """Say in the image directories this data directory uses that its capsules use them."""
@@ -69,38 +67,45 @@ class Storage:
                     continue
                 if str(root) == me:
                     continue
-                if not (root / "sandboxes").is_dir():
+                if not DataDir(root).sandboxes.is_dir():
                     entry.unlink(missing_ok=True)
                     continue
-                used |= _uses_of(root)
+                used |= _uses_of(DataDir(root))
         return used
 
     def template_dir(self, team_id: str, template_id: str, name: str) -> Path:
         """The resolved (versioned) directory of a template, which a capsule keeps using for its lifetime."""
         if template_id in ("", MINIMAL_TEMPLATE):
-            link = self.images / "minimal" / "current"
+            link = self.data.minimal_current
         else:
-            link = self.team_template(team_id, template_id)
-        if not (link / "rootfs").is_dir() and not (link / SNAPSHOT_FILE).is_file():
+            link = self.data.team_template(team_id, template_id)
+        if not TemplateDir(link).exists():
             raise NotFound(f"template {name!r} is not available on this host; build it with `wrenn image build`")
         return link.resolve()
 
+    def default_template(self) -> Path | None:
+        """The platform's minimal template, if this host has it."""
+        try:
+            return self.template_dir(PLATFORM_TEAM, MINIMAL_TEMPLATE, "minimal")
+        except NotFound:
+            return None
+
     def team_template(self, team_id: str, template_id: str) -> Path:
-        return self.images / "teams" / team_id / template_id
+        return self.data.team_template(team_id, template_id)
 
     def collect_unused_templates(self, in_use: set[str]) -> None:
         """Remove superseded versions of the minimal image, and deleted snapshot templates, that no capsule
         (nor a snapshot template built on it) uses any more, here or in another data directory sharing them."""
         self.register()
         in_use = in_use | self.used_elsewhere()
-        for marker in self.images.glob("teams/*/*/" + DELETED_FILE):
-            template = marker.parent.resolve()
+        for marked in self.data.team_templates(DELETED_FILE):
+            template = marked.resolve()
             if not _used(template, in_use):
                 log.info("removing deleted template %s", template.name)
                 shutil.rmtree(template, ignore_errors=True)
         in_use = in_use | {str(base) for base in self._snapshot_bases()}
-        base = self.images / "minimal"
-        current = (base / "current").resolve() if (base / "current").exists() else None
+        base = self.data.minimal
+        current = self.data.minimal_current.resolve() if self.data.minimal_current.exists() else None
         for version in base.glob("*"):
             if version.is_symlink() or version.name.startswith(".") or not version.is_dir():
                 continue
@@ -112,21 +117,21 @@ class Storage:
 
     def _snapshot_bases(self) -> set[Path]:
         bases = set()
-        for snapshot in self.images.glob("teams/*/*/" + SNAPSHOT_FILE):
+        for snapshot in self.data.team_templates(SNAPSHOT_FILE):
             try:
-                bases.update(template_layers(snapshot.parent))
-            except (OSError, ValueError):
+                bases.update(TemplateDir(snapshot).layers())
+            except (OSError, ValueError, KeyError):
                 continue
         return {b.parent for b in bases}
 
     @staticmethod
-    def disk_used(workdir: Path) -> int:
+    def disk_used(capsule: CapsuleDir) -> int:
         """Bytes the capsule wrote on top of its template (its overlay upper layer, or its qcow2 overlay)."""
         try:
-            overlay = (workdir / "disk.qcow2").stat().st_blocks * 512
+            overlay = capsule.disk.stat().st_blocks * 512
         except OSError:
             overlay = 0
-        return Storage.tree_size(workdir / "upper") + overlay
+        return Storage.tree_size(capsule.upper) + overlay
 
     @staticmethod
     def tree_size(path: Path) -> int:
@@ -141,20 +146,20 @@ class Storage:
         return total
 
 
-def _uses_of(root: Path) -> set[str]:
+def _uses_of(data: DataDir) -> set[str]:
     """What a data directory's capsules run on (from their records) and its snapshot templates build on."""
     used: set[str] = set()
-    for state in (root / "sandboxes").glob("*/state.json"):
+    for workdir in data.sandboxes.glob("*"):
         try:
-            template_dir = json.loads(state.read_text())["template_dir"]
+            template_dir = json.loads(data.capsule(workdir.name).record.read_text())["template_dir"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if template_dir:
             used.add(str(template_dir))
-    for snapshot in (root / "images").glob("teams/*/*/" + SNAPSHOT_FILE):
+    for snapshot in data.team_templates(SNAPSHOT_FILE):
         try:
-            used.update(str(layer.parent) for layer in template_layers(snapshot.parent))
-        except (OSError, ValueError):
+            used.update(str(layer.parent) for layer in TemplateDir(snapshot).layers())
+        except (OSError, ValueError, KeyError):
             continue
     return used
 

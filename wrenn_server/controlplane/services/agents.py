@@ -17,6 +17,7 @@ from wrenn_server.proto._generated import hostagent_pb2_grpc as pb_grpc
 
 from ..db.models import Host
 from ..errors import from_rpc_error
+from .status import Status
 
 TOKEN_HEADER = "x-wrenn-agent-token"
 CALL_TIMEOUT = 30.0
@@ -32,6 +33,20 @@ _CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+
+
+# What an agent's `SandboxInfo.status` says, in the control plane's words.
+_AGENT_STATUS = {
+    pb.SANDBOX_STATUS_STARTING: Status.STARTING,
+    pb.SANDBOX_STATUS_RUNNING: Status.RUNNING,
+    pb.SANDBOX_STATUS_PAUSED: Status.PAUSED,
+    pb.SANDBOX_STATUS_ERROR: Status.ERROR,
+}
+
+
+def agent_status(info: pb.SandboxInfo) -> Status | None:
+    """The capsule's status as its agent reports it; None when the agent does not say."""
+    return _AGENT_STATUS.get(info.status)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from ..db.types import utcnow
 from ..errors import InternalError, NotFound, WrennError
 from ..ids import Kind, format_id
 from . import metric_store
-from .agents import AgentClient, AgentPool, HostRef
+from .agents import AgentClient, AgentPool, HostRef, agent_status
 from .events import Actor, CapsuleEvents, EventName
 from .status import Status
 
@@ -78,7 +78,7 @@ async def boot(
     agent = pool.client(plan.host)
     try:
         info = await agent.create_sandbox(plan.request)
-        if info.status == Status.ERROR.value:
+        if agent_status(info) is Status.ERROR:
             raise InternalError(info.error or "the agent failed to start the sandbox")
     except Exception as exc:
         failure = exc if isinstance(exc, WrennError) else InternalError("internal error while starting")
@@ -119,7 +119,7 @@ async def status_on_agent(agent: AgentClient, wire_id: str, fallback: Status) ->
         info = await agent.get_sandbox(wire_id)
     except WrennError:
         return fallback
-    return Status(info.status) if info.status in Status.__members__.values() else fallback
+    return agent_status(info) or fallback
 
 
 async def destroy_on_agent(pool: AgentPool, host: HostRef, wire_id: str) -> None:

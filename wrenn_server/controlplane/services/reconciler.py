@@ -23,7 +23,7 @@ from ..db.models import Host, Sandbox
 from ..db.types import utcnow
 from ..errors import WrennError
 from ..ids import Kind, format_id
-from .agents import AgentPool, HostRef
+from .agents import AgentPool, HostRef, agent_status
 from .events import SYSTEM, CapsuleEvents, EventName
 from .lifecycle import DESTROYED, destroy_on_agent
 from .status import FINAL, LOST_WITH_HOST, HostStatus, Status
@@ -143,10 +143,8 @@ class Reconciler:
         for sandbox_id, (status, stamp, created) in known.items():
             wire_id = format_id(Kind.SANDBOX, sandbox_id)
             info = alive.get(wire_id)
-            agent_status = info.status if info is not None else ""
-            target = self._decide(
-                sandbox_id, status, created, info is not None, agent_status, wire_id in auto_paused, stamp
-            )
+            agent = agent_status(info) if info is not None else None
+            target = self._decide(sandbox_id, status, created, info is not None, agent, wire_id in auto_paused, stamp)
             if target is not None:
                 await self._move(sandbox_id, status, stamp, target, self._reason(status, target, info))
             elif (
@@ -161,7 +159,7 @@ class Reconciler:
         status: Status,
         created: datetime,
         alive: bool,
-        agent: str,
+        agent: Status | None,  # what the agent says (None: it does not know the capsule, or does not say)
         paused: bool,
         stamp: datetime,
     ) -> Status | None:
@@ -174,17 +172,17 @@ class Reconciler:
                 return None if alive else Status.STOPPED
             if not alive:
                 return Status.STOPPED
-            return {"running": Status.RUNNING, "paused": Status.PAUSED, "error": Status.ERROR}.get(agent)
+            return agent if agent in (Status.RUNNING, Status.PAUSED, Status.ERROR) else None
         if status == Status.STARTING:
             if self._is_booting(sandbox_id) or (not alive and utcnow() - created < STARTING_GRACE):
                 return None
         if status not in (Status.RUNNING, Status.STARTING, Status.MISSING, Status.PAUSED):
             return None
-        if agent == "error":
+        if agent == Status.ERROR:
             return Status.ERROR
-        if alive and agent in ("running", ""):
+        if alive and agent in (Status.RUNNING, None):
             return None if status == Status.RUNNING else Status.RUNNING
-        if alive and agent == "paused":
+        if alive and agent == Status.PAUSED:
             return None if status == Status.PAUSED else Status.PAUSED
         if status == Status.PAUSED:
             return None  # a paused capsule need not be listed as alive

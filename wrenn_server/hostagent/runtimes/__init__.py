@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..kvm import probe_kvm
+from ..layout import DataDir
 from .base import Probe, Runtime
 from .gvisor import GVisorConfig, GVisorRuntime
 from .microvm import MicroVMConfig, MicroVMRuntime
@@ -18,12 +19,11 @@ class NoRuntime(Exception):
 
 
 def build_runtime(name: str, data_dir: Path) -> Runtime:
+    data = DataDir(data_dir)
     if name == "gvisor":
-        return GVisorRuntime(GVisorConfig(state_dir=data_dir / "runsc"))
+        return GVisorRuntime(GVisorConfig(state_dir=data.runsc_state))
     if name == "microvm":
-        return MicroVMRuntime(
-            MicroVMConfig(sandboxes_dir=data_dir / "sandboxes", image_dir=data_dir / "images" / "minimal" / "current")
-        )
+        return MicroVMRuntime(MicroVMConfig(sandboxes_dir=data.sandboxes, image_dir=data.minimal_current))
     raise NoRuntime(f"unknown runtime {name!r}; choose one of: auto, {', '.join(RUNTIMES)}")
 
 

@@ -4,48 +4,18 @@ A runtime isolates one capsule: it prepares the capsule's disk on top of a read-
 (whose init starts envd) inside the network namespace the agent made, and tears it all down again. It declares
 what it can do in a frozen `Capabilities` value; the agent, `wrenn doctor` and the tests read that value, and
 never discover support by catching exceptions. A runtime gets its config and nothing else: no global settings,
-no database.
+no database; where things are inside a capsule's or a template's directory, it asks `hostagent.layout`.
+
+Its words: it freezes and thaws a guest (in memory), and checkpoints and restores one (to and from disk). Pause and
+resume are the API's words, for what the agent makes of them (`hostagent/pausing.py`).
 """
 
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol
-
-SNAPSHOT_FILE = "snapshot.json"
-CHECKPOINT_IMAGE = "checkpoint.img"
-
-
-def template_layers(template_dir: Path) -> list[Path]:
-    """A template's read-only filesystem layers, top first: a base template is its `rootfs`; a snapshot
-    template is the capsule's own changes (`upper`) over the layers of the template it came from."""
-    snapshot = template_dir / SNAPSHOT_FILE
-    if not snapshot.is_file():
-        return [template_dir / "rootfs"]
-    base = Path(json.loads(snapshot.read_text())["base"])
-    return [template_dir / "upper", *template_layers(base)]
-
-
-def template_runtime(template_dir: Path) -> str | None:
-    """The runtime whose guest state a snapshot template holds (None: a base template, any runtime boots it)."""
-    snapshot = template_dir / SNAPSHOT_FILE
-    if not snapshot.is_file():
-        return None
-    return str(json.loads(snapshot.read_text()).get("runtime", "gvisor"))  # older snapshots: gVisor only
-
-
-def template_image(template_dir: Path) -> Path:
-    """The microVM outputs (kernel, initramfs, root disk) of the image at the bottom of a template's chain."""
-    return template_layers(template_dir)[-1].parent / "vm"
-
-
-def template_checkpoint(template_dir: Path) -> Path | None:
-    """Where a snapshot template's guest state (memory, processes) is, if it has one."""
-    checkpoint = template_dir / "checkpoint"
-    return checkpoint if (checkpoint / CHECKPOINT_IMAGE).is_file() else None
 
 
 @dataclass(frozen=True)
@@ -91,7 +61,7 @@ class SandboxSpec:
 
 class RuntimeState(enum.StrEnum):
     RUNNING = "running"
-    PAUSED = "paused"
+    FROZEN = "frozen"  # its CPUs stopped, its memory kept (see `Runtime.freeze`)
     STOPPED = "stopped"
     MISSING = "missing"
 
@@ -121,14 +91,14 @@ class Runtime(Protocol):
 
     async def usage(self, sandbox_id: str) -> Usage | None: ...
 
-    async def pause(self, sandbox_id: str, checkpoint_dir: Path) -> None:
+    async def checkpoint(self, sandbox_id: str, checkpoint_dir: Path) -> None:
         """Save the guest's whole state (memory included) to disk and stop it. Needs `pause_with_memory`."""
 
     async def save_files(self, workdir: Path, template_dir: Path) -> None:
         """Copy the capsule's own files (what it changed over its template) into a new template directory."""
 
-    async def resume(self, spec: SandboxSpec, checkpoint_dir: Path) -> None:
-        """Start the guest again from a checkpoint made by `pause`. Needs `pause_with_memory`."""
+    async def restore(self, spec: SandboxSpec, checkpoint_dir: Path) -> None:
+        """Start the guest again from a checkpoint made by `checkpoint`. Needs `pause_with_memory`."""
 
     async def freeze(self, sandbox_id: str) -> None:
         """Stop the guest's CPUs at once, its memory kept where it is."""

@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 from .. import proc
 from ..errors import RuntimeFailure
 from ..kvm import probe_kvm
-from .base import Capabilities, Probe, RuntimeState, SandboxSpec, Usage, template_checkpoint, template_layers
+from ..layout import CapsuleDir, TemplateDir
+from .base import Capabilities, Probe, RuntimeState, SandboxSpec, Usage
 
 INIT = "/usr/local/bin/wrenn-init"
 # runsc refuses a sandbox network when it believes it runs in the root network namespace, which it decides
@@ -93,18 +94,20 @@ class GVisorRuntime:
 
     async def create(self, spec: SandboxSpec) -> None:
         self._config.state_dir.mkdir(parents=True, exist_ok=True)
-        rootfs = await _mount_overlay(template_layers(spec.template_dir), spec.workdir)
-        bundle = spec.workdir / "bundle"
+        template, capsule = TemplateDir(spec.template_dir), CapsuleDir(spec.workdir)
+        rootfs = await _mount_overlay(template.layers(), capsule)
+        bundle = capsule.bundle
         bundle.mkdir(exist_ok=True)
         (bundle / "config.json").write_text(json.dumps(_oci_spec(spec, rootfs)))
-        checkpoint = template_checkpoint(spec.template_dir)
+        checkpoint = template.checkpoint()
         if checkpoint is None:
             command = ["run", "--detach", "--bundle", str(bundle), spec.sandbox_id]
         else:  # a snapshot template: its guest continues, processes and all, in this new capsule
-            command = ["restore", "--detach", "--image-path", str(checkpoint), "--bundle", str(bundle), spec.sandbox_id]
-        await self._run_detached(command, spec.workdir)
+            command = ["restore", "--detach", "--image-path", str(checkpoint.path), "--bundle", str(bundle)]
+            command.append(spec.sandbox_id)
+        await self._run_detached(command, capsule)
 
-    async def _run_detached(self, command: list[str], workdir: Path) -> None:
+    async def _run_detached(self, command: list[str], capsule: CapsuleDir) -> None:
         argv = [
             "unshare",
             "-m",
@@ -125,7 +128,7 @@ class GVisorRuntime:
                 *command,
             ),
         ]
-        console = workdir / "console.log"
+        console = capsule.console
         # The container inherits runsc's stdio, so it must be a file: a pipe would never reach EOF.
         # Its own session keeps a Ctrl-C aimed at `wrenn up` (the terminal's process group) away from it.
         with console.open("ab") as log:
@@ -145,7 +148,7 @@ class GVisorRuntime:
 
     async def destroy(self, sandbox_id: str, workdir: Path) -> None:
         await proc.run(self._runsc("delete", "--force", sandbox_id), check=False, timeout=30)
-        await _unmount(workdir / "rootfs")
+        await _unmount(CapsuleDir(workdir).rootfs)
 
     async def state(self, sandbox_id: str) -> RuntimeState:
         done = await proc.run(self._runsc("state", sandbox_id), check=False, timeout=15)
@@ -154,7 +157,7 @@ class GVisorRuntime:
         status = json.loads(done.stdout).get("status")
         return {
             "running": RuntimeState.RUNNING,
-            "paused": RuntimeState.PAUSED,
+            "paused": RuntimeState.FROZEN,
         }.get(status, RuntimeState.STOPPED)
 
     def exited(self, sandbox_id: str) -> bool:
@@ -176,7 +179,7 @@ class GVisorRuntime:
             return None
         return Usage(cpu_ns / 1e9, mem)
 
-    async def pause(self, sandbox_id: str, checkpoint_dir: Path) -> None:
+    async def checkpoint(self, sandbox_id: str, checkpoint_dir: Path) -> None:
         # The checkpoint stops the sandbox: a failed one takes the sandbox with it (runsc 20221219), which is
         # why the manager only asks once the guest holds no network connection (see envd /snapshot/prepare).
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -185,18 +188,21 @@ class GVisorRuntime:
         await proc.run(self._runsc("delete", "--force", sandbox_id), check=False, timeout=30)  # frees its memory
 
     async def save_files(self, workdir: Path, template_dir: Path) -> None:
-        await proc.run(["cp", "-a", "--reflink=auto", str(workdir / "upper"), str(template_dir / "upper")])
+        upper = CapsuleDir(workdir).upper
+        await proc.run(["cp", "-a", "--reflink=auto", str(upper), str(TemplateDir(template_dir).upper)])
 
-    async def resume(self, spec: SandboxSpec, checkpoint_dir: Path) -> None:
-        await _mount_overlay(template_layers(spec.template_dir), spec.workdir)  # gone after a reboot of the host
-        bundle = spec.workdir / "bundle"
+    async def restore(self, spec: SandboxSpec, checkpoint_dir: Path) -> None:
+        capsule = CapsuleDir(spec.workdir)
+        await _mount_overlay(TemplateDir(spec.template_dir).layers(), capsule)  # gone after a reboot of the host
+        bundle = capsule.bundle
         command = ["restore", "--detach", "--image-path", str(checkpoint_dir), "--bundle", str(bundle), spec.sandbox_id]
         try:
-            await self._run_detached(command, spec.workdir)
+            await self._run_detached(command, capsule)
         except RuntimeFailure:
-            # A container record left behind (pause deletes it, but may have been cut short) blocks the name.
+            # A container record left behind (a checkpoint deletes it, but may have been cut short) blocks the
+            # name.
             await proc.run(self._runsc("delete", "--force", spec.sandbox_id), check=False, timeout=30)
-            await self._run_detached(command, spec.workdir)
+            await self._run_detached(command, capsule)
 
     async def freeze(self, sandbox_id: str) -> None:
         # `runsc pause` (20221219) leaves the tasks of a guest restored from a checkpoint running (a warm-pool
@@ -293,11 +299,11 @@ def _sandbox_pid(state_dir: Path, sandbox_id: str) -> int | None:
     return None
 
 
-async def _mount_overlay(layers: list[Path], workdir: Path) -> Path:
+async def _mount_overlay(layers: list[Path], capsule: CapsuleDir) -> Path:
     for lower in layers:
         if not lower.is_dir():
             raise RuntimeFailure(f"template layer {lower} is missing; run `wrenn image build`")
-    upper, work, merged = workdir / "upper", workdir / "work", workdir / "rootfs"
+    upper, work, merged = capsule.upper, capsule.overlay_work, capsule.rootfs
     for d in (upper, work, merged):
         d.mkdir(parents=True, exist_ok=True)
     if not os.path.ismount(merged):

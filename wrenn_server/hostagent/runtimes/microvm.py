@@ -5,12 +5,12 @@ the image's kernel and initramfs; its root disk is a qcow2 overlay (`disk.qcow2`
 the template's read-only disk. Its network is a tap device bridged to the namespace's `eth0`, so the guest holds
 the fixed guest address itself and envd, the port proxy and NAT work as with gVisor.
 
-Guest RAM lives in a file (`mem`, mapped shared): a pause saves only the device state (`stop`, then a migration
-with `x-ignore-shared`, ~10 ms) and keeps the memory file; a resume starts QEMU with `-incoming defer` on the same
-file. A checkpoint directory holds `checkpoint.img` (device state), `memory` and `vm.json` (the machine it needs).
-A capsule made from a snapshot template gets its own copy of the template's memory (`cp --reflink=auto`: shared
-blocks on a reflink volume, a sparse copy elsewhere), so its own pauses stay as small and fast as any other.
-QEMU daemonizes: a capsule outlives the agent, which finds it again through `qemu.pid` and `qmp.sock`.
+Guest RAM lives in a file (`mem`, mapped shared): a checkpoint saves only the device state (`stop`, then a
+migration with `x-ignore-shared`, ~10 ms) and keeps the memory file; a restore starts QEMU with `-incoming defer`
+on the same file. A checkpoint directory holds `checkpoint.img` (device state), `memory` and `vm.json` (the machine
+it needs). A capsule made from a snapshot template gets its own copy of the template's memory (`cp --reflink=auto`:
+shared blocks on a reflink volume, a sparse copy elsewhere), so its own checkpoints stay as small and fast as any
+other. QEMU daemonizes: a capsule outlives the agent, which finds it again through `qemu.pid` and `qmp.sock`.
 """
 
 from __future__ import annotations
@@ -29,20 +29,10 @@ from typing import Any, ClassVar
 from .. import proc
 from ..errors import RuntimeFailure
 from ..kvm import probe_kvm
-from .base import (
-    CHECKPOINT_IMAGE,
-    Capabilities,
-    Probe,
-    RuntimeState,
-    SandboxSpec,
-    Usage,
-    template_checkpoint,
-    template_image,
-)
+from ..layout import CapsuleDir, CheckpointDir, TemplateDir
+from .base import Capabilities, Probe, RuntimeState, SandboxSpec, Usage
 
 GUEST_MAC = "52:54:00:00:00:21"  # one per namespace, so every guest may have the same one (checkpoints move)
-MEMORY_FILE = "memory"
-MACHINE_FILE = "vm.json"
 KERNEL_ARGS = "console=ttyS0 nokaslr tsc_early_khz=2000000 panic=-1 quiet"
 MIGRATION_TIMEOUT = 120.0
 ACCELERATORS = {"kvm": ["-accel", "kvm", "-cpu", "host"], "tcg": ["-accel", "tcg", "-cpu", "max"]}
@@ -160,14 +150,15 @@ class MicroVMRuntime:
         except RuntimeFailure as exc:
             return Probe(False, f"QEMU does not run: {exc.message}")
         first = version.stdout.decode().splitlines()[0] if version.stdout else "QEMU"
-        vm = self._config.image_dir / "vm"
-        if not (vm / "vmlinux").is_file() or not (vm / "rootfs.ext4").is_file():
-            return Probe(False, f"no guest kernel and disk in {vm}: {_vm_error(self._config.image_dir)}")
-        kernel = (vm / "kernel-version").read_text().strip() if (vm / "kernel-version").is_file() else "?"
+        image = TemplateDir(self._config.image_dir)
+        vm = image.vm
+        if not vm.kernel.is_file() or not vm.disk.is_file():
+            return Probe(False, f"no guest kernel and disk in {vm.path}: {_vm_error(image)}")
+        kernel = vm.kernel_version.read_text().strip() if vm.kernel_version.is_file() else "?"
         details = {"binary": binary, "kernel": kernel}
         if self._kvm.usable and not self._kvm_checked:
             self._kvm_checked = True
-            booted, seen = await boot_probe(binary, vm / "vmlinux", "kvm")
+            booted, seen = await boot_probe(binary, vm.kernel, "kvm")
             if not booted:
                 self.accelerator = "tcg"
                 details["kvm"] = f"hardware KVM did not boot the guest kernel ({seen}); using emulation"
@@ -180,49 +171,49 @@ class MicroVMRuntime:
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     async def create(self, spec: SandboxSpec) -> None:
-        checkpoint = template_checkpoint(spec.template_dir)
-        image = template_image(spec.template_dir)
-        if checkpoint is not None and not (checkpoint / MACHINE_FILE).is_file():
+        template, capsule = TemplateDir(spec.template_dir), CapsuleDir(spec.workdir)
+        checkpoint = template.checkpoint()
+        if checkpoint is not None and not checkpoint.machine.is_file():
             raise RuntimeFailure(f"template {spec.template_dir.name} was saved by another runtime, not by microvm")
-        spec.workdir.mkdir(parents=True, exist_ok=True)
-        base = spec.template_dir / "disk.qcow2" if checkpoint is not None else image / "rootfs.ext4"
+        capsule.path.mkdir(parents=True, exist_ok=True)
+        base = template.disk if checkpoint is not None else template.image().disk
         if not base.is_file():
             raise RuntimeFailure(f"the template's disk {base} is missing; run `wrenn image build`")
         base_format = "qcow2" if base.suffix == ".qcow2" else "raw"
         overlay = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", base_format, "-b", str(base)]
         size = max(spec.disk_size_mb * 2**20, _virtual_size(base))  # never smaller than the filesystem on it
-        await proc.run([*overlay, str(spec.workdir / "disk.qcow2"), str(size)], timeout=30)
+        await proc.run([*overlay, str(capsule.disk), str(size)], timeout=30)
         if checkpoint is None:
             await self._launch(spec, _machine(spec), incoming=None)
             return
-        await _copy(checkpoint / MEMORY_FILE, spec.workdir / "mem")
-        await self._launch(spec, _read_machine(checkpoint), incoming=checkpoint / CHECKPOINT_IMAGE)
+        await _copy(checkpoint.memory, capsule.memory)
+        await self._launch(spec, _read_machine(checkpoint.machine), incoming=checkpoint.image)
 
-    async def resume(self, spec: SandboxSpec, checkpoint_dir: Path) -> None:
-        workdir = spec.workdir
-        await self._kill(workdir)  # a restore an agent left half-way (QEMU still waiting for its state)
-        memory, machine = workdir / "mem", checkpoint_dir / MACHINE_FILE
-        if checkpoint_dir.parent != workdir:  # the snapshot it was just made into: the template keeps its memory
-            await _copy(checkpoint_dir / MEMORY_FILE, memory)
-        elif (checkpoint_dir / MEMORY_FILE).exists():  # its own pause: the memory file goes back where it was
-            os.replace(checkpoint_dir / MEMORY_FILE, memory)
-        elif not memory.exists():  # (already back, when an earlier resume was cut short)
+    async def restore(self, spec: SandboxSpec, checkpoint_dir: Path) -> None:
+        capsule, checkpoint = CapsuleDir(spec.workdir), CheckpointDir(checkpoint_dir)
+        await self._kill(capsule)  # a restore an agent left half-way (QEMU still waiting for its state)
+        memory, machine = capsule.memory, checkpoint.machine
+        if checkpoint != capsule.checkpoint:  # the snapshot it was just made into: the template keeps its memory
+            await _copy(checkpoint.memory, memory)
+        elif checkpoint.memory.exists():  # its own checkpoint: the memory file goes back where it was
+            os.replace(checkpoint.memory, memory)
+        elif not memory.exists():  # (already back, when an earlier restore was cut short)
             raise RuntimeFailure(f"the capsule's memory file is missing from {checkpoint_dir}")
         if not machine.exists():
-            machine = workdir / MACHINE_FILE
-        await self._launch(spec, _read_machine(machine.parent), incoming=checkpoint_dir / CHECKPOINT_IMAGE)
+            machine = capsule.machine
+        await self._launch(spec, _read_machine(machine), incoming=checkpoint.image)
 
     async def _launch(self, spec: SandboxSpec, machine: dict[str, int], incoming: Path | None) -> None:
-        workdir = spec.workdir
-        kernel = template_image(spec.template_dir)
-        for needed in (kernel / "vmlinux", kernel / "initrd.img"):
+        capsule = CapsuleDir(spec.workdir)
+        kernel = TemplateDir(spec.template_dir).image()
+        for needed in (kernel.kernel, kernel.initrd):
             if not needed.is_file():
                 raise RuntimeFailure(f"the guest kernel {needed} is missing; run `wrenn image build`")
-        qmp = workdir / "qmp.sock"
+        qmp = capsule.qmp_socket
         if len(str(qmp)) > _QMP_SOCKET_MAX:
             raise RuntimeFailure(f"the data directory's path is too long for QEMU's control socket: {qmp}")
         await _plumb(spec)
-        for stale in (qmp, workdir / "qemu.pid"):
+        for stale in (qmp, capsule.qemu_pid):
             stale.unlink(missing_ok=True)
         net = spec.network
         args = f"{KERNEL_ARGS} wrenn.net={net.address}/{net.prefix_len},{net.gateway} wrenn.id={spec.sandbox_id}"
@@ -235,29 +226,29 @@ class MicroVMRuntime:
             *self._accel,
             "-smp", str(machine["vcpus"]),
             "-m", f"{memory}M",
-            "-object", f"memory-backend-file,id=ram,size={memory}M,mem-path={workdir / 'mem'},share=on",
+            "-object", f"memory-backend-file,id=ram,size={memory}M,mem-path={capsule.memory},share=on",
             "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-            "-chardev", f"file,id=console,path={workdir / 'console.log'},append=on",
+            "-chardev", f"file,id=console,path={capsule.console},append=on",
             "-serial", "chardev:console",
-            "-kernel", str(kernel / "vmlinux"), "-initrd", str(kernel / "initrd.img"), "-append", args,
-            "-drive", f"id=root,file={workdir / 'disk.qcow2'},format=qcow2,if=none,cache=writeback,discard=unmap",
+            "-kernel", str(kernel.kernel), "-initrd", str(kernel.initrd), "-append", args,
+            "-drive", f"id=root,file={capsule.disk},format=qcow2,if=none,cache=writeback,discard=unmap",
             "-device", "virtio-blk-device,drive=root",
             "-netdev", "tap,id=net,ifname=tap0,script=no,downscript=no",
             "-device", f"virtio-net-device,netdev=net,mac={GUEST_MAC}",
             "-qmp", f"unix:{qmp},server=on,wait=off",
-            "-pidfile", str(workdir / "qemu.pid"),
+            "-pidfile", str(capsule.qemu_pid),
             "-daemonize",
         ]  # fmt: skip
         if incoming is not None:
             argv += ["-incoming", "defer"]
-        (workdir / MACHINE_FILE).write_text(json.dumps(machine))
+        capsule.machine.write_text(json.dumps(machine))
         launcher = asyncio.ensure_future(proc.run(argv, timeout=60, check=False))
         try:
             done = await asyncio.shield(launcher)
         except asyncio.CancelledError:  # QEMU starts all the same: wait for it, so that it can be stopped
             with contextlib.suppress(Exception):
                 await launcher
-            await self._kill(workdir)
+            await self._kill(capsule)
             raise
         if done.returncode != 0:
             raise RuntimeFailure(f"QEMU could not start the capsule: {done.output[-1500:]}")
@@ -271,56 +262,55 @@ class MicroVMRuntime:
                 # The guest was stopped when its state was saved, and the state says so: it waits for `cont`.
                 await q.execute("cont")
         except RuntimeFailure:
-            await self._kill(workdir)
+            await self._kill(capsule)
             raise
 
-    def _workdir(self, sandbox_id: str) -> Path:
-        return self._config.sandboxes_dir / sandbox_id
+    def _capsule(self, sandbox_id: str) -> CapsuleDir:
+        return CapsuleDir(self._config.sandboxes_dir / sandbox_id)
 
     async def destroy(self, sandbox_id: str, workdir: Path) -> None:
         """A clean stop (QMP `quit`: QEMU ends at once, its files closed); a forced kill when it does not answer."""
-        pid = _pid(workdir)
+        capsule = CapsuleDir(workdir)
+        pid = _pid(capsule)
         if pid is not None and _is_qemu(pid):
             with contextlib.suppress(RuntimeFailure):
-                async with Qmp.connect(workdir / "qmp.sock", timeout=1) as q:
+                async with Qmp.connect(capsule.qmp_socket, timeout=1) as q:
                     await q.execute("quit", timeout=1)
             if await _gone(pid, 2.0):
-                (workdir / "qemu.pid").unlink(missing_ok=True)
+                capsule.qemu_pid.unlink(missing_ok=True)
                 return
-        await self._kill(workdir)
+        await self._kill(capsule)
 
-    async def _kill(self, workdir: Path) -> None:
-        pid = _pid(workdir) or _find_qemu(workdir)
+    async def _kill(self, capsule: CapsuleDir) -> None:
+        pid = _pid(capsule) or _find_qemu(capsule)
         if pid is None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         await _gone(pid, 5.0)
-        (workdir / "qemu.pid").unlink(missing_ok=True)
+        capsule.qemu_pid.unlink(missing_ok=True)
 
     async def state(self, sandbox_id: str) -> RuntimeState:
-        workdir = self._workdir(sandbox_id)
-        pid = _pid(workdir)
+        capsule = self._capsule(sandbox_id)
+        pid = _pid(capsule)
         if pid is None or not _is_qemu(pid):
             return RuntimeState.MISSING
         try:
-            async with Qmp.connect(workdir / "qmp.sock", timeout=5) as q:
+            async with Qmp.connect(capsule.qmp_socket, timeout=5) as q:
                 status = (await q.execute("query-status"))["status"]
         except (RuntimeFailure, ValueError):
             return RuntimeState.STOPPED
         if status == "running":
             return RuntimeState.RUNNING
-        # `paused` is a freeze; `postmigrate` a pause whose QEMU had not quit yet; both keep the guest intact.
-        return RuntimeState.PAUSED if status in ("paused", "postmigrate", "finish-migrate") else RuntimeState.STOPPED
+        # `paused` is a freeze; `postmigrate` a checkpoint whose QEMU had not quit yet; both keep the guest intact.
+        return RuntimeState.FROZEN if status in ("paused", "postmigrate", "finish-migrate") else RuntimeState.STOPPED
 
     def exited(self, sandbox_id: str) -> bool:
-        workdir = self._workdir(sandbox_id)
-        pid = _pid(workdir)
+        pid = _pid(self._capsule(sandbox_id))
         return pid is None or not _is_qemu(pid)
 
     async def usage(self, sandbox_id: str) -> Usage | None:
-        workdir = self._workdir(sandbox_id)
-        pid = _pid(workdir)
+        pid = _pid(self._capsule(sandbox_id))
         if pid is None:
             return None
         try:
@@ -334,40 +324,41 @@ class MicroVMRuntime:
         return Usage(cpu, rss_kb * 1024)
 
     async def freeze(self, sandbox_id: str) -> None:
-        workdir = self._workdir(sandbox_id)
-        async with Qmp.connect(workdir / "qmp.sock") as q:
+        capsule = self._capsule(sandbox_id)
+        async with Qmp.connect(capsule.qmp_socket) as q:
             await q.execute("stop")
 
     async def thaw(self, sandbox_id: str) -> None:
-        workdir = self._workdir(sandbox_id)
-        moved = workdir / "checkpoint" / MEMORY_FILE  # a pause cut short after moving the memory file
-        if not (workdir / "mem").exists() and moved.exists():
-            os.replace(moved, workdir / "mem")
-        async with Qmp.connect(workdir / "qmp.sock") as q:
+        capsule = self._capsule(sandbox_id)
+        moved = capsule.checkpoint.memory  # a checkpoint cut short after moving the memory file
+        if not capsule.memory.exists() and moved.exists():
+            os.replace(moved, capsule.memory)
+        async with Qmp.connect(capsule.qmp_socket) as q:
             await q.execute("cont")
 
-    async def pause(self, sandbox_id: str, checkpoint_dir: Path) -> None:
+    async def checkpoint(self, sandbox_id: str, checkpoint_dir: Path) -> None:
         """`checkpoint.img` appears last, complete, with the memory beside it: an agent killed on the way leaves
         either a whole checkpoint or a guest that `state` finds paused and `thaw` continues."""
-        workdir = self._workdir(sandbox_id)
+        capsule, checkpoint = self._capsule(sandbox_id), CheckpointDir(checkpoint_dir)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        image, partial = checkpoint_dir / CHECKPOINT_IMAGE, checkpoint_dir / f"{CHECKPOINT_IMAGE}.part"
-        async with Qmp.connect(workdir / "qmp.sock") as q:
+        image, partial = checkpoint.image, checkpoint.partial_image
+        async with Qmp.connect(capsule.qmp_socket) as q:
             await q.execute("stop")
             await q.execute("migrate-set-capabilities", capabilities=IGNORE_SHARED)
             await q.execute("migrate", uri=f"exec:cat > {_quote(partial)}")
             await q.migration_done(time.monotonic() + MIGRATION_TIMEOUT, "saving")
-        memory = checkpoint_dir / MEMORY_FILE
-        shutil.copyfile(workdir / MACHINE_FILE, checkpoint_dir / MACHINE_FILE)
-        await asyncio.to_thread(_move, workdir / "mem", memory)  # the stopped QEMU keeps its mapping
-        await asyncio.to_thread(_sync, [memory, partial, checkpoint_dir / MACHINE_FILE])
+        memory = checkpoint.memory
+        shutil.copyfile(capsule.machine, checkpoint.machine)
+        await asyncio.to_thread(_move, capsule.memory, memory)  # the stopped QEMU keeps its mapping
+        await asyncio.to_thread(_sync, [memory, partial, checkpoint.machine])
         os.replace(partial, image)
         await asyncio.to_thread(_sync, [image])
-        await self._kill(workdir)  # its memory is all in the file, which a killed QEMU leaves complete
+        await self._kill(capsule)  # its memory is all in the file, which a killed QEMU leaves complete
 
     async def save_files(self, workdir: Path, template_dir: Path) -> None:
-        await proc.run(["cp", "--reflink=auto", "--sparse=always", str(workdir / "disk.qcow2"), str(template_dir)])
-        await asyncio.to_thread(_sync, [template_dir / "disk.qcow2"])
+        disk = TemplateDir(template_dir).disk
+        await proc.run(["cp", "--reflink=auto", "--sparse=always", str(CapsuleDir(workdir).disk), str(disk)])
+        await asyncio.to_thread(_sync, [disk])
 
 
 async def boot_probe(qemu: str, vmlinux: Path, accelerator: str) -> tuple[bool, str]:
@@ -387,9 +378,9 @@ async def boot_probe(qemu: str, vmlinux: Path, accelerator: str) -> tuple[bool, 
     return False, (done.stderr or done.stdout).decode(errors="replace").strip()[-300:] or "no output"
 
 
-def _vm_error(image_dir: Path) -> str:
+def _vm_error(image: TemplateDir) -> str:
     try:
-        manifest = json.loads((image_dir / "manifest.json").read_text())
+        manifest = json.loads(image.manifest.read_text())
     except (OSError, ValueError):
         return "run `wrenn image build`"
     return str(manifest.get("vm_error") or "rebuild the image (`wrenn image build --force`)")
@@ -407,8 +398,8 @@ def _machine(spec: SandboxSpec) -> dict[str, int]:
     return {"vcpus": spec.vcpus, "memory_mb": spec.memory_mb}
 
 
-def _read_machine(checkpoint: Path) -> dict[str, int]:
-    machine: dict[str, int] = json.loads((checkpoint / MACHINE_FILE).read_text())
+def _read_machine(path: Path) -> dict[str, int]:
+    machine: dict[str, int] = json.loads(path.read_text())
     return machine
 
 
@@ -452,9 +443,9 @@ def _sync(paths: list[Path]) -> None:
         os.close(fd)
 
 
-def _pid(workdir: Path) -> int | None:
+def _pid(capsule: CapsuleDir) -> int | None:
     try:
-        return int((workdir / "qemu.pid").read_text().strip())
+        return int(capsule.qemu_pid.read_text().strip())
     except (OSError, ValueError):
         return None
 
@@ -468,9 +459,9 @@ async def _gone(pid: int, within: float) -> bool:
     return True
 
 
-def _find_qemu(workdir: Path) -> int | None:
-    """A QEMU of this workdir whose pid file is missing (a launch cut short before QEMU wrote it)."""
-    needle = f"mem-path={workdir / 'mem'},".encode()
+def _find_qemu(capsule: CapsuleDir) -> int | None:
+    """A QEMU of this capsule whose pid file is missing (a launch cut short before QEMU wrote it)."""
+    needle = f"mem-path={capsule.memory},".encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue

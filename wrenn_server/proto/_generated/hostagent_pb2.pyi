@@ -1,10 +1,24 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class SandboxStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SANDBOX_STATUS_UNSPECIFIED: _ClassVar[SandboxStatus]
+    SANDBOX_STATUS_STARTING: _ClassVar[SandboxStatus]
+    SANDBOX_STATUS_RUNNING: _ClassVar[SandboxStatus]
+    SANDBOX_STATUS_PAUSED: _ClassVar[SandboxStatus]
+    SANDBOX_STATUS_ERROR: _ClassVar[SandboxStatus]
+SANDBOX_STATUS_UNSPECIFIED: SandboxStatus
+SANDBOX_STATUS_STARTING: SandboxStatus
+SANDBOX_STATUS_RUNNING: SandboxStatus
+SANDBOX_STATUS_PAUSED: SandboxStatus
+SANDBOX_STATUS_ERROR: SandboxStatus
 
 class Empty(_message.Message):
     __slots__ = ()
@@ -92,12 +106,12 @@ class SandboxInfo(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     DISK_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
-    status: str
+    status: SandboxStatus
     host_ip: str
     metadata: _containers.ScalarMap[str, str]
     error: str
     disk_used_bytes: int
-    def __init__(self, sandbox_id: _Optional[str] = ..., status: _Optional[str] = ..., host_ip: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., disk_used_bytes: _Optional[int] = ...) -> None: ...
+    def __init__(self, sandbox_id: _Optional[str] = ..., status: _Optional[_Union[SandboxStatus, str]] = ..., host_ip: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., disk_used_bytes: _Optional[int] = ...) -> None: ...
 
 class ListSandboxesResponse(_message.Message):
     __slots__ = ("sandboxes", "auto_paused_sandbox_ids")
