@@ -210,7 +210,7 @@ async def test_a_guest_killed_on_the_host_says_why_it_ended(
 
     async def reported() -> str | None:
         info = (await agent.sandboxes())[wire_id]
-        return str(info.error) if info.status == "error" else None
+        return str(info.error) if info.status == pb.SANDBOX_STATUS_ERROR else None
 
     reason = await until(reported, "the agent to notice the guest is gone")
     assert "stopped on its own" in reason

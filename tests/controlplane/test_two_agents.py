@@ -27,6 +27,7 @@ from tests.guests import guest
 from wrenn_server.hostagent.network import Network, Slot
 from wrenn_server.hostagent.runtimes import RUNTIMES, build_runtime, select_runtime
 from wrenn_server.hostagent.settings import AgentSettings
+from wrenn_server.proto._generated import hostagent_pb2 as pb
 from wrenn_server.proto._generated import hostagent_pb2_grpc as pb_grpc
 
 from .agent import Agent, _start, agent_team, slot_namespaces
@@ -136,7 +137,7 @@ async def test_an_agent_leaves_the_capsules_of_another_alone(
 
         # Its own agent restarts and re-adopts it, as it is.
         await first.restart()
-        assert (await first.sandboxes())[wire_id].status == "running"
+        assert (await first.sandboxes())[wire_id].status == pb.SANDBOX_STATUS_RUNNING
         assert netns_identity(capsule["host_ip"]) == network
         assert await os_release(http, first_headers, wire_id) == seen
 

@@ -75,7 +75,7 @@ async def stays_still_while_paused(agent: AgentHandle, box: pb.SandboxInfo, chec
         offset_before, error_before = await clock_offset(agent, box)
         cpu_before_pause = await manager.runtime.usage(name)
         assert cpu_before_pause is not None and cpu_before_pause.cpu_seconds > 0
-        assert (await agent.stub.PauseSandbox(ref, metadata=agent.md)).status == "paused"
+        assert (await agent.stub.PauseSandbox(ref, metadata=agent.md)).status == pb.SANDBOX_STATUS_PAUSED
         paused_at = time.time()
         frozen = await manager.runtime.usage(name)
         await asyncio.sleep(PAUSE_SEC)
@@ -86,7 +86,7 @@ async def stays_still_while_paused(agent: AgentHandle, box: pb.SandboxInfo, chec
             assert frozen is not None and still is not None
             assert still.cpu_seconds - frozen.cpu_seconds < 0.02, "the guest's processes used CPU while paused"
         resumed_at = time.time()
-        assert (await agent.stub.ResumeSandbox(ref, metadata=agent.md)).status == "running"
+        assert (await agent.stub.ResumeSandbox(ref, metadata=agent.md)).status == pb.SANDBOX_STATUS_RUNNING
         offset_after, error_after = await clock_offset(agent, box)
         count = len(await ticks(agent, box))
         while len(await ticks(agent, box)) < count + 5:  # it goes on after the resume
