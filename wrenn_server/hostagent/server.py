@@ -19,6 +19,7 @@ import grpc
 from wrenn_server import __version__
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 from wrenn_server.proto._generated import hostagent_pb2_grpc as pb_grpc
+from wrenn_server.proto.limits import DEFAULT_SIGNAL, SIGNALS
 
 from .errors import AgentError, InvalidArgument
 from .manager import CreateRequest, SandboxManager
@@ -262,9 +263,9 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
     @unary
     async def KillProcess(self, request: pb.KillProcessRequest, context: Any) -> pb.Empty:
         envd = self.manager.active(request.process.sandbox_id)
-        signal = request.signal or "SIGKILL"
-        if signal not in ("SIGKILL", "SIGTERM", "SIGINT", "SIGHUP"):
-            raise InvalidArgument(f"unsupported signal {signal!r}: use SIGKILL or SIGTERM")
+        signal = request.signal or DEFAULT_SIGNAL
+        if signal not in SIGNALS:
+            raise InvalidArgument(f"unsupported signal {signal!r}: use one of {', '.join(SIGNALS)}")
         await envd.process_call("signal", {**_selector(request.process), "signal": signal})
         return pb.Empty()
 
