@@ -145,13 +145,17 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return f"invalid field '{field}': {msg}"
 
 
+def _number(value: object) -> object:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _limit_message(error: Any) -> str:
     """A broken limit in the words of the schema that declares it."""
     kind, ctx = error.get("type"), error.get("ctx") or {}
     if kind == "greater_than_equal":
-        return f"must be at least {ctx['ge']}"
+        return f"must be at least {_number(ctx['ge'])}"
     if kind == "less_than_equal":
-        return f"must be at most {ctx['le']}"
+        return f"must be at most {_number(ctx['le'])}"
     if kind == "value_error" and "error" in ctx:
         return str(ctx["error"])
     return str(error.get("msg", "invalid value"))

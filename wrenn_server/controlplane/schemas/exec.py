@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from wrenn_server.proto.limits import MAX_INT32
+
 from .common import Request
 
 DEFAULT_TIMEOUT_SEC = 30.0
@@ -12,7 +14,10 @@ class ExecRequest(Request):
     cmd: str = Field(min_length=1, description="Program to run, e.g. `/bin/sh`.")
     args: list[str] = Field(default_factory=list)
     timeout_sec: float | None = Field(
-        None, ge=0, description=f"Foreground limit in seconds (default {DEFAULT_TIMEOUT_SEC:g}, 0 = none)."
+        None,
+        ge=0,
+        le=MAX_INT32,
+        description=f"Foreground limit in seconds (default {DEFAULT_TIMEOUT_SEC:g}, 0 = none).",
     )
     background: bool = False
     tag: str | None = Field(None, description="Background process tag (default `proc-<8hex>`).")
