@@ -52,18 +52,9 @@ class FileEntry(BaseModel):
 
     @classmethod
     def of(cls, entry: pb.FileEntry) -> FileEntry:
-        return cls(
-            name=entry.name,
-            path=entry.path,
-            type=entry.type,
-            size=entry.size,
-            mode=entry.mode,
-            permissions=entry.permissions,
-            owner=entry.owner,
-            group=entry.group,
-            modified_at=entry.modified_at,
-            symlink_target=entry.symlink_target or None,
-        )
+        """The agent's entry, field for field (the same names on the wire); no symlink target is absent."""
+        fields = {name: getattr(entry, name) for name in cls.model_fields}
+        return cls.model_validate({**fields, "symlink_target": entry.symlink_target or None})
 
 
 class ListDirResult(BaseModel):
