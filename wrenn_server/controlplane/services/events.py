@@ -97,6 +97,10 @@ class Event:
     error: str | None = None
     sandbox: Mapping[str, Any] | None = None
 
+    def visible_to(self, principal: Principal) -> bool:
+        """Whether `principal` may see it: its own team's events, and every team's for admins."""
+        return principal.is_admin or self.team_id == principal.team_id
+
     def payload(self) -> dict[str, Any]:
         actor = {"type": self.actor.type, "id": self.actor.id, "name": self.actor.name}
         body: dict[str, Any] = {
