@@ -103,6 +103,22 @@ async def test_less_memory_than_a_guest_needs_is_400(http: httpx.AsyncClient, ha
     assert await harness.count_capsules(team_id) == 0
 
 
+async def test_create_refuses_past_the_documented_limits(http: httpx.AsyncClient, harness: Harness) -> None:
+    """The numbers `/openapi.json` states for a create are the ones the server applies, and its message says them."""
+    team_id, headers = await placeable_team(harness)
+    document = (await http.get("/openapi.json")).json()
+    memory = document["components"]["schemas"]["CreateCapsule"]["properties"]["memory_mb"]["anyOf"][0]
+    least = int(next(part["minimum"] for part in memory["anyOf"] if "minimum" in part))
+    most = int(memory["maximum"])
+    resp = await http.post("/v1/capsules", json={"memory_mb": least - 1}, headers=headers)
+    assert f"at least {least} MB" in assert_error(resp, 400, "invalid_request")
+    resp = await http.post("/v1/capsules", json={"memory_mb": most + 1}, headers=headers)
+    assert assert_error(resp, 400, "invalid_request") == f"invalid field 'memory_mb': must be at most {most}"
+    resp = await http.post("/v1/capsules", json={"metadata": {"agent_version": "x"}}, headers=headers)
+    assert "'agent_version' is reserved" in assert_error(resp, 400, "invalid_request")
+    assert await harness.count_capsules(team_id) == 0
+
+
 async def test_full_host_is_503(http: httpx.AsyncClient, harness: Harness) -> None:
     team_id, api_key = await harness.team(byoc=True)
     host_id = await harness.host(team_id, cpu_cores=4, memory_mb=1024)

@@ -67,6 +67,22 @@ async def test_openapi_documents_errors_and_uploads(http: httpx.AsyncClient) -> 
         assert (form["properties"]["file"]["type"], form["properties"]["file"]["format"]) == ("string", "binary")
 
 
+async def test_openapi_states_the_limits(http: httpx.AsyncClient) -> None:
+    """Each limit is declared once, on the schema: the document states what the server enforces."""
+    document = (await http.get("/openapi.json")).json()
+    create = document["components"]["schemas"]["CreateCapsule"]["properties"]
+    sizes = {name: create[name]["anyOf"][0] for name in ("vcpus", "memory_mb", "timeout_sec", "disk_size_mb")}
+    assert all((size["minimum"], size["maximum"]) == (0, 2**31 - 1) for size in sizes.values()), sizes
+    assert {"minimum": 128} in sizes["memory_mb"]["anyOf"] and {"const": 0} in sizes["memory_mb"]["anyOf"]
+    metadata = create["metadata"]["anyOf"][0]
+    assert metadata["maxProperties"] == 20 and metadata["propertyNames"]["pattern"].startswith("^[a-zA-Z0-9]")
+    kill = document["paths"]["/v1/capsules/{id}/processes/{selector}"]["delete"]["parameters"]
+    signal = next(p for p in kill if p["name"] == "signal")["schema"]
+    assert (signal["enum"], signal["default"]) == (["SIGKILL", "SIGTERM"], "SIGKILL")
+    stats = document["paths"]["/v1/capsules/stats"]["get"]["parameters"]
+    assert next(p for p in stats if p["name"] == "range")["schema"]["enum"] == ["5m", "1h", "6h", "24h", "30d"]
+
+
 async def test_missing_key_is_401(http: httpx.AsyncClient) -> None:
     assert_error(await http.get("/v1/capsules"), 401, "unauthorized")
 

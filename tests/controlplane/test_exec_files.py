@@ -15,9 +15,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 
+from wrenn_server.proto._generated import hostagent_pb2 as pb
+
+from .agent import METADATA, Agent
 from .conftest import Running
 from .harness import Harness, ServerThread
 from .test_errors_auth import assert_error
@@ -189,6 +193,24 @@ async def test_background_and_processes(http: httpx.AsyncClient, running: Runnin
         await http.delete(f"/v1/capsules/{capsule}/processes/no-such-tag", headers=headers), 404, "not_found"
     )
 
+
+
+async def test_agent_takes_the_contracts_signals_only(http: httpx.AsyncClient, running: Running, agent: Agent) -> None:
+    """The host agent allows the signals the API does (one list, `proto.limits`), and its refusal names them."""
+    capsule, headers = running
+    url = f"/v1/capsules/{capsule}/exec"
+    body = {"cmd": "sleep", "args": ["63"], "background": True, "tag": "signals"}
+    assert (await http.post(url, json=body, headers=headers)).status_code == 202
+    ref = pb.ProcessRef(sandbox_id=capsule, tag="signals")
+    for signal in ("SIGHUP", "SIGINT"):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await agent.stub.KillProcess(pb.KillProcessRequest(process=ref, signal=signal), metadata=METADATA)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "SIGKILL, SIGTERM" in (err.value.details() or "")
+    assert "signals" in {p.get("tag") for p in await processes(http, running)}
+    resp = await http.delete(f"/v1/capsules/{capsule}/processes/signals?signal=SIGTERM", headers=headers)
+    assert resp.status_code == 204
+    await until_gone(http, running, {"signals"})
 
 async def test_files_round_trip(http: httpx.AsyncClient, running: Running) -> None:
     capsule, headers = running

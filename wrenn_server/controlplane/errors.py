@@ -28,8 +28,9 @@ import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .schemas.errors import ERROR_RESPONSES as ERROR_RESPONSES  # the error body on every operation (app.py)
 
 log = logging.getLogger(__name__)
 
@@ -123,24 +124,6 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> WrennError:
     return AgentError(message)
 
 
-class ErrorDetail(BaseModel):
-    code: str = Field(description="Stable error code, e.g. `invalid_request`, `not_found`, `invalid_state`.")
-    message: str = Field(description="What went wrong, for people.")
-
-
-class ErrorBody(BaseModel):
-    """Every error the API answers (docs/api.md, "Errors")."""
-
-    error: ErrorDetail
-
-
-# Documents the error body on every operation (FastAPI then leaves out its unused 422 validation response).
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    "4XX": {"model": ErrorBody, "description": "The request was refused."},
-    "5XX": {"model": ErrorBody, "description": "The control plane, a host or a capsule failed."},
-}
-
-
 def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
@@ -156,12 +139,28 @@ def _describe_validation(exc: RequestValidationError) -> str:
     first = errors[0]
     if first.get("type") == "json_invalid":
         return "malformed JSON body"
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
-    field = ".".join(loc)
-    msg = str(first.get("msg", "invalid value"))
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header", "[key]")]
+    field = ".".join(loc)[:100]  # a map key is part of it, and may be long
+    msg = _limit_message(first)
     if first.get("type") == "model_attributes_type" or not field:
         return f"invalid request body: {msg}"
     return f"invalid field '{field}': {msg}"
+
+
+def _number(value: object) -> object:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _limit_message(error: Any) -> str:
+    """A broken limit in the words of the schema that declares it."""
+    kind, ctx = error.get("type"), error.get("ctx") or {}
+    if kind == "greater_than_equal":
+        return f"must be at least {_number(ctx['ge'])}"
+    if kind == "less_than_equal":
+        return f"must be at most {_number(ctx['le'])}"
+    if kind == "value_error" and "error" in ctx:
+        return str(ctx["error"])
+    return str(error.get("msg", "invalid value"))
 
 
 async def _wrenn_error(_: Request, exc: Exception) -> JSONResponse:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .db.engine import SessionMaker, make_engine, make_sessionmaker
 from .db.migrate import migrate
-from .db.models import Sandbox
 from .errors import Unauthorized
 from .ids import hash_secret
+from .schemas.capsules import capsule_json
 from .services.activity import ActivityTracker
 from .services.agents import AgentPool
 from .services.auth import KeyCache, Principal, principal_from_api_key, principal_from_user_jwt
@@ -26,13 +24,6 @@ from .services.snapshots import SnapshotService
 from .services.tasks import TaskTracker
 from .settings import ControlPlaneSettings
 from .upstream import Upstream
-
-
-def capsule_json(row: Sandbox) -> Mapping[str, Any]:
-    """A capsule exactly as `GET /v1/capsules/{id}` renders it (the `sandbox` of its events)."""
-    from .routes.capsules import Capsule  # not at the top: the routes import this module
-
-    return Capsule.of(row).model_dump(mode="json", exclude_none=True)
 
 
 @dataclass

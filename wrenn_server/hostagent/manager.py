@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from wrenn_server.proto.limits import MIN_MEMORY_MB
+
 from .envd_client import EnvdClient
 from .errors import AgentError, InvalidArgument, NotFound, RuntimeFailure, WrongState
 from .launcher import Guest, Launcher, Size
@@ -60,9 +62,9 @@ def _check_size(req: CreateRequest) -> None:
     memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     if not 1 <= req.vcpus <= cores:
         raise InvalidArgument(f"vcpus must be between 1 and {cores} (this host's CPUs), not {req.vcpus}")
-    if not 128 <= req.memory_mb <= memory_mb:
+    if not MIN_MEMORY_MB <= req.memory_mb <= memory_mb:
         raise InvalidArgument(
-            f"memory_mb must be between 128 and {memory_mb} (this host's memory), not {req.memory_mb}"
+            f"memory_mb must be between {MIN_MEMORY_MB} and {memory_mb} (this host's memory), not {req.memory_mb}"
         )
     if req.disk_size_mb < 0:
         raise InvalidArgument("disk_size_mb must not be negative")

@@ -19,6 +19,7 @@ import grpc
 from wrenn_server import __version__
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 from wrenn_server.proto._generated import hostagent_pb2_grpc as pb_grpc
+from wrenn_server.proto.limits import DEFAULT_SIGNAL, MAX_TERMINAL_SIZE, SIGNALS
 
 from .errors import AgentError, InvalidArgument
 from .manager import CreateRequest, SandboxManager
@@ -271,9 +272,9 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
     @unary
     async def KillProcess(self, request: pb.KillProcessRequest, context: Any) -> pb.Empty:
         envd = self.manager.active(request.process.sandbox_id)
-        signal = request.signal or "SIGKILL"
-        if signal not in ("SIGKILL", "SIGTERM", "SIGINT", "SIGHUP"):
-            raise InvalidArgument(f"unsupported signal {signal!r}: use SIGKILL or SIGTERM")
+        signal = request.signal or DEFAULT_SIGNAL
+        if signal not in SIGNALS:
+            raise InvalidArgument(f"unsupported signal {signal!r}: use one of {', '.join(SIGNALS)}")
         await envd.process_call("signal", {**_selector(request.process), "signal": signal})
         return pb.Empty()
 
@@ -293,8 +294,8 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
     @unary
     async def ResizePty(self, request: pb.ResizeRequest, context: Any) -> pb.Empty:
         envd = self.manager.active(request.process.sandbox_id)
-        if request.cols <= 0 or request.rows <= 0:
-            raise InvalidArgument("cols and rows must be positive")
+        if not (0 < request.cols <= MAX_TERMINAL_SIZE and 0 < request.rows <= MAX_TERMINAL_SIZE):
+            raise InvalidArgument(f"cols and rows must be between 1 and {MAX_TERMINAL_SIZE}")
         await envd.process_call("resize", {**_selector(request.process), "cols": request.cols, "rows": request.rows})
         return pb.Empty()
 

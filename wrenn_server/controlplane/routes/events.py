@@ -35,10 +35,6 @@ async def stream_events(principal: Caller, cp: CP) -> StreamingResponse:
     return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
 
 
-def _visible(event: Event, principal: Principal) -> bool:
-    return principal.is_admin or event.team_id == principal.team_id
-
-
 def _frame(event: Event) -> bytes:
     return f"event: {event.name.value}\ndata: {event.data}\n\n".encode()
 
@@ -54,7 +50,7 @@ async def _frames(bus: EventBus, principal: Principal, keepalive: float) -> Asyn
                 event = await events.next(timeout=wait)
             except StopAsyncIteration:
                 return
-            if event is not None and _visible(event, principal):
+            if event is not None and event.visible_to(principal):
                 yield _frame(event)
             elif time.monotonic() >= quiet_until:
                 yield KEEPALIVE

@@ -3,83 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
-
-from wrenn_server.proto._generated import hostagent_pb2 as pb
 
 from ..errors import TooLarge
+from ..schemas.files import UPLOAD_BODY, ListBody, ListDirResult, MakeDirResult, PathBody
 from .deps import CP, Caller, CapsuleId
 
 router = APIRouter(prefix="/v1/capsules", tags=["files"])
 _MULTIPART_SLACK = 64 * 1024
-
-# The uploads read their multipart body themselves (as it streams), so FastAPI cannot describe it.
-UPLOAD_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["path", "file"],
-                    "properties": {
-                        "path": {"type": "string", "description": "Path inside the capsule; parents are created."},
-                        "file": {"type": "string", "format": "binary", "description": "The file's bytes."},
-                    },
-                }
-            }
-        },
-    }
-}
-
-
-class PathBody(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-    path: str = Field(description="Absolute path inside the capsule.")
-
-
-class ListBody(PathBody):
-    depth: int = Field(1, description="Recursion depth; 1 lists the directory's children.")
-
-
-class FileEntry(BaseModel):
-    name: str
-    path: str
-    type: str
-    size: int
-    mode: int
-    permissions: str
-    owner: str
-    group: str
-    modified_at: int
-    symlink_target: str | None = None
-
-    @classmethod
-    def of(cls, entry: pb.FileEntry) -> FileEntry:
-        return cls(
-            name=entry.name,
-            path=entry.path,
-            type=entry.type,
-            size=entry.size,
-            mode=entry.mode,
-            permissions=entry.permissions,
-            owner=entry.owner,
-            group=entry.group,
-            modified_at=entry.modified_at,
-            symlink_target=entry.symlink_target or None,
-        )
-
-
-class ListDirResult(BaseModel):
-    entries: list[FileEntry]
-
-
-class MakeDirResult(BaseModel):
-    entry: FileEntry
 
 
 async def _download(cp: CP, principal: Caller, sandbox_id: CapsuleId, path: str) -> StreamingResponse:
@@ -131,13 +64,12 @@ async def write_file_stream(principal: Caller, cp: CP, sandbox_id: CapsuleId, re
 
 @router.post("/{id}/files/list", response_model_exclude_none=True)
 async def list_dir(principal: Caller, cp: CP, sandbox_id: CapsuleId, body: ListBody) -> ListDirResult:
-    entries = await cp.files.list_dir(principal, sandbox_id, body.path, body.depth)
-    return ListDirResult(entries=[FileEntry.of(entry) for entry in entries])
+    return ListDirResult(entries=await cp.files.list_dir(principal, sandbox_id, body.path, body.depth))
 
 
 @router.post("/{id}/files/mkdir", response_model_exclude_none=True)
 async def make_dir(principal: Caller, cp: CP, sandbox_id: CapsuleId, body: PathBody) -> MakeDirResult:
-    return MakeDirResult(entry=FileEntry.of(await cp.files.make_dir(principal, sandbox_id, body.path)))
+    return MakeDirResult(entry=await cp.files.make_dir(principal, sandbox_id, body.path))
 
 
 @router.post("/{id}/files/remove", status_code=status.HTTP_204_NO_CONTENT)

@@ -5,16 +5,12 @@ from __future__ import annotations
 import yaml
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel
 
 from wrenn_server import __version__
 
+from ..schemas.health import Health
+
 router = APIRouter(tags=["health"])
-
-
-class Health(BaseModel):
-    status: str
-    version: str
 
 
 @router.get("/health")

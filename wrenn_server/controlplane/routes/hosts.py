@@ -5,108 +5,27 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Response, status
-from pydantic import BaseModel, ConfigDict, Field
 
-from ..db.models import Host as HostRow
 from ..errors import Unauthorized
-from ..ids import Kind, format_id
+from ..schemas.hosts import Capacity, Host, HostCredentials, RefreshBody, RegisterBody
 from ..services import hosts
-from .capsules import rfc3339
 from .deps import CP, Admin, HostId
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
 
 
-class RegisterBody(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-    token: str = Field(min_length=1, description="One-time registration token.")
-    address: str = Field(min_length=1, description="host:port where the control plane reaches the agent.")
-    arch: str | None = None
-    cpu_cores: int | None = None
-    memory_mb: int | None = None
-    disk_gb: int | None = None
-
-
-class HeartbeatBody(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-    arch: str | None = None
-    cpu_cores: int | None = None
-    memory_mb: int | None = None
-    disk_gb: int | None = None
-
-
-class RefreshBody(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-    refresh_token: str = Field(min_length=1)
-
-
-class Host(BaseModel):
-    id: str
-    type: str
-    team_id: str | None = None
-    provider: str | None = None
-    availability_zone: str | None = None
-    arch: str | None = None
-    cpu_cores: int | None = None
-    memory_mb: int | None = None
-    disk_gb: int | None = None
-    address: str | None = None
-    status: str
-    last_heartbeat_at: str | None = None
-    created_by: str | None = None
-    created_at: str
-    updated_at: str
-
-    @classmethod
-    def of(cls, row: HostRow) -> Host:
-        return cls(
-            id=format_id(Kind.HOST, row.id),
-            type=row.type,
-            team_id=format_id(Kind.TEAM, row.team_id) if row.team_id else None,
-            provider=row.provider or None,
-            availability_zone=row.availability_zone or None,
-            arch=row.arch or None,
-            cpu_cores=row.cpu_cores or None,
-            memory_mb=row.memory_mb or None,
-            disk_gb=row.disk_gb or None,
-            address=row.address or None,
-            status=row.status,
-            last_heartbeat_at=rfc3339(row.last_heartbeat_at),
-            created_by=format_id(Kind.USER, row.created_by) if row.created_by else None,
-            created_at=rfc3339(row.created_at) or "",
-            updated_at=rfc3339(row.updated_at) or "",
-        )
-
-
-class HostCredentials(BaseModel):
-    host: Host
-    token: str = Field(description="Host JWT, sent back as `X-Host-Token`.")
-    refresh_token: str
-    rpc_token: str = Field(description="Secret the control plane sends as `x-wrenn-agent-token` on RPCs.")
-
-    @classmethod
-    def of(cls, creds: hosts.Credentials) -> HostCredentials:
-        return cls(
-            host=Host.of(creds.host),
-            token=creds.token,
-            refresh_token=creds.refresh_token,
-            rpc_token=creds.rpc_token,
-        )
-
-
 @router.post("/register", status_code=status.HTTP_201_CREATED, response_model_exclude_none=True)
 async def register_host(cp: CP, body: RegisterBody) -> HostCredentials:
-    capacity = hosts.Capacity(body.arch, body.cpu_cores, body.memory_mb, body.disk_gb)
     async with cp.sessionmaker() as session:
-        creds = await hosts.register(session, cp.jwt_secret, body.token, body.address, capacity)
+        creds = await hosts.register(session, cp.jwt_secret, body)
     cp.reconciler.kick()
-    return HostCredentials.of(creds)
+    return creds
 
 
 @router.post("/auth/refresh", response_model_exclude_none=True)
 async def refresh_host_token(cp: CP, body: RefreshBody) -> HostCredentials:
     async with cp.sessionmaker() as session:
-        return HostCredentials.of(await hosts.refresh(session, cp.jwt_secret, body.refresh_token))
+        return await hosts.refresh(session, cp.jwt_secret, body.refresh_token)
 
 
 @router.post("/{id}/heartbeat", status_code=status.HTTP_204_NO_CONTENT)
@@ -114,15 +33,12 @@ async def heartbeat(
     cp: CP,
     host_id: HostId,
     x_host_token: Annotated[str | None, Header(description="Host JWT from registration.")] = None,
-    body: HeartbeatBody | None = None,
+    body: Capacity | None = None,
 ) -> Response:
     if not x_host_token:
         raise Unauthorized("missing X-Host-Token")
-    capacity = hosts.Capacity()
-    if body is not None:
-        capacity = hosts.Capacity(body.arch, body.cpu_cores, body.memory_mb, body.disk_gb)
     async with cp.sessionmaker() as session:
-        came_back = await hosts.heartbeat(session, cp.jwt_secret, x_host_token, host_id, capacity)
+        came_back = await hosts.heartbeat(session, cp.jwt_secret, x_host_token, host_id, body or Capacity())
     if came_back:
         cp.reconciler.kick()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

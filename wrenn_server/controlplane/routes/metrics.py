@@ -3,67 +3,15 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
 
 from ..errors import InvalidRequest
-from ..ids import Kind, format_id
+from ..schemas.metrics import CapsuleMetrics, CapsuleStats, MetricRange, StatsRange, Usage
 from .deps import CP, Caller, CapsuleId
 
 router = APIRouter(prefix="/v1/capsules", tags=["metrics"])
-
-
-class MetricPoint(BaseModel):
-    timestamp_unix: int
-    cpu_pct: float = Field(description="CPU use in percent of the capsule's vCPUs (0-100).")
-    mem_bytes: int
-    disk_bytes: int
-
-
-class CapsuleMetrics(BaseModel):
-    sandbox_id: str
-    range: str
-    points: list[MetricPoint]
-
-
-class Current(BaseModel):
-    running_count: int
-    vcpus_reserved: int
-    memory_mb_reserved: int
-
-
-class Peaks(BaseModel):
-    running_count: int
-    vcpus: int
-    memory_mb: int
-
-
-class Series(BaseModel):
-    labels: list[str]
-    running: list[int]
-    vcpus: list[int]
-    memory_mb: list[int]
-
-
-class CapsuleStats(BaseModel):
-    range: str
-    current: Current
-    peaks: Peaks = Field(description="Maximum values over the last 30 days.")
-    series: Series
-
-
-class UsagePoint(BaseModel):
-    date: str
-    cpu_minutes: float
-    ram_mb_minutes: float
-
-
-class Usage(BaseModel):
-    from_: str = Field(alias="from", serialization_alias="from")
-    to: str
-    points: list[UsagePoint]
 
 
 def _day(value: str | None, name: str) -> date | None:
@@ -75,16 +23,14 @@ def _day(value: str | None, name: str) -> date | None:
         raise InvalidRequest(f"invalid '{name}': use YYYY-MM-DD") from None
 
 
-@router.get("/stats", response_model=CapsuleStats)
+@router.get("/stats")
 async def team_stats(
-    principal: Caller,
-    cp: CP,
-    range: Annotated[str, Query(description="5m, 1h (default), 6h, 24h or 30d.")] = "1h",
-) -> dict[str, Any]:
+    principal: Caller, cp: CP, range: Annotated[StatsRange, Query(description="Default 1h.")] = "1h"
+) -> CapsuleStats:
     return await cp.metrics.stats(principal, range)
 
 
-@router.get("/usage", response_model=Usage, response_model_by_alias=True)
+@router.get("/usage", response_model_by_alias=True)
 async def team_usage(
     principal: Caller,
     cp: CP,
@@ -92,16 +38,15 @@ async def team_usage(
         str | None, Query(alias="from", description="First day, YYYY-MM-DD (default: 29 days before `to`).")
     ] = None,
     to: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (default: today).")] = None,
-) -> dict[str, Any]:
+) -> Usage:
     return await cp.metrics.usage(principal, _day(from_, "from"), _day(to, "to"))
 
 
-@router.get("/{id}/metrics", response_model=CapsuleMetrics)
+@router.get("/{id}/metrics")
 async def capsule_metrics(
     principal: Caller,
     cp: CP,
     sandbox_id: CapsuleId,
-    range: Annotated[str, Query(description="5m, 10m (default), 1h, 2h, 6h, 12h or 24h.")] = "10m",
-) -> dict[str, Any]:
-    points = await cp.metrics.capsule(principal, sandbox_id, range)
-    return {"sandbox_id": format_id(Kind.SANDBOX, sandbox_id), "range": range, "points": points}
+    range: Annotated[MetricRange, Query(description="Default 10m.")] = "10m",
+) -> CapsuleMetrics:
+    return await cp.metrics.capsule(principal, sandbox_id, range)

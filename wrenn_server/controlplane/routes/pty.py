@@ -19,12 +19,12 @@ from contextlib import aclosing
 from typing import cast
 
 from fastapi import APIRouter, WebSocket
-from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import AgentError, WrennError
 from ..ids import short_tag
+from ..schemas.streams import PtyConnect, PtyStart, Resize
 from ..services.pty import InputQueue
-from ..services.streams import Event, Exited, Output, PtySpec, Target
+from ..services.streams import Event, Exited, Output, Target
 from ..state import ControlPlane
 from .streams import (
     FIRST_FRAME_SEC,
@@ -45,44 +45,6 @@ router = APIRouter(prefix="/v1/capsules", tags=["pty"])
 
 INPUT_DRAIN_SEC = 5.0
 MAX_SEND_BYTES = 32 * 1024  # clients cap messages (the SDK's at 64 KiB)
-DEFAULT_SHELL = "/bin/bash"
-MAX_SIZE = 65535  # a terminal's rows and columns are unsigned shorts
-
-
-class PtyStart(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-
-    cmd: str | None = None
-    args: list[str] | None = None
-    cols: int | None = Field(None, ge=0, le=MAX_SIZE)
-    rows: int | None = Field(None, ge=0, le=MAX_SIZE)
-    envs: dict[str, str] | None = None
-    cwd: str | None = None
-    user: str | None = None
-
-    def spec(self) -> PtySpec:
-        return PtySpec(
-            cmd=self.cmd or DEFAULT_SHELL,
-            args=self.args or [],
-            cols=self.cols or 80,
-            rows=self.rows or 24,
-            envs=self.envs or {},
-            cwd=self.cwd or "",
-            user=self.user or "",
-        )
-
-
-class PtyConnect(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-
-    tag: str = Field(min_length=1)
-
-
-class Resize(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-
-    cols: int = Field(gt=0, le=MAX_SIZE)
-    rows: int = Field(gt=0, le=MAX_SIZE)
 
 
 @router.websocket("/{id}/pty")
@@ -119,7 +81,7 @@ async def _open(socket: Socket, target: Target) -> tuple[str, bool]:
     frame = control(data)
     if frame["type"] == "start":
         tag = short_tag("pty")
-        await target.start_pty(parse(PtyStart, frame).spec(), tag)
+        await target.start_pty(parse(PtyStart, frame), tag)
         return tag, True
     if frame["type"] == "connect":
         return parse(PtyConnect, frame).tag, False

@@ -2,52 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response, status
-from pydantic import BaseModel, ConfigDict, Field
 
-from ..db.models import Template as TemplateRow
-from ..errors import InvalidRequest
-from ..ids import ZERO_UUID, Kind, parse_id
-from .capsules import rfc3339
+from ..ids import Kind, parse_id
+from ..schemas.snapshots import SnapshotBody, Template, TemplateType
 from .deps import CP, Caller
 
 router = APIRouter(prefix="/v1/snapshots", tags=["snapshots"])
-
-
-class SnapshotBody(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-
-    sandbox_id: str = Field(description="The running capsule to snapshot (`cl-…`).")
-    name: str | None = Field(None, description="Template name (default `template-<8hex>`).")
-
-
-class Template(BaseModel):
-    name: str
-    type: str = Field(description="`base` or `snapshot`.")
-    vcpus: int | None = None
-    memory_mb: int | None = None
-    size_bytes: int
-    created_at: str | None
-    platform: bool
-    protected: bool
-    metadata: dict[str, Any] | None = None
-
-    @classmethod
-    def of(cls, row: TemplateRow) -> Template:
-        platform = row.team_id == ZERO_UUID
-        return cls(
-            name=row.name,
-            type=row.type,
-            vcpus=row.vcpus,
-            memory_mb=row.memory_mb,
-            size_bytes=row.size_bytes,
-            created_at=rfc3339(row.created_at),
-            platform=platform,
-            protected=platform,
-            metadata={k: v for k, v in (row.meta or {}).items() if k != "host_id"} or None,
-        )
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model_exclude_none=True)
@@ -66,10 +29,8 @@ async def create_snapshot(
 async def list_snapshots(
     principal: Caller,
     cp: CP,
-    type: Annotated[str | None, Query(description="`base` or `snapshot`; both when absent.")] = None,
+    type: Annotated[TemplateType | Literal[""] | None, Query(description="Both when absent or empty.")] = None,
 ) -> list[Template]:
-    if type not in (None, "", "base", "snapshot"):
-        raise InvalidRequest("invalid 'type': use base or snapshot")
     return [Template.of(row) for row in await cp.snapshots.list(principal, type or None)]
 
 

@@ -16,14 +16,15 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import aclosing
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from fastapi import APIRouter, WebSocket
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
 from ..errors import AgentError, WrennError, error_response
 from ..ids import Kind, parse_id
+from ..schemas.streams import ExecStart
 from ..services.auth import Principal
 from ..services.streams import Event, Exited, Output, Started, StreamService, Target, TextDecoder, process_selector
 from ..state import ControlPlane
@@ -222,14 +223,6 @@ async def until_stop(socket: Socket, on_stop: Callable[[], Awaitable[None]] | No
             if on_stop is None:
                 return
             await on_stop()
-
-
-class ExecStart(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-
-    type: Literal["start"]
-    cmd: str = Field(min_length=1)
-    args: list[str] | None = None
 
 
 @router.websocket("/{id}/exec/stream")

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,13 +20,19 @@ from ..errors import (
     Conflict,
     HostUnavailable,
     InternalError,
-    InvalidRequest,
     InvalidState,
     NotFound,
     Unauthorized,
     WrennError,
 )
 from ..ids import Kind, format_id, new_uuid
+from ..schemas.capsules import (
+    DEFAULT_DISK_MB,
+    DEFAULT_MEMORY_MB,
+    DEFAULT_VCPUS,
+    MIN_TIMEOUT_SEC,
+    CreateCapsule,
+)
 from . import lifecycle, metric_store
 from .activity import ActivityTracker
 from .agents import AgentPool, HostRef
@@ -39,61 +43,10 @@ from .status import FINAL, Status
 from .tasks import TaskTracker, wait_bounded, wait_until
 from .templates import DEFAULT_TEMPLATE, resolve_template
 
-DEFAULT_VCPUS = 1
-DEFAULT_MEMORY_MB = 512
-MIN_MEMORY_MB = 128  # the host agent refuses less, as every runtime needs it
-DEFAULT_DISK_MB = 5120
-MIN_TIMEOUT_SEC = 60
-METADATA_KEY = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
-RESERVED_METADATA = frozenset({"kernel_version", "vmm_version", "agent_version", "envd_version"})
-MAX_METADATA_KEYS = 20
-MAX_METADATA_VALUE = 64
-MAX_INT32 = 2**31 - 1
-
-
-@dataclass(frozen=True)
-class CreateSpec:
-    """A create request as the API received it; `None` means "use the default"."""
-
-    template: str | None = None
-    vcpus: int | None = None
-    memory_mb: int | None = None
-    timeout_sec: int | None = None
-    disk_size_mb: int | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
-def _positive(value: int | None, name: str, default: int) -> int:
-    if value is None or value == 0:
-        return default
-    if value < 0:
-        raise InvalidRequest(f"invalid field '{name}': must not be negative")
-    if value > MAX_INT32:
-        raise InvalidRequest(f"invalid field '{name}': too large")
-    return value
-
 
 def _timeout(value: int | None) -> int:
-    if value is None:
-        return 0
-    if value < 0:
-        raise InvalidRequest("invalid field 'timeout_sec': must not be negative")
-    if value > MAX_INT32:
-        raise InvalidRequest("invalid field 'timeout_sec': too large")
-    return value if value == 0 else max(value, MIN_TIMEOUT_SEC)
-
-
-def check_metadata(metadata: dict[str, str]) -> dict[str, str]:
-    if len(metadata) > MAX_METADATA_KEYS:
-        raise InvalidRequest(f"invalid field 'metadata': at most {MAX_METADATA_KEYS} keys")
-    for key, value in metadata.items():
-        if not METADATA_KEY.fullmatch(key):
-            raise InvalidRequest(f"invalid metadata key '{key[:80]}'")
-        if key in RESERVED_METADATA:
-            raise InvalidRequest(f"metadata key '{key}' is reserved")
-        if len(value) > MAX_METADATA_VALUE:
-            raise InvalidRequest(f"metadata value of '{key}' is longer than {MAX_METADATA_VALUE} characters")
-    return dict(metadata)
+    """0 (or absent) never expires; anything shorter than a minute is a minute."""
+    return max(value, MIN_TIMEOUT_SEC) if value else 0
 
 
 def not_running(row: Sandbox) -> InvalidState:
@@ -142,14 +95,13 @@ class CapsuleService:
         task = self._booting.get(sandbox_id)
         return task is not None and not task.done()
 
-    async def create(self, principal: Principal, spec: CreateSpec) -> Sandbox:
-        vcpus = _positive(spec.vcpus, "vcpus", DEFAULT_VCPUS)
-        memory_mb = _positive(spec.memory_mb, "memory_mb", DEFAULT_MEMORY_MB)
-        if memory_mb < MIN_MEMORY_MB:  # no guest (nor gVisor's own kernel) starts in less
-            raise InvalidRequest(f"invalid field 'memory_mb': at least {MIN_MEMORY_MB} MB, not {memory_mb}")
-        disk_mb = _positive(spec.disk_size_mb, "disk_size_mb", DEFAULT_DISK_MB)
+    async def create(self, principal: Principal, spec: CreateCapsule) -> Sandbox:
+        """A capsule as `spec` asks (its limits checked by the schema), answered once it runs or the wait ends."""
+        vcpus = spec.vcpus or DEFAULT_VCPUS
+        memory_mb = spec.memory_mb or DEFAULT_MEMORY_MB
+        disk_mb = spec.disk_size_mb or DEFAULT_DISK_MB
         timeout_sec = _timeout(spec.timeout_sec)
-        metadata = check_metadata(spec.metadata)
+        metadata = dict(spec.metadata or {})
         async with self._placement, self._sessionmaker() as session:
             team = await session.get(Team, principal.team_id)
             if team is None or team.deleted_at is not None:

@@ -18,7 +18,7 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from functools import cached_property
 from typing import Any, Literal, Protocol
@@ -30,6 +30,7 @@ from ..db.engine import SessionMaker
 from ..db.models import Sandbox
 from ..db.types import utcnow
 from ..ids import Kind, format_id, parse_id
+from ..schemas.common import rfc3339
 from .auth import Principal
 from .status import Status
 
@@ -81,10 +82,6 @@ class Actor:
 SYSTEM = Actor("system")
 
 
-def _rfc3339(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @dataclass(frozen=True)
 class Event:
     """One event; `payload()` is the JSON of its `data:` line."""
@@ -100,12 +97,16 @@ class Event:
     error: str | None = None
     sandbox: Mapping[str, Any] | None = None
 
+    def visible_to(self, principal: Principal) -> bool:
+        """Whether `principal` may see it: its own team's events, and every team's for admins."""
+        return principal.is_admin or self.team_id == principal.team_id
+
     def payload(self) -> dict[str, Any]:
         actor = {"type": self.actor.type, "id": self.actor.id, "name": self.actor.name}
         body: dict[str, Any] = {
             "event": self.name.value,
             "outcome": self.outcome.value if self.outcome else None,
-            "timestamp": _rfc3339(self.timestamp),
+            "timestamp": rfc3339(self.timestamp),
             "team_id": format_id(Kind.TEAM, self.team_id),
             "actor": {key: value for key, value in actor.items() if value is not None},
             "resource": {"id": self.resource_id, "type": self.resource_type},

@@ -4,47 +4,16 @@ from __future__ import annotations
 
 import base64
 import uuid
-from dataclasses import dataclass, field
 
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 
-from ..errors import InvalidRequest
 from ..ids import Kind, format_id, short_tag
+from ..schemas.exec import DEFAULT_TIMEOUT_SEC, BackgroundResult, ExecRequest, ExecResult
+from ..schemas.processes import ProcessEntry, Signal
 from .agents import AgentPool
 from .auth import Principal
 from .capsules import CapsuleService
-
-DEFAULT_TIMEOUT_SEC = 30.0
-SIGNALS = ("SIGKILL", "SIGTERM")
-
-
-@dataclass(frozen=True)
-class Command:
-    cmd: str
-    args: list[str] = field(default_factory=list)
-    envs: dict[str, str] = field(default_factory=dict)
-    cwd: str = ""
-    timeout_sec: float | None = None
-    tag: str | None = None
-
-
-@dataclass(frozen=True)
-class ExecResult:
-    sandbox_id: str
-    cmd: str
-    stdout: str
-    stderr: str
-    exit_code: int
-    duration_ms: int
-    encoding: str
-
-
-@dataclass(frozen=True)
-class Background:
-    sandbox_id: str
-    cmd: str
-    pid: int
-    tag: str
+from .streams import process_selector
 
 
 def _decode(stdout: bytes, stderr: bytes) -> tuple[str, str, str]:
@@ -55,15 +24,13 @@ def _decode(stdout: bytes, stderr: bytes) -> tuple[str, str, str]:
         return base64.b64encode(stdout).decode(), base64.b64encode(stderr).decode(), "base64"
 
 
-def _request(wire_id: str, command: Command, timeout: float = 0.0, tag: str = "") -> pb.ExecRequest:
-    if not command.cmd:
-        raise InvalidRequest("invalid field 'cmd': must not be empty")
+def _request(wire_id: str, command: ExecRequest, timeout: float = 0.0, tag: str = "") -> pb.ExecRequest:
     return pb.ExecRequest(
         sandbox_id=wire_id,
         cmd=command.cmd,
         args=command.args,
-        envs=command.envs,
-        cwd=command.cwd,
+        envs=command.envs or {},
+        cwd=command.cwd or "",
         tag=tag,
         timeout_sec=timeout,
     )
@@ -74,43 +41,44 @@ class ExecService:
         self._capsules = capsules
         self._pool = pool
 
-    async def run(self, principal: Principal, sandbox_id: uuid.UUID, command: Command) -> ExecResult:
+    async def run(self, principal: Principal, sandbox_id: uuid.UUID, command: ExecRequest) -> ExecResult:
+        """Run `command` to its end (or its timeout) and answer what it wrote."""
         timeout = DEFAULT_TIMEOUT_SEC if command.timeout_sec is None else command.timeout_sec
-        if timeout < 0:
-            raise InvalidRequest("invalid field 'timeout_sec': must not be negative")
         row, host = await self._capsules.running(principal, sandbox_id)
         wire_id = format_id(Kind.SANDBOX, row.id)
         response = await self._pool.client(host).exec(_request(wire_id, command, timeout=timeout))
         self._capsules.touch(row.id)
         stdout, stderr, encoding = _decode(response.stdout, response.stderr)
         return ExecResult(
-            wire_id, command.cmd, stdout, stderr, response.exit_code, response.duration_ms, encoding
+            sandbox_id=wire_id,
+            cmd=command.cmd,
+            stdout=stdout,
+            stderr=stderr,
+            exit_code=response.exit_code,
+            duration_ms=response.duration_ms,
+            encoding=encoding,
         )
 
-    async def start(self, principal: Principal, sandbox_id: uuid.UUID, command: Command) -> Background:
+    async def start(self, principal: Principal, sandbox_id: uuid.UUID, command: ExecRequest) -> BackgroundResult:
+        """Start `command` in the background under its tag (default `proc-<8hex>`)."""
         row, host = await self._capsules.running(principal, sandbox_id)
         wire_id = format_id(Kind.SANDBOX, row.id)
         tag = command.tag or short_tag("proc")
         response = await self._pool.client(host).start_background(_request(wire_id, command, tag=tag))
         self._capsules.touch(row.id)
-        return Background(wire_id, command.cmd, response.pid, response.tag or tag)
+        return BackgroundResult(sandbox_id=wire_id, cmd=command.cmd, pid=response.pid, tag=response.tag or tag)
 
-    async def processes(self, principal: Principal, sandbox_id: uuid.UUID) -> list[pb.ProcessInfo]:
+    async def processes(self, principal: Principal, sandbox_id: uuid.UUID) -> list[ProcessEntry]:
         row, host = await self._capsules.running(principal, sandbox_id)
         response = await self._pool.client(host).list_processes(format_id(Kind.SANDBOX, row.id))
-        return list(response.processes)
+        return [
+            ProcessEntry(pid=p.pid, tag=p.tag or None, cmd=p.cmd, args=list(p.args) or None)
+            for p in response.processes
+        ]
 
-    async def kill(self, principal: Principal, sandbox_id: uuid.UUID, selector: str, signal: str) -> None:
-        if signal not in SIGNALS:
-            raise InvalidRequest("invalid signal: must be SIGKILL or SIGTERM")
-        if not selector:
-            raise InvalidRequest("invalid process selector")
+    async def kill(self, principal: Principal, sandbox_id: uuid.UUID, selector: str, signal: Signal) -> None:
+        """Send `signal` to the process `selector` names: a numeric pid, else a tag."""
+        pid, tag = process_selector(selector)
         row, host = await self._capsules.running(principal, sandbox_id)
-        wire_id = format_id(Kind.SANDBOX, row.id)
-        if selector.isascii() and selector.isdigit():
-            if int(selector) >= 2**31:
-                raise InvalidRequest("invalid process selector")
-            ref = pb.ProcessRef(sandbox_id=wire_id, pid=int(selector))
-        else:
-            ref = pb.ProcessRef(sandbox_id=wire_id, tag=selector)
+        ref = pb.ProcessRef(sandbox_id=format_id(Kind.SANDBOX, row.id), pid=pid, tag=tag)
         await self._pool.client(host).kill_process(pb.KillProcessRequest(process=ref, signal=signal))

@@ -11,6 +11,7 @@ from wrenn_server.proto._generated import hostagent_pb2 as pb
 
 from ..errors import AgentError, InvalidRequest, TooLarge
 from ..ids import Kind, format_id
+from ..schemas.files import FileEntry
 from .agents import AgentClient, AgentPool
 from .auth import Principal
 from .capsules import CapsuleService
@@ -109,16 +110,14 @@ class FileService:
 
     async def list_dir(
         self, principal: Principal, sandbox_id: uuid.UUID, path: str, depth: int
-    ) -> list[pb.FileEntry]:
-        if not 0 <= depth < 2**31:
-            raise InvalidRequest("invalid field 'depth': must be between 0 and 2^31-1")
+    ) -> list[FileEntry]:
         client, wire_id = await self._target(principal, sandbox_id)
         request = pb.ListDirRequest(sandbox_id=wire_id, path=check_path(path), depth=depth or 1)
-        return list((await client.list_dir(request)).entries)
+        return [FileEntry.of(entry) for entry in (await client.list_dir(request)).entries]
 
-    async def make_dir(self, principal: Principal, sandbox_id: uuid.UUID, path: str) -> pb.FileEntry:
+    async def make_dir(self, principal: Principal, sandbox_id: uuid.UUID, path: str) -> FileEntry:
         client, wire_id = await self._target(principal, sandbox_id)
-        return await client.make_dir(wire_id, check_path(path))
+        return FileEntry.of(await client.make_dir(wire_id, check_path(path)))
 
     async def remove(self, principal: Principal, sandbox_id: uuid.UUID, path: str) -> None:
         client, wire_id = await self._target(principal, sandbox_id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -14,6 +13,8 @@ from ..db.models import Host, HostRefreshToken, HostToken
 from ..db.types import utcnow
 from ..errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from ..ids import hash_secret, new_token, new_uuid
+from ..schemas.hosts import Capacity, HostCredentials, RegisterBody
+from ..schemas.hosts import Host as HostView
 from .auth import host_id_from_jwt, issue_host_jwt
 from .status import HostStatus
 
@@ -21,31 +22,16 @@ REGISTRATION_TTL = timedelta(hours=1)
 REFRESH_TTL = timedelta(days=60)
 
 
-@dataclass(frozen=True)
-class Capacity:
-    """What an agent reports about its machine; `None` keeps the stored value."""
-
-    arch: str | None = None
-    cpu_cores: int | None = None
-    memory_mb: int | None = None
-    disk_gb: int | None = None
-
-
-@dataclass(frozen=True)
-class Credentials:
-    host: Host
-    token: str
-    refresh_token: str
-    rpc_token: str
-
-
 def _apply(host: Host, capacity: Capacity) -> None:
-    for name in ("arch", "cpu_cores", "memory_mb", "disk_gb"):
+    for name in Capacity.model_fields:
         value = getattr(capacity, name)
         if value is not None:
-            if isinstance(value, int) and not 0 <= value < 2**31:
-                raise InvalidRequest(f"invalid field '{name}': out of range")
             setattr(host, name, value)
+
+
+def _credentials(host: Host, issued: tuple[str, str]) -> HostCredentials:
+    token, refresh = issued
+    return HostCredentials(host=HostView.of(host), token=token, refresh_token=refresh, rpc_token=host.rpc_token)
 
 
 async def create_host(
@@ -80,7 +66,8 @@ async def issue_registration_token(
     return plaintext
 
 
-async def _issue(session: AsyncSession, secret: str, host: Host) -> Credentials:
+async def _issue(session: AsyncSession, secret: str, host: Host) -> tuple[str, str]:
+    """A new host JWT and refresh token."""
     refresh = new_token()
     session.add(
         HostRefreshToken(
@@ -88,34 +75,32 @@ async def _issue(session: AsyncSession, secret: str, host: Host) -> Credentials:
         )
     )
     await session.flush()
-    return Credentials(host, issue_host_jwt(secret, host.id), refresh, host.rpc_token)
+    return issue_host_jwt(secret, host.id), refresh
 
 
-async def register(
-    session: AsyncSession, secret: str, token: str, address: str, capacity: Capacity
-) -> Credentials:
+async def register(session: AsyncSession, secret: str, body: RegisterBody) -> HostCredentials:
     """Redeem a registration token: the host goes `online` with fresh credentials."""
     now = utcnow()
     row = await session.scalar(
-        select(HostToken).where(HostToken.token_hash == hash_secret(token)).with_for_update()
+        select(HostToken).where(HostToken.token_hash == hash_secret(body.token)).with_for_update()
     )
     if row is None or row.used_at is not None or row.expires_at <= now:
         raise Unauthorized("invalid or expired registration token")
     host = await session.get(Host, row.host_id)
     if host is None:
         raise Unauthorized("invalid or expired registration token")
-    if not address.strip():
+    if not body.address.strip():
         raise InvalidRequest("invalid field 'address': must not be empty")
     row.used_at = now
-    _apply(host, capacity)
-    host.address = address.strip()
+    _apply(host, body)
+    host.address = body.address.strip()
     host.status = HostStatus.ONLINE.value
     host.last_heartbeat_at = now
     host.updated_at = now
     host.rpc_token = secrets.token_hex(32)
-    credentials = await _issue(session, secret, host)
+    issued = await _issue(session, secret, host)
     await session.commit()
-    return credentials
+    return _credentials(host, issued)
 
 
 async def heartbeat(
@@ -138,7 +123,7 @@ async def heartbeat(
     return came_back
 
 
-async def refresh(session: AsyncSession, secret: str, refresh_token: str) -> Credentials:
+async def refresh(session: AsyncSession, secret: str, refresh_token: str) -> HostCredentials:
     """Rotate a refresh token into a new host JWT and refresh token."""
     now = utcnow()
     row = await session.scalar(
@@ -152,9 +137,9 @@ async def refresh(session: AsyncSession, secret: str, refresh_token: str) -> Cre
     if host is None:
         raise NotFound("host not found")
     row.revoked_at = now
-    credentials = await _issue(session, secret, host)
+    issued = await _issue(session, secret, host)
     await session.commit()
-    return credentials
+    return _credentials(host, issued)
 
 
 async def list_hosts(session: AsyncSession) -> list[Host]:

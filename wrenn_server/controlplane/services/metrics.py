@@ -10,7 +10,6 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import delete, func, select
 
@@ -18,6 +17,18 @@ from ..db.engine import SessionMaker
 from ..db.models import DailyUsage, Sandbox, SandboxMetricPoint, SandboxMetricsSnapshot
 from ..errors import InvalidRequest, NotFound
 from ..ids import Kind, format_id
+from ..schemas.metrics import (
+    CapsuleMetrics,
+    CapsuleStats,
+    Current,
+    MetricPoint,
+    MetricRange,
+    Peaks,
+    Series,
+    StatsRange,
+    Usage,
+    UsagePoint,
+)
 from .agents import AgentPool
 from .auth import Principal
 from .capsules import CapsuleService
@@ -26,7 +37,7 @@ from .status import Status
 log = logging.getLogger(__name__)
 
 # Capsule metric ranges: the ring tier that answers, and how far back.
-METRIC_RANGES = {
+METRIC_RANGES: dict[MetricRange, tuple[str, int]] = {
     "5m": ("10m", 300),
     "10m": ("10m", 600),
     "1h": ("2h", 3600),
@@ -36,7 +47,13 @@ METRIC_RANGES = {
     "24h": ("24h", 86400),
 }
 # Team stats ranges: window and bucket, both in seconds.
-STATS_RANGES = {"5m": (300, 3), "1h": (3600, 30), "6h": (21600, 180), "24h": (86400, 720), "30d": (2592000, 21600)}
+STATS_RANGES: dict[StatsRange, tuple[int, int]] = {
+    "5m": (300, 3),
+    "1h": (3600, 30),
+    "6h": (21600, 180),
+    "24h": (86400, 720),
+    "30d": (2592000, 21600),
+}
 SAMPLE_EVERY = 10.0
 KEEP_SNAPSHOTS = timedelta(days=60)
 PEAK_WINDOW = timedelta(days=30)
@@ -56,8 +73,8 @@ def _now() -> datetime:
 
 
 
-def point_json(ts: float, cpu_pct: float, mem_bytes: int, disk_bytes: int) -> dict[str, Any]:
-    return {"timestamp_unix": int(ts), "cpu_pct": round(cpu_pct, 2), "mem_bytes": mem_bytes, "disk_bytes": disk_bytes}
+def _point(ts: float, cpu_pct: float, mem_bytes: int, disk_bytes: int) -> MetricPoint:
+    return MetricPoint(timestamp_unix=int(ts), cpu_pct=round(cpu_pct, 2), mem_bytes=mem_bytes, disk_bytes=disk_bytes)
 
 
 class MetricsService:
@@ -69,14 +86,16 @@ class MetricsService:
 
     # --- one capsule -----------------------------------------------------------------------------------------
 
-    async def capsule(self, principal: Principal, sandbox_id: uuid.UUID, range_name: str) -> list[dict[str, Any]]:
-        if range_name not in METRIC_RANGES:
-            raise InvalidRequest(f"invalid range {range_name!r}: use one of {', '.join(METRIC_RANGES)}")
+    async def capsule(self, principal: Principal, sandbox_id: uuid.UUID, range_name: MetricRange) -> CapsuleMetrics:
+        points = await self._points(principal, sandbox_id, range_name)
+        return CapsuleMetrics(sandbox_id=format_id(Kind.SANDBOX, sandbox_id), range=range_name, points=points)
+
+    async def _points(self, principal: Principal, sandbox_id: uuid.UUID, range_name: MetricRange) -> list[MetricPoint]:
         row = await self._capsules.get(principal, sandbox_id)
         if row.status == Status.RUNNING:
             row, host = await self._capsules.running(principal, sandbox_id)
             answer = await self._pool.client(host).sandbox_metrics(format_id(Kind.SANDBOX, row.id), range_name)
-            return [point_json(p.timestamp_unix, p.cpu_pct, p.mem_bytes, p.disk_bytes) for p in answer.points]
+            return [_point(p.timestamp_unix, p.cpu_pct, p.mem_bytes, p.disk_bytes) for p in answer.points]
         if row.status == Status.PAUSED:
             tier, seconds = METRIC_RANGES[range_name]
             since = _now() - timedelta(seconds=seconds)
@@ -90,7 +109,7 @@ class MetricsService:
                     )
                     .order_by(SandboxMetricPoint.ts)
                 )
-                return [point_json(p.ts.timestamp(), p.cpu_pct, p.mem_bytes, p.disk_bytes) for p in rows]
+                return [_point(p.ts.timestamp(), p.cpu_pct, p.mem_bytes, p.disk_bytes) for p in rows]
         raise NotFound(f"metrics not available for sandbox in state: {row.status}")
 
     # --- team stats ------------------------------------------------------------------------------------------
@@ -114,9 +133,7 @@ class MetricsService:
                     t[2] += memory_mb
         return {team: Reserved(*t) for team, t in totals.items()}
 
-    async def stats(self, principal: Principal, range_name: str) -> dict[str, Any]:
-        if range_name not in STATS_RANGES:
-            raise InvalidRequest(f"invalid range {range_name!r}: use one of {', '.join(STATS_RANGES)}")
+    async def stats(self, principal: Principal, range_name: StatsRange) -> CapsuleStats:
         window, bucket = STATS_RANGES[range_name]
         now = _now()
         current = (await self.reserved(principal.team_id)).get(principal.team_id, Reserved(0, 0, 0))
@@ -151,24 +168,22 @@ class MetricsService:
         running[-1], vcpus[-1] = max(running[-1], current.running), max(vcpus[-1], current.vcpus)
         memory[-1] = max(memory[-1], current.memory_mb)
         labels = [(start + timedelta(seconds=i * bucket)).strftime("%Y-%m-%dT%H:%M:%SZ") for i in range(count)]
-        return {
-            "range": range_name,
-            "current": {
-                "running_count": current.running,
-                "vcpus_reserved": current.vcpus,
-                "memory_mb_reserved": current.memory_mb,
-            },
-            "peaks": {
-                "running_count": max(peak[0] or 0, current.running),
-                "vcpus": max(peak[1] or 0, current.vcpus),
-                "memory_mb": max(int(peak[2] or 0), current.memory_mb),
-            },
-            "series": {"labels": labels, "running": running, "vcpus": vcpus, "memory_mb": memory},
-        }
+        return CapsuleStats(
+            range=range_name,
+            current=Current(
+                running_count=current.running, vcpus_reserved=current.vcpus, memory_mb_reserved=current.memory_mb
+            ),
+            peaks=Peaks(
+                running_count=max(peak[0] or 0, current.running),
+                vcpus=max(peak[1] or 0, current.vcpus),
+                memory_mb=max(int(peak[2] or 0), current.memory_mb),
+            ),
+            series=Series(labels=labels, running=running, vcpus=vcpus, memory_mb=memory),
+        )
 
     # --- usage -----------------------------------------------------------------------------------------------
 
-    async def usage(self, principal: Principal, first: date | None, last: date | None) -> dict[str, Any]:
+    async def usage(self, principal: Principal, first: date | None, last: date | None) -> Usage:
         today = _now().date()
         last = last or today
         first = first or last - timedelta(days=29)
@@ -188,11 +203,11 @@ class MetricsService:
         missing = [d for d in _days(first, last) if d not in stored and d <= today]
         if missing:
             stored |= await self._rollup(principal.team_id, missing[0], missing[-1])
-        points = []
+        points: list[UsagePoint] = []
         for day in _days(first, last):
             cpu, ram = stored.get(day, (0.0, 0.0))
-            points.append({"date": day.isoformat(), "cpu_minutes": round(cpu, 4), "ram_mb_minutes": round(ram, 4)})
-        return {"from": first.isoformat(), "to": last.isoformat(), "points": points}
+            points.append(UsagePoint(date=day.isoformat(), cpu_minutes=round(cpu, 4), ram_mb_minutes=round(ram, 4)))
+        return Usage(from_=first.isoformat(), to=last.isoformat(), points=points)
 
     async def _rollup(self, team_id: uuid.UUID | None, first: date, last: date) -> dict[date, tuple[float, float]]:
         """Usage per day from the 10 s samples: each sample stands for 10 s of what was reserved."""

@@ -10,17 +10,17 @@ from __future__ import annotations
 import codecs
 import uuid
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from wrenn_server.proto._generated import hostagent_pb2 as pb
+from wrenn_server.proto.limits import MAX_INT32
 
 from ..errors import AgentError, InvalidRequest
 from ..ids import Kind, format_id
+from ..schemas.streams import DEFAULT_COLS, DEFAULT_ROWS, DEFAULT_SHELL, PtyStart
 from .agents import AgentClient, AgentPool
 from .auth import Principal
 from .capsules import CapsuleService
-
-MAX_PID = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -41,17 +41,6 @@ class Exited:
 
 
 Event = Started | Output | Exited
-
-
-@dataclass(frozen=True)
-class PtySpec:
-    cmd: str
-    args: list[str] = field(default_factory=list)
-    cols: int = 80
-    rows: int = 24
-    envs: dict[str, str] = field(default_factory=dict)
-    cwd: str = ""
-    user: str = ""
 
 
 def _event(message: pb.ProcessEvent) -> Event:
@@ -88,7 +77,7 @@ def process_selector(text: str) -> tuple[int, str]:
     if not text:
         raise InvalidRequest("invalid process selector")
     if text.isascii() and text.isdigit():
-        if int(text) > MAX_PID or int(text) == 0:
+        if not 0 < int(text) <= MAX_INT32:
             raise InvalidRequest("invalid process selector")
         return int(text), ""
     return 0, text
@@ -121,18 +110,18 @@ class Target:
         """Follow a process: `Started`, the replay of its kept output, live output, then `Exited`."""
         return self._events(self.agent.connect_process(self.ref(pid, tag)))
 
-    async def start_pty(self, spec: PtySpec, tag: str) -> int:
-        """Start a terminal program in the background under `tag`; answers its pid."""
+    async def start_pty(self, start: PtyStart, tag: str) -> int:
+        """Start a terminal program in the background under `tag` (empty fields take the defaults); answers its pid."""
         request = pb.ExecRequest(
             sandbox_id=self.wire_id,
-            cmd=spec.cmd,
-            args=spec.args,
-            envs=spec.envs,
-            cwd=spec.cwd,
-            user=spec.user,
+            cmd=start.cmd or DEFAULT_SHELL,
+            args=start.args or [],
+            envs=start.envs or {},
+            cwd=start.cwd or "",
+            user=start.user or "",
             tag=tag,
             stdin=True,
-            pty=pb.PtySize(cols=spec.cols, rows=spec.rows),
+            pty=pb.PtySize(cols=start.cols or DEFAULT_COLS, rows=start.rows or DEFAULT_ROWS),
         )
         return (await self.agent.start_background(request)).pid
 

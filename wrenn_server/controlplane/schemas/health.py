@@ -1,0 +1,10 @@
+"""Liveness."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+
+class Health(BaseModel):
+    status: str
+    version: str
