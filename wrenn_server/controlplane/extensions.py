@@ -125,6 +125,8 @@ class Workers:
 
     def __init__(self, workers: list[tuple[str, Worker]], context: ServerContext) -> None:
         self._tasks = [asyncio.create_task(self._run(name, worker, context), name=name) for name, worker in workers]
+        for name, _ in workers:
+            log.info("extension worker %s started", name)
 
     @staticmethod
     async def _run(name: str, worker: Worker, context: ServerContext) -> None:
