@@ -18,7 +18,7 @@ from wrenn import Capsule, WrennClient
 
 from wrenn_server.hostagent.network import Network
 
-from .common import IMAGES, RawSandbox, emit, platform, summary
+from .common import RawSandbox, emit, platform, prepared_checkpoint, samples, summary
 
 POOL_REFILL_WAIT = 2.0  # a refill restores one guest: well under this
 
@@ -59,13 +59,6 @@ def _creates(n: int, pause: float) -> dict[str, Any]:
     return {**{name: summary(samples) for name, samples in out.items()}, "started_by": sorted(starts)}
 
 
-def _prepared() -> Path:
-    found = sorted((IMAGES / "minimal" / "current").resolve().glob("prepared/1x512x5120-*/checkpoint"))
-    if not found:
-        raise RuntimeError("no prepared checkpoint of the minimal template: the platform makes one at start")
-    return max(found, key=lambda p: p.stat().st_mtime).parent
-
-
 def raw_runs(root: Path, n: int, prepared: Path) -> dict[str, list[float]]:
     network = Network(f"bench-{uuid.uuid4().hex[:8]}")
     out: dict[str, list[float]] = {"run": [], "restore": []}
@@ -86,7 +79,8 @@ def raw_runs(root: Path, n: int, prepared: Path) -> dict[str, list[float]]:
     return out
 
 
-def measure(n: int = 10) -> dict[str, Any]:
+def measure(n: int | None = None) -> dict[str, Any]:
+    n = n or samples(10, 2)
     with platform() as stack:
         with Capsule():
             pass  # the prepared checkpoint exists from here on, and the page cache is warm
@@ -94,7 +88,7 @@ def measure(n: int = 10) -> dict[str, Any]:
     with platform(WRENN_POOL_SIZE="0") as stack:
         _creates(1, 0)
         misses = _creates(n, 0.5)
-        raw = raw_runs(stack.data_dir / "raw", n, _prepared())
+        raw = raw_runs(stack.data_dir / "raw", n, prepared_checkpoint("gvisor"))
     restore_p50 = summary(raw["restore"])["p50_ms"]
     return {
         "create_to_running": {

@@ -18,7 +18,16 @@ from wrenn import Capsule
 from tests.guests import guest
 from wrenn_server.hostagent.network import Network
 
-from .common import RawSandbox, creates_from_a_snapshot, emit, ms_since, pause_resume_cycles, platform, summary
+from .common import (
+    RawSandbox,
+    creates_from_a_snapshot,
+    emit,
+    ms_since,
+    pause_resume_cycles,
+    platform,
+    samples,
+    summary,
+)
 
 
 def _wait_port(address: str, deadline: float) -> None:
@@ -70,7 +79,8 @@ def raw_cycles(root: Path, n: int) -> dict[str, list[float]]:
     return out
 
 
-def measure(n: int = 10) -> dict[str, Any]:
+def measure(n: int | None = None) -> dict[str, Any]:
+    n = n or samples(10, 2)
     # Checkpointed half a second after the pause: an immediate resume thaws, a later one restores.
     with platform(WRENN_CHECKPOINT_AFTER_SEC="0.5") as stack, Capsule() as capsule:
         capsule.commands.run("sleep 100000", background=True)
