@@ -59,23 +59,37 @@ def _creates(n: int, pause: float) -> dict[str, Any]:
     return {**{name: summary(samples) for name, samples in out.items()}, "started_by": sorted(starts)}
 
 
+def _until_envd(raw: RawSandbox, what: str) -> None:
+    """Until the raw sandbox's envd answers; if it never does, the error carries runsc's log of it."""
+    try:
+        _wait_envd(raw.slot.host_ip, time.monotonic() + 30)
+    except TimeoutError:
+        log = raw.workdir / "console.log"
+        tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+        raise TimeoutError(f"envd of the raw sandbox ({what}) did not answer at {raw.slot.host_ip}:\n{tail}") from None
+
+
 def raw_runs(root: Path, n: int, prepared: Path) -> dict[str, list[float]]:
     network = Network(f"bench-{uuid.uuid4().hex[:8]}")
     out: dict[str, list[float]] = {"run": [], "restore": []}
     for _ in range(n):
         raw = RawSandbox.prepare(root, network)
-        start = time.perf_counter()
-        raw.run()
-        _wait_envd(raw.slot.host_ip, time.monotonic() + 30)
-        out["run"].append((time.perf_counter() - start) * 1000)
-        raw.remove()
+        try:
+            start = time.perf_counter()
+            raw.run()
+            _until_envd(raw, "runsc run")
+            out["run"].append((time.perf_counter() - start) * 1000)
+        finally:
+            raw.remove()
         raw = RawSandbox.prepare(root, network, prepared)
-        raw.readdress()
-        start = time.perf_counter()
-        raw.restore(prepared / "checkpoint")
-        _wait_envd(raw.slot.host_ip, time.monotonic() + 30)
-        out["restore"].append((time.perf_counter() - start) * 1000)
-        raw.remove()
+        try:
+            raw.readdress()
+            start = time.perf_counter()
+            raw.restore(prepared / "checkpoint")
+            _until_envd(raw, f"runsc restore of {prepared}")
+            out["restore"].append((time.perf_counter() - start) * 1000)
+        finally:
+            raw.remove()
     return out
 
 
