@@ -143,6 +143,14 @@ def platform(**env: str) -> Iterator[Stack]:
         purge_data_dir(root)
 
 
+def raw_network(root: Path) -> Network:
+    """Network slots for raw sandboxes under `root`. Owned by `root`'s path: an agent that starts meanwhile
+    (the tests' run alongside) takes a slot whose owner is no existing directory for a leftover and tears it
+    down, and `purge_data_dir` of the bench's data directory releases them."""
+    root.mkdir(parents=True, exist_ok=True)
+    return Network(str(root.resolve()))
+
+
 @dataclass
 class RawSandbox:
     """A runsc sandbox of the minimal template in a network slot of its own, set up as the agent sets one up,

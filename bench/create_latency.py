@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
 from wrenn import Capsule, WrennClient
 
-from wrenn_server.hostagent.network import Network
-
-from .common import RawSandbox, emit, platform, prepared_checkpoint, samples, summary
+from .common import RawSandbox, emit, platform, prepared_checkpoint, raw_network, samples, summary
 
 POOL_REFILL_WAIT = 2.0  # a refill restores one guest: well under this
 
@@ -70,7 +67,7 @@ def _until_envd(raw: RawSandbox, what: str) -> None:
 
 
 def raw_runs(root: Path, n: int, prepared: Path) -> dict[str, list[float]]:
-    network = Network(f"bench-{uuid.uuid4().hex[:8]}")
+    network = raw_network(root)
     out: dict[str, list[float]] = {"run": [], "restore": []}
     for _ in range(n):
         raw = RawSandbox.prepare(root, network)

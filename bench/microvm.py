@@ -15,7 +15,6 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +56,7 @@ class RawVM:
 
     def __init__(self, root: Path) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="raw-", dir=root))
-        self.network = Network(f"bench-{uuid.uuid4().hex[:8]}")
+        self.network = Network(str(self.dir))  # an existing path: see common.raw_network
         self.slot: Slot = self.network.allocate()
         asyncio.run(self.network.setup(self.slot))
         ns = self.slot.capsule_ns

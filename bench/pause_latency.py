@@ -9,14 +9,12 @@ import socket
 import struct
 import subprocess
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from wrenn import Capsule
 
 from tests.guests import guest
-from wrenn_server.hostagent.network import Network
 
 from .common import (
     RawSandbox,
@@ -25,6 +23,7 @@ from .common import (
     ms_since,
     pause_resume_cycles,
     platform,
+    raw_network,
     samples,
     summary,
 )
@@ -50,7 +49,7 @@ def _memory_held(data_dir: Path, capsule_id: str) -> int:
 
 
 def raw_cycles(root: Path, n: int) -> dict[str, list[float]]:
-    raw = RawSandbox.prepare(root, Network(f"bench-{uuid.uuid4().hex[:8]}"))
+    raw = RawSandbox.prepare(root, raw_network(root))
     sandbox_id, bundle = raw.sandbox_id, str(raw.workdir / "bundle")
     out: dict[str, list[float]] = {"checkpoint": [], "restore_until_envd": [], "freeze": [], "thaw": []}
     try:
