@@ -1,4 +1,4 @@
-.PHONY: bootstrap run test lint bench proto
+.PHONY: bootstrap run test lint bench bench-quick proto
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -15,6 +15,9 @@ lint:
 
 bench: bootstrap
 	.venv/bin/python -m bench.run
+
+bench-quick: bootstrap
+	.venv/bin/python -m bench.run --quick
 
 proto:
 	.venv/bin/python -m grpc_tools.protoc --version >/dev/null

@@ -28,6 +28,34 @@ if TYPE_CHECKING:
     from wrenn import Capsule
 
 IMAGES = Path(os.environ.get("WRENN_TEST_IMAGES", "/var/lib/wrenn/images"))
+QUICK_ENV = "WRENN_BENCH_QUICK"
+
+
+def quick() -> bool:
+    """`WRENN_BENCH_QUICK=1` (`python -m bench.run --quick`): a few samples of each figure, a smoke test of
+    every bench (the tests run it) rather than a measurement."""
+    return os.environ.get(QUICK_ENV, "") not in ("", "0")
+
+
+def samples(full: int, few: int = 3) -> int:
+    """How many samples (or warm-up rounds) to take: `full`, or `few` in quick mode."""
+    return few if quick() else full
+
+
+def prepared_checkpoint(runtime: str, size: str = "1x512x5120") -> Path:
+    """The newest prepared checkpoint of the minimal template at `size` that `runtime` made (`snapshot.json`
+    says which: the gVisor and microVM ones of one size sit side by side, and neither can restore the other's)."""
+    found = [
+        about.parent
+        for about in (IMAGES / "minimal" / "current").resolve().glob(f"prepared/{size}-*/snapshot.json")
+        if json.loads(about.read_text()).get("runtime", "gvisor") == runtime and (about.parent / "checkpoint").exists()
+    ]
+    if not found:
+        raise RuntimeError(
+            f"no {runtime} prepared checkpoint of the minimal template at {size}: the platform "
+            f"makes one after the first capsule of that size on {runtime}"
+        )
+    return max(found, key=lambda path: (path / "checkpoint").stat().st_mtime)
 
 
 def summary(samples_ms: list[float]) -> dict[str, float]:
@@ -81,7 +109,8 @@ def creates_from_a_snapshot(capsule: Capsule, n: int) -> list[float]:
     return out
 
 
-def timed(fn: Callable[[], Any], n: int, warmup: int = 20) -> list[float]:
+def timed(fn: Callable[[], Any], n: int, warmup: int | None = None) -> list[float]:
+    warmup = samples(20, 2) if warmup is None else warmup
     for _ in range(warmup):
         fn()
     out = []
@@ -94,7 +123,9 @@ def timed(fn: Callable[[], Any], n: int, warmup: int = 20) -> list[float]:
 
 @contextmanager
 def platform(**env: str) -> Iterator[Stack]:
-    """`wrenn up` on SQLite in a private data dir sharing the built images; the SDK configured for it."""
+    """`wrenn up` on SQLite in a private data dir sharing the built images; the SDK configured for it. On
+    gVisor unless `WRENN_RUNTIME` says otherwise: the raw figures beside the platform's are runsc's."""
+    env.setdefault("WRENN_RUNTIME", "gvisor")
     if not (IMAGES / "minimal" / "current").exists():
         sys.exit("no base image: run `make bootstrap` first")
     root = Path(tempfile.mkdtemp(prefix="wrenn-bench-", dir="/var/tmp"))
@@ -111,6 +142,14 @@ def platform(**env: str) -> Iterator[Stack]:
         stack.destroy_all()
         stack.stop()
         purge_data_dir(root)
+
+
+def raw_network(root: Path) -> Network:
+    """Network slots for raw sandboxes under `root`. Owned by `root`'s path: an agent that starts meanwhile
+    (the tests' run alongside) takes a slot whose owner is no existing directory for a leftover and tears it
+    down, and `purge_data_dir` of the bench's data directory releases them."""
+    root.mkdir(parents=True, exist_ok=True)
+    return Network(str(root.resolve()))
 
 
 @dataclass
@@ -169,4 +208,6 @@ class RawSandbox:
 
 
 def emit(result: dict[str, Any]) -> None:
+    if quick():
+        result = {"quick": "a smoke run: a few samples per figure, not a measurement", **result}
     print(json.dumps(result, indent=2))

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
 from wrenn import Capsule, WrennClient
 
-from wrenn_server.hostagent.network import Network
-
-from .common import IMAGES, RawSandbox, emit, platform, summary
+from .common import RawSandbox, emit, platform, prepared_checkpoint, raw_network, samples, summary
 
 POOL_REFILL_WAIT = 2.0  # a refill restores one guest: well under this
 
@@ -59,34 +56,42 @@ def _creates(n: int, pause: float) -> dict[str, Any]:
     return {**{name: summary(samples) for name, samples in out.items()}, "started_by": sorted(starts)}
 
 
-def _prepared() -> Path:
-    found = sorted((IMAGES / "minimal" / "current").resolve().glob("prepared/1x512x5120-*/checkpoint"))
-    if not found:
-        raise RuntimeError("no prepared checkpoint of the minimal template: the platform makes one at start")
-    return max(found, key=lambda p: p.stat().st_mtime).parent
+def _until_envd(raw: RawSandbox, what: str) -> None:
+    """Until the raw sandbox's envd answers; if it never does, the error carries runsc's log of it."""
+    try:
+        _wait_envd(raw.slot.host_ip, time.monotonic() + 30)
+    except TimeoutError:
+        log = raw.workdir / "console.log"
+        tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+        raise TimeoutError(f"envd of the raw sandbox ({what}) did not answer at {raw.slot.host_ip}:\n{tail}") from None
 
 
 def raw_runs(root: Path, n: int, prepared: Path) -> dict[str, list[float]]:
-    network = Network(f"bench-{uuid.uuid4().hex[:8]}")
+    network = raw_network(root)
     out: dict[str, list[float]] = {"run": [], "restore": []}
     for _ in range(n):
         raw = RawSandbox.prepare(root, network)
-        start = time.perf_counter()
-        raw.run()
-        _wait_envd(raw.slot.host_ip, time.monotonic() + 30)
-        out["run"].append((time.perf_counter() - start) * 1000)
-        raw.remove()
+        try:
+            start = time.perf_counter()
+            raw.run()
+            _until_envd(raw, "runsc run")
+            out["run"].append((time.perf_counter() - start) * 1000)
+        finally:
+            raw.remove()
         raw = RawSandbox.prepare(root, network, prepared)
-        raw.readdress()
-        start = time.perf_counter()
-        raw.restore(prepared / "checkpoint")
-        _wait_envd(raw.slot.host_ip, time.monotonic() + 30)
-        out["restore"].append((time.perf_counter() - start) * 1000)
-        raw.remove()
+        try:
+            raw.readdress()
+            start = time.perf_counter()
+            raw.restore(prepared / "checkpoint")
+            _until_envd(raw, f"runsc restore of {prepared}")
+            out["restore"].append((time.perf_counter() - start) * 1000)
+        finally:
+            raw.remove()
     return out
 
 
-def measure(n: int = 10) -> dict[str, Any]:
+def measure(n: int | None = None) -> dict[str, Any]:
+    n = n or samples(10, 2)
     with platform() as stack:
         with Capsule():
             pass  # the prepared checkpoint exists from here on, and the page cache is warm
@@ -94,7 +99,7 @@ def measure(n: int = 10) -> dict[str, Any]:
     with platform(WRENN_POOL_SIZE="0") as stack:
         _creates(1, 0)
         misses = _creates(n, 0.5)
-        raw = raw_runs(stack.data_dir / "raw", n, _prepared())
+        raw = raw_runs(stack.data_dir / "raw", n, prepared_checkpoint("gvisor"))
     restore_p50 = summary(raw["restore"])["p50_ms"]
     return {
         "create_to_running": {

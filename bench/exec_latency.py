@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 from wrenn import Capsule
 
-from .common import emit, platform, summary, timed
+from .common import emit, platform, samples, summary, timed
 
 ENVD_PORT = 49983
 INSIDE = """
@@ -36,21 +36,23 @@ def paired(capsule: Capsule, envd_url: str, n: int) -> tuple[list[float], list[f
     body = {"cmd": "/bin/sh", "args": ["-c", "true"], "mode": "run", "timeout_sec": 30}
     sdk: list[float] = []
     envd: list[float] = []
+    warmup = samples(20, 2)
     with httpx.Client(timeout=30) as client:
-        for i in range(n + 20):
+        for i in range(n + warmup):
             start = time.perf_counter()
             capsule.commands.run("true")
             middle = time.perf_counter()
             response = client.post(f"{envd_url}/process/start", json=body)
             end = time.perf_counter()
             response.raise_for_status()
-            if i >= 20:
+            if i >= warmup:
                 sdk.append((middle - start) * 1000)
                 envd.append((end - middle) * 1000)
     return sdk, envd
 
 
-def measure(n: int = 100) -> dict[str, Any]:
+def measure(n: int | None = None) -> dict[str, Any]:
+    n = n or samples(100, 5)
     with platform() as stack, Capsule() as capsule:
         info = httpx.get(
             f"{os.environ['WRENN_BASE_URL']}/v1/capsules/{capsule.capsule_id}",
@@ -63,7 +65,7 @@ def measure(n: int = 100) -> dict[str, Any]:
             lambda: subprocess.run(
                 ["runsc", "--root", str(runsc_root), "exec", capsule.capsule_id, "/bin/true"], check=True
             ),
-            max(20, n // 5),
+            samples(max(20, n // 5), 3),
         )
     return {
         "exec_true": {

@@ -12,7 +12,7 @@ from wrenn import Capsule
 
 from tests.webapp import PATH, SOURCE
 
-from .common import emit, platform, summary
+from .common import emit, platform, samples, summary
 
 PORT = 8000
 
@@ -36,9 +36,10 @@ def first_stream_byte(capsule: Capsule) -> float:
 
 
 def pty_echo(capsule: Capsule, n: int) -> list[float]:
-    samples = []
+    out: list[float] = []
+    warmup = samples(20, 2)
     with capsule.pty(cmd="/bin/cat") as term:
-        for i in range(n + 20):
+        for i in range(n + warmup):
             key = bytes([97 + i % 26])
             start = time.perf_counter()
             term.write(key)
@@ -46,36 +47,38 @@ def pty_echo(capsule: Capsule, n: int) -> list[float]:
             while key not in seen:
                 event = next(term)
                 seen += event.data or b""
-            if i >= 20:
-                samples.append((time.perf_counter() - start) * 1000)
+            if i >= warmup:
+                out.append((time.perf_counter() - start) * 1000)
         term.kill()
-    return samples
+    return out
 
 
 def interleaved(client: httpx.Client, first: str, second: str, n: int) -> tuple[list[float], list[float]]:
     """Both URLs in turns, so a drift of the machine's speed falls on both alike."""
-    samples: tuple[list[float], list[float]] = ([], [])
-    for i in range(n + 20):
-        for url, out in ((first, samples[0]), (second, samples[1])):
+    taken: tuple[list[float], list[float]] = ([], [])
+    warmup = samples(20, 2)
+    for i in range(n + warmup):
+        for url, out in ((first, taken[0]), (second, taken[1])):
             start = time.perf_counter()
             _ok(client.get(url))
-            if i >= 20:
+            if i >= warmup:
                 out.append((time.perf_counter() - start) * 1000)
-    return samples
+    return taken
 
 
-def throughput(client: httpx.Client, url: str, size: int, rounds: int = 5) -> float:
+def throughput(client: httpx.Client, url: str, size: int) -> float:
     best = 0.0
-    for _ in range(rounds):
+    for _ in range(samples(5, 1)):
         start = time.perf_counter()
         got = len(client.get(f"{url}/bytes/{size}").content)
         best = max(best, got / (time.perf_counter() - start) / 1e6)
     return round(best, 1)
 
 
-def measure(n: int = 100) -> dict[str, Any]:
+def measure(n: int | None = None) -> dict[str, Any]:
+    n = n or samples(100, 5)
     with platform(), Capsule() as capsule:
-        streams = [first_stream_byte(capsule) for _ in range(max(20, n // 3))]
+        streams = [first_stream_byte(capsule) for _ in range(samples(max(20, n // 3), 3))]
         echo = pty_echo(capsule, n)
         capsule.files.write(PATH, SOURCE)
         capsule.commands.run(f"python3 {PATH} {PORT}", background=True)

@@ -9,16 +9,24 @@ import socket
 import struct
 import subprocess
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from wrenn import Capsule
 
 from tests.guests import guest
-from wrenn_server.hostagent.network import Network
 
-from .common import RawSandbox, creates_from_a_snapshot, emit, ms_since, pause_resume_cycles, platform, summary
+from .common import (
+    RawSandbox,
+    creates_from_a_snapshot,
+    emit,
+    ms_since,
+    pause_resume_cycles,
+    platform,
+    raw_network,
+    samples,
+    summary,
+)
 
 
 def _wait_port(address: str, deadline: float) -> None:
@@ -41,7 +49,7 @@ def _memory_held(data_dir: Path, capsule_id: str) -> int:
 
 
 def raw_cycles(root: Path, n: int) -> dict[str, list[float]]:
-    raw = RawSandbox.prepare(root, Network(f"bench-{uuid.uuid4().hex[:8]}"))
+    raw = RawSandbox.prepare(root, raw_network(root))
     sandbox_id, bundle = raw.sandbox_id, str(raw.workdir / "bundle")
     out: dict[str, list[float]] = {"checkpoint": [], "restore_until_envd": [], "freeze": [], "thaw": []}
     try:
@@ -70,7 +78,8 @@ def raw_cycles(root: Path, n: int) -> dict[str, list[float]]:
     return out
 
 
-def measure(n: int = 10) -> dict[str, Any]:
+def measure(n: int | None = None) -> dict[str, Any]:
+    n = n or samples(10, 2)
     # Checkpointed half a second after the pause: an immediate resume thaws, a later one restores.
     with platform(WRENN_CHECKPOINT_AFTER_SEC="0.5") as stack, Capsule() as capsule:
         capsule.commands.run("sleep 100000", background=True)

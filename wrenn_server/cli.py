@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from .controlplane.settings import ControlPlaneSettings
+    from .hostagent.settings import AgentSettings
     from .images.builder import ImagePaths
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Wrenn: sandboxes for AI agents.")
@@ -146,7 +149,6 @@ async def _agent_status() -> tuple[bool, str]:
 def up() -> None:
     """Run the platform on this machine: control plane + local host agent (SQLite unless DATABASE_URL)."""
     from .controlplane.settings import ControlPlaneSettings
-    from .embedded import run_embedded
     from .hostagent.settings import AgentSettings
 
     cp_settings = ControlPlaneSettings()
@@ -155,7 +157,18 @@ def up() -> None:
     agent_settings = AgentSettings()
     _logging(agent_settings.log_level)
     build_image()
-    asyncio.run(run_embedded(cp_settings, agent_settings))
+    _serve(cp_settings, agent_settings)
+
+
+def _serve(settings: ControlPlaneSettings, agent: AgentSettings | None = None) -> None:
+    """`wrenn_server.server.run` with the installed extensions; one that fails to load is one line, exit 1."""
+    from .server import ExtensionError, run
+
+    try:
+        run(settings, agent=agent)
+    except ExtensionError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -192,21 +205,9 @@ def agent() -> None:
 @app.command("control-plane")
 def control_plane() -> None:
     """Run only the control plane (host agents join it with `wrenn agent`)."""
-    import uvicorn
-
-    from .controlplane.app import create_app
     from .controlplane.settings import ControlPlaneSettings
 
-    settings = ControlPlaneSettings()
-    host, _, port = settings.listen.rpartition(":")
-    uvicorn.run(
-        create_app(settings),
-        host=host or "127.0.0.1",
-        port=int(port),
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=3,
-    )
+    _serve(ControlPlaneSettings())
 
 
 if __name__ == "__main__":
