@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wrenn_server.proto.envd import ProcessRef, StartRequest
+
 from .checkpoints import quiesce, save_template
-from .envd_client import EnvdClient
+from .envd_client import EnvdClient, ProcessEvent
 from .errors import AgentError, Conflict, InvalidArgument, NotFound, RuntimeFailure, WrongState
 from .metrics import Sampler
 from .network import Network, Slot
@@ -362,7 +364,7 @@ class SandboxManager:
         self.records.save(record)
         return Sandbox(record, slot, envd, time.monotonic(), start="restore" if restored else "boot")
 
-    async def _while_alive(self, name: str, waiting: Coroutine[Any, Any, None]) -> None:
+    async def _while_alive(self, name: str, waiting: Coroutine[Any, Any, object]) -> None:
         """Wait for a guest coming up, but no longer than it lives: one that dies while booting (a kernel
         panic, a broken disk) fails the create at once, not after the whole boot timeout."""
         task = asyncio.ensure_future(waiting)
@@ -582,7 +584,7 @@ class SandboxManager:
     async def disk_used(self, sandbox_id: str) -> int:
         return await asyncio.to_thread(self.storage.disk_used, self.records.workdir(self.record_of(sandbox_id).name))
 
-    async def events(self, sandbox_id: str, path: str, body: dict[str, object]) -> AsyncIterator[dict[str, object]]:
+    async def events(self, sandbox_id: str, req: StartRequest | ProcessRef) -> AsyncIterator[ProcessEvent]:
         envd = self.active(sandbox_id)
-        async for event in envd.stream(path, body):
+        async for event in envd.stream(req):
             yield event
