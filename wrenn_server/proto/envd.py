@@ -67,7 +67,7 @@ def _fields_of(cls: type) -> tuple[_Field, ...]:
             _Field(
                 f.name,
                 f.metadata.get("key", f.name),
-                hints[f.name],
+                _without_none(hints[f.name]),  # a null is a missing value, which `from_json` handles
                 f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
                 bool(f.metadata.get("omit_none")),
             )
@@ -75,6 +75,14 @@ def _fields_of(cls: type) -> tuple[_Field, ...]:
         )
         _specs[cls] = spec
     return spec
+
+
+def _without_none(kind: Any) -> Any:
+    if typing.get_origin(kind) in (types.UnionType, typing.Union):
+        options = [a for a in typing.get_args(kind) if a is not type(None)]
+        if len(options) == 1:
+            return options[0]
+    return kind
 
 
 def _label(kind: Any) -> str:
@@ -94,6 +102,8 @@ def _label(kind: Any) -> str:
 
 def _read(kind: Any, value: Any, key: str) -> Any:
     """`value` as `kind`, or MessageError; None only where `kind` allows it."""
+    if kind is str and isinstance(value, str):  # the common case first: this runs for every field of every call
+        return value
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (types.UnionType, typing.Union):
         options = [a for a in args if a is not type(None)]
