@@ -14,6 +14,7 @@ import pytest
 from wrenn_server.envd import __version__ as ENVD_VERSION
 from wrenn_server.hostagent.envd_client import EnvdClient
 from wrenn_server.hostagent.errors import InvalidArgument, NotFound, WrongState
+from wrenn_server.proto import envd as wire
 from wrenn_server.proto.envd import (
     PROTOCOL_VERSION,
     EndEvent,
@@ -61,9 +62,12 @@ async def test_the_agent_client_speaks_the_typed_messages(agent_client: EnvdClie
     assert (ran.exit_code, ran.stdout, ran.stderr) == (3, b"hi\n", b"err\n") and ran.pid > 0
 
     started = await envd.start_background(StartRequest("sleep", Mode.RUN, ["30"], tag="sleeper"))
-    assert started.tag == "sleeper"
-    listed = {p.tag: p for p in await envd.processes()}
-    assert listed["sleeper"].pid == started.pid and listed["sleeper"].args == ["30"]
+    untagged = await envd.start_background(StartRequest("sleep", Mode.RUN, ["31"]))
+    assert (started.tag, untagged.tag) == ("sleeper", None)
+    listed = {p.pid: p for p in await envd.processes()}
+    assert (listed[started.pid].tag, listed[started.pid].args) == ("sleeper", ["30"])
+    assert (listed[untagged.pid].tag, listed[untagged.pid].args) == (None, ["31"])
+    await envd.signal(ProcessRef(pid=untagged.pid), "SIGKILL")
     with pytest.raises(InvalidArgument, match="no terminal"):
         await envd.resize(ProcessRef(tag="sleeper"), 80, 24)
     await envd.signal(ProcessRef(tag="sleeper"), "SIGKILL")
@@ -146,3 +150,35 @@ async def test_an_envd_of_another_protocol_is_refused_with_the_reason(
                 await envd.close()
     finally:
         next(copies, None)
+
+
+SAMPLES: list[wire.Message] = [
+    wire.Hello("1.2.3", PROTOCOL_VERSION),
+    wire.InitRequest(default_user="u", env_vars={"A": "1"}, default_workdir="/w", sandbox_id="cl-1"),
+    wire.InitRequest(),
+    StartRequest("sh", Mode.STREAM, ["-c", "x"], {"E": "v"}, "/", "root", "t", True, wire.PtySize(80, 24), 1.5),
+    wire.Started(7, None),
+    wire.RunResult(7, 3, b"\x00\xffout", b"", 12),
+    ProcessRef(tag="t"),
+    wire.InputRequest(pid=7, data=b"\x04"),
+    wire.SignalRequest(tag="t", signal=15),
+    wire.ResizeRequest(pid=7, cols=100, rows=30),
+    wire.ProcessList([wire.ProcessEntry(7, None, "sh", ["-c"], {}, "/", False)]),
+    StartEvent(7, "t"),
+    OutputEvent(OutputKind.PTY, b"\x1b[0m"),
+    EndEvent(137, 9),
+    wire.KeepAlive(),
+    wire.EntryList([wire.EntryInfo("f", "/f", wire.EntryType.SYMLINK, 1, 0o777, "lrwxrwxrwx", "r", "r", 5, "g")]),
+    wire.MoveRequest("/a", "/b"),
+    wire.ErrorBody(wire.ErrorCode.NOT_FOUND, "gone"),
+    wire.Metrics(1, 2, 3.5, 4, 5, 6, 7),
+]
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda m: type(m).__name__)
+def test_every_message_reads_back_what_it_wrote(message: wire.Message) -> None:
+    line = message.encode()
+    if isinstance(message, StartEvent | OutputEvent | EndEvent | wire.KeepAlive):
+        assert wire.parse_event(line) == message
+    else:
+        assert type(message).decode(line) == message

@@ -45,7 +45,6 @@ from wrenn_server.proto.envd import (
 from .errors import AgentError, CommandTimeout, Conflict, Forbidden, InvalidArgument, NotFound, Unreachable, WrongState
 from .http1 import Client, ConnectionFailed
 
-ENVD_PORT = PORT
 M = TypeVar("M", bound=Message)
 ProcessEvent = StartEvent | OutputEvent | EndEvent
 _ERRORS: dict[str, type[AgentError]] = {
@@ -77,7 +76,7 @@ def _read(kind: type[M], content: bytes) -> M:
 
 
 class EnvdClient:
-    def __init__(self, address: str, port: int = ENVD_PORT) -> None:
+    def __init__(self, address: str, port: int = PORT) -> None:
         self.address = address
         self._http = Client(address, port)
         self.hello: Hello | None = None  # what envd said of itself on the last handshake (/init, /snapshot/resume)

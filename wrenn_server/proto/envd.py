@@ -48,8 +48,9 @@ def _named(key: str, default: Any = dataclasses.MISSING, omit_none: bool = False
 class _Field:
     name: str
     key: str
-    kind: Any
+    kind: Any  # without its `| None`: a null is handled before the value is read
     required: bool
+    nullable: bool
     omit_none: bool
 
 
@@ -67,8 +68,9 @@ def _fields_of(cls: type) -> tuple[_Field, ...]:
             _Field(
                 f.name,
                 f.metadata.get("key", f.name),
-                _without_none(hints[f.name]),  # a null is a missing value, which `from_json` handles
+                _without_none(hints[f.name]),
                 f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+                _without_none(hints[f.name]) is not hints[f.name],
                 bool(f.metadata.get("omit_none")),
             )
             for f in dataclasses.fields(cls)
@@ -116,11 +118,16 @@ def _read(kind: Any, value: Any, key: str) -> Any:
                 return _read(option, value, key)
             except MessageError:
                 pass
-    elif origin in (list, tuple) and isinstance(value, list):
-        items = [_read(args[0], item, key) for item in value]
-        return items if origin is list else tuple(items)
-    elif origin is dict and isinstance(value, dict):
-        return {str(k): _read(args[1], v, key) for k, v in value.items()}
+    elif origin in (list, tuple, dict) and isinstance(value, list if origin is not dict else dict):
+        item_kind = args[-1]
+        try:
+            if origin is dict:
+                return {str(k): _read(item_kind, v, key) for k, v in value.items()}
+            items = [_read(item_kind, item, key) for item in value]
+            return items if origin is list else tuple(items)
+        except MessageError:
+            if isinstance(item_kind, type) and issubclass(item_kind, Message):
+                raise  # its own error names the field inside
     elif kind is bool or kind is str:
         if isinstance(value, kind):
             return value
@@ -178,8 +185,10 @@ class Message:
         values: dict[str, Any] = {}
         for f in _fields_of(cls):
             raw = data.get(f.key)
-            if raw is None:  # missing and null are the same: the default, or an error when there is none
-                if f.required:
+            if raw is None:  # missing and null are the same: the default, None, or an error
+                if f.required and f.nullable:
+                    values[f.name] = None
+                elif f.required:
                     raise MessageError(f"'{f.key}' is required")
                 continue
             values[f.name] = _read(f.kind, raw, f.key)
