@@ -118,10 +118,10 @@ def _read(kind: Any, value: Any, key: str) -> Any:
                 return _read(option, value, key)
             except MessageError:
                 pass
-    elif origin in (list, tuple, dict) and isinstance(value, list if origin is not dict else dict):
+    elif (origin is dict and isinstance(value, dict)) or (origin in (list, tuple) and isinstance(value, list)):
         item_kind = args[-1]
         try:
-            if origin is dict:
+            if isinstance(value, dict):
                 return {str(k): _read(item_kind, v, key) for k, v in value.items()}
             items = [_read(item_kind, item, key) for item in value]
             return items if origin is list else tuple(items)
