@@ -125,9 +125,11 @@ def before_versioning(package: Path) -> None:
     replace_in(app, "return answer(HELLO)", "return Response(204)", count=2)
 
 
-@pytest.mark.parametrize(("patch", "protocol"), [(newer_protocol, 99), (before_versioning, 0)])
+@pytest.mark.parametrize(
+    ("patch", "version", "protocol"), [(newer_protocol, ENVD_VERSION, 99), (before_versioning, "0.1.0", 0)]
+)
 async def test_an_envd_of_another_protocol_is_refused_with_the_reason(
-    patch: Callable[[Path], None], protocol: int
+    patch: Callable[[Path], None], version: str, protocol: int
 ) -> None:
     copies = envd_copy(patch)
     root = next(copies)
@@ -142,7 +144,7 @@ async def test_an_envd_of_another_protocol_is_refused_with_the_reason(
                     with pytest.raises(WrongState) as err:
                         await handshake
                     message = err.value.message
-                    assert f"speaks envd protocol {protocol}," in message, message
+                    assert f"runs envd {version}, which speaks envd protocol {protocol}," in message, message
                     assert f"this host agent speaks protocol {PROTOCOL_VERSION}" in message, message
                     assert "recreate the capsule from a current template" in message, message
                     assert envd.hello is not None and envd.hello.protocol == protocol

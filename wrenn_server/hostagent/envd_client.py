@@ -115,7 +115,8 @@ class EnvdClient:
         """A call whose answer says who envd is; one that speaks another protocol fails it. envd from before
         the versioned protocol answered these calls with no body at all: protocol 0."""
         content = await self._call("POST", path, body, ready_by=ready_by)
-        hello = _read(Hello, content) if content.strip() else Hello("unknown", 0)
+        # Its /health said its version (and no protocol: 0), which the error below is clearer for.
+        hello = _read(Hello, content) if content.strip() else await self.health()
         self.hello = hello
         if not hello.compatible:
             raise WrongState(
