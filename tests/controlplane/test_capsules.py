@@ -13,6 +13,7 @@ from wrenn.models import Capsule as SdkCapsule
 
 from wrenn_server import __version__
 from wrenn_server.controlplane.ids import Kind, format_id
+from wrenn_server.envd import __version__ as ENVD_VERSION
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 
 from .agent import Agent, namespaces, slot_namespaces
@@ -188,6 +189,7 @@ async def test_create_runs_on_agent(
     )
     assert capsule.metadata is not None and capsule.metadata["env"] == "t"
     assert capsule.metadata["agent_version"] == __version__ and capsule.metadata["runtime"] == "gvisor"
+    assert capsule.metadata["envd_version"] == ENVD_VERSION  # the guest's own envd (the image under test's)
     assert ipaddress.IPv4Address(resp.json()["host_ip"]) in ipaddress.IPv4Network("10.11.0.0/16")
     assert capsule.started_at is not None and capsule.template == "minimal"
     assert (await agent.sandboxes())[capsule.id].status == pb.SANDBOX_STATUS_RUNNING

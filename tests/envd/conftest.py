@@ -47,9 +47,11 @@ def spawner() -> Path:
 
 
 @asynccontextmanager
-async def running_envd() -> AsyncIterator[httpx.AsyncClient]:
+async def running_envd(root: Path = REPO) -> AsyncIterator[httpx.AsyncClient]:
+    """envd from `root` (this checkout, or a copy of its envd and wire contract, say one patched)."""
     port = free_port()
-    env = {**os.environ, "WRENN_ENVD_FORWARD_ADDR": FORWARD_ADDR, "ENVD_TEST_SECRET": "leak"}
+    # PYTHONPATH too: a checkout named there would win over a copy's package.
+    env = {**os.environ, "PYTHONPATH": str(root), "WRENN_ENVD_FORWARD_ADDR": FORWARD_ADDR, "ENVD_TEST_SECRET": "leak"}
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
             [
@@ -63,7 +65,7 @@ async def running_envd() -> AsyncIterator[httpx.AsyncClient]:
                 "--spawner",
                 str(spawner()),
             ],
-            cwd=REPO,
+            cwd=root,
             env=env,
             stdout=log,
             stderr=log,

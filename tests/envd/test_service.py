@@ -81,7 +81,7 @@ async def test_init_defaults_apply_to_processes_and_files(
     client = fresh_client
     assert (await client.get("/envs")).json() == {}
     init = {"defaultUser": user.pw_name, "envVars": {"FOO": "bar"}, "defaultWorkdir": user.pw_dir}
-    assert (await client.post("/init", json=init)).status_code == 204
+    assert (await client.post("/init", json=init)).status_code == 200
     assert (await client.get("/envs")).json() == {"FOO": "bar"}
 
     result = await sh(client, 'id -un; pwd; echo "$FOO $HOME $USER $LOGNAME"; cat /proc/self/oom_score_adj')
@@ -102,7 +102,7 @@ async def test_init_defaults_apply_to_processes_and_files(
     assert (made["path"], made["owner"]) == (f"{home}/made", name)
 
     # A later /init replaces only what it names.
-    assert (await client.post("/init", json={"envVars": {"X": "1"}})).status_code == 204
+    assert (await client.post("/init", json={"envVars": {"X": "1"}})).status_code == 200
     result = await sh(client, "id -un; echo $X$FOO")
     assert unb64(result["stdout"]).decode().split() == [name, "1"]
 
@@ -124,4 +124,4 @@ async def test_snapshot_prepare_resets_the_other_clients(fresh_client: httpx.Asy
                 async for _ in lines:
                     pass
         assert (await fresh_client.get("/health")).status_code == 200  # the caller's connection is still fine
-    assert (await fresh_client.post("/snapshot/resume", json={})).status_code == 204
+    assert (await fresh_client.post("/snapshot/resume", json={})).status_code == 200

@@ -23,6 +23,7 @@ from wrenn import (
 from wrenn.models import Status
 
 from tests.stack import Stack
+from wrenn_server.envd import __version__ as ENVD_VERSION
 from wrenn_server.hostagent.runtimes import select_runtime
 
 pytestmark = pytest.mark.sdk
@@ -235,6 +236,7 @@ def test_creates_are_served_by_the_warm_pool_and_doctor_counts_them(stack: Stack
         with Capsule() as box:
             info = box.get_info()
             starts.append(info.metadata["start"])
+            assert info.metadata["envd_version"] == ENVD_VERSION  # what the guest's envd said, however it came up
             assert box.commands.run("cat /run/wrenn/.WRENN_SANDBOX_ID").stdout == f"{box.capsule_id}\n"
         time.sleep(0.5)
     assert set(starts) <= {"pool", "restore", "boot"}

@@ -1,4 +1,4 @@
-"""`python3 -m envd`: serve the envd protocol until SIGTERM."""
+"""`python3 -m wrenn_server.envd`: serve the envd protocol until SIGTERM."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import signal
 import sys
 from contextlib import suppress
 
+from ..proto.envd import PORT as DEFAULT_PORT
 from . import __version__
 from .app import App
 from .http import start_server
@@ -19,8 +20,6 @@ from .ports import PortForwarder
 from .processes import ProcessTable
 from .spawn import CHILD_OOM_SCORE, SPAWNER, oom_score, set_oom_score
 from .users import Defaults
-
-DEFAULT_PORT = 49983
 
 
 async def serve(host: str, port: int, spawner: str, forward_address: str | None, oom_shielded: bool) -> None:

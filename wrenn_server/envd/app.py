@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 
+from ..proto.envd import PROTOCOL_VERSION, Hello, InitRequest
 from . import __version__, files, process_routes
 from .errors import EnvdError, InvalidRequest, NotFound, from_os_error
 from .http import Handler, ProtocolError, Request, Response, abort_connections, json_response
 from .metrics import Metrics
-from .params import opt_str, read_json, str_map
+from .params import answer, read_message
 from .ports import PortForwarder
 from .processes import ProcessTable
 from .users import Defaults, User
@@ -17,6 +18,7 @@ from .users import Defaults, User
 log = logging.getLogger("envd")
 
 SANDBOX_ID_FILE = "/run/wrenn/.WRENN_SANDBOX_ID"  # written by wrenn-init at boot
+HELLO = Hello(__version__, PROTOCOL_VERSION)
 
 
 class App:
@@ -51,15 +53,15 @@ class App:
             error = EnvdError(f"internal error: {exc!r}")
         if error.status >= 500:
             log.error("%s %s: %s", request.method, request.path, error.message)
-        return json_response({"code": error.code, "message": error.message}, error.status)
+        return answer(error.body(), error.status)
 
     async def health(self, request: Request) -> Response:
-        return json_response({"version": __version__})
+        return answer(HELLO)
 
     async def init(self, request: Request) -> Response:
-        body = await read_json(request)
-        user, workdir = opt_str(body, "defaultUser"), opt_str(body, "defaultWorkdir")
-        env = str_map(body, "envVars") if "envVars" in body else None
+        """Sets the defaults; answers who envd is, so the caller can check it speaks this protocol."""
+        body = await read_message(request, InitRequest)
+        user, workdir, env = body.default_user, body.default_workdir, body.env_vars
         if user:
             User.lookup(user)
         if workdir and not os.path.isabs(workdir):
@@ -68,11 +70,11 @@ class App:
         self.defaults.env = self.defaults.env if env is None else env
         self.defaults.workdir = os.path.normpath(workdir) if workdir else self.defaults.workdir
         self.forwarder.unsuspend()  # the capsule starts serving (a checkpoint is taken with forwarding off)
-        if sandbox_id := opt_str(body, "sandboxId"):
+        if sandbox_id := body.sandbox_id:
             # A guest restored from a checkpoint (or taken from the warm pool) was started under another id.
             with open(SANDBOX_ID_FILE, "w") as f:
                 f.write(sandbox_id + "\n")
-        return Response(204)
+        return answer(HELLO)
 
     async def prepare(self, request: Request) -> Response:
         """Before a checkpoint: stop port forwarding and reset every other client's connection (the caller
@@ -82,12 +84,13 @@ class App:
         return Response(204)
 
     async def resume(self, request: Request) -> Response:
-        """After a restore, or when the checkpoint did not happen: forward ports again."""
+        """After a restore, or when the checkpoint did not happen: forward ports again. Answers who envd is:
+        a capsule resumed by a newer host agent than the one that paused it may run an envd it cannot speak to."""
         self.forwarder.unsuspend()
-        return Response(204)
+        return answer(HELLO)
 
     async def envs(self, request: Request) -> Response:
         return json_response(self.defaults.env)
 
     async def sample_metrics(self, request: Request) -> Response:
-        return json_response(self.metrics.sample())
+        return answer(self.metrics.sample())

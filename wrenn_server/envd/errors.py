@@ -15,44 +15,49 @@ from __future__ import annotations
 
 import errno
 
+from ..proto.envd import ErrorBody, ErrorCode
+
 
 class EnvdError(Exception):
     status = 500
-    code = "internal_error"
+    code = ErrorCode.INTERNAL_ERROR
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
+    def body(self) -> ErrorBody:
+        return ErrorBody(self.code, self.message)
+
 
 class InvalidRequest(EnvdError):
     status = 400
-    code = "invalid_request"
+    code = ErrorCode.INVALID_REQUEST
 
 
 class Forbidden(EnvdError):
     status = 403
-    code = "forbidden"
+    code = ErrorCode.FORBIDDEN
 
 
 class NotFound(EnvdError):
     status = 404
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
 
 
 class Conflict(EnvdError):
     status = 409
-    code = "conflict"
+    code = ErrorCode.CONFLICT
 
 
 class TooLarge(EnvdError):
     status = 413
-    code = "too_large"
+    code = ErrorCode.TOO_LARGE
 
 
 class Timeout(EnvdError):
     status = 504
-    code = "timeout"
+    code = ErrorCode.TIMEOUT
 
 
 _BY_ERRNO: dict[int, type[EnvdError]] = {

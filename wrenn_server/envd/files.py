@@ -11,45 +11,26 @@ import stat
 import tempfile
 from collections.abc import AsyncGenerator
 from contextlib import suppress
-from dataclasses import asdict, dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
+from ..proto.envd import EntryAnswer, EntryInfo, EntryList, EntryType, ListRequest, MoveRequest, PathRequest
 from .errors import Conflict, InvalidRequest
-from .http import Handler, Request, Response, StreamAborted, json_response
-from .params import opt_int, read_json, req_str
+from .http import Handler, Request, Response, StreamAborted
+from .params import answer, read_message
 from .users import Defaults, User
 
 CHUNK = 64 * 1024
 
 
-@dataclass(frozen=True)
-class EntryInfo:
-    name: str
-    path: str
-    type: str
-    size: int
-    mode: int
-    permissions: str
-    owner: str
-    group: str
-    modified_at: int
-    symlink_target: str | None
-
-    @classmethod
-    def of(cls, path: str, st: os.stat_result | None = None) -> EntryInfo:
-        st = st or os.lstat(path)
-        kind = "directory" if stat.S_ISDIR(st.st_mode) else "symlink" if stat.S_ISLNK(st.st_mode) else "file"
-        return cls(
-            os.path.basename(path) or path, path, kind, st.st_size, stat.S_IMODE(st.st_mode),
-            stat.filemode(st.st_mode), _user_name(st.st_uid), _group_name(st.st_gid), int(st.st_mtime),
-            os.readlink(path) if kind == "symlink" else None,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        if self.symlink_target is None:
-            del data["symlink_target"]
-        return data
+def entry_of(path: str, st: os.stat_result | None = None) -> EntryInfo:
+    st = st or os.lstat(path)
+    mode = st.st_mode
+    kind = EntryType.DIRECTORY if stat.S_ISDIR(mode) else EntryType.SYMLINK if stat.S_ISLNK(mode) else EntryType.FILE
+    return EntryInfo(
+        os.path.basename(path) or path, path, kind, st.st_size, stat.S_IMODE(mode), stat.filemode(mode),
+        _user_name(st.st_uid), _group_name(st.st_gid), int(st.st_mtime),
+        os.readlink(path) if kind is EntryType.SYMLINK else None,
+    )
 
 
 def _user_name(uid: int) -> str:
@@ -69,7 +50,7 @@ def _group_name(gid: int) -> str:
 def _walk(path: str, depth: int, out: list[EntryInfo]) -> None:
     with os.scandir(path) as entries:
         for entry in entries:
-            out.append(EntryInfo.of(entry.path, entry.stat(follow_symlinks=False)))
+            out.append(entry_of(entry.path, entry.stat(follow_symlinks=False)))
             if depth > 1 and entry.is_dir(follow_symlinks=False):
                 with suppress(PermissionError):  # an unreadable subdirectory is listed, just not entered
                     _walk(entry.path, depth - 1, out)
@@ -100,8 +81,8 @@ async def _read_file(f: BinaryIO, size: int) -> AsyncGenerator[bytes, None]:
 
 
 def routes(defaults: Defaults) -> dict[tuple[str, str], Handler]:
-    async def body_path(request: Request, key: str = "path") -> str:
-        return defaults.resolve_path(req_str(await read_json(request), key))
+    async def body_path(request: Request) -> str:
+        return defaults.resolve_path((await read_message(request, PathRequest)).path)
 
     def query_path(request: Request) -> str:
         path = request.query.get("path")
@@ -110,29 +91,28 @@ def routes(defaults: Defaults) -> dict[tuple[str, str], Handler]:
         return defaults.resolve_path(path)
 
     async def stat_(request: Request) -> Response:
-        return json_response(EntryInfo.of(await body_path(request)).to_json())
+        return answer(entry_of(await body_path(request)))
 
     async def list_(request: Request) -> Response:
-        body = await read_json(request)
-        path = defaults.resolve_path(req_str(body, "path"))
-        depth = opt_int(body, "depth") or 1
+        body = await read_message(request, ListRequest)
+        path = defaults.resolve_path(body.path)
+        depth = body.depth or 1
         if depth < 0:
             raise InvalidRequest("'depth' must not be negative")
         entries: list[EntryInfo] = []
         _walk(path, depth, entries)
-        return json_response({"entries": [e.to_json() for e in sorted(entries, key=lambda e: e.path)]})
+        return answer(EntryList(sorted(entries, key=lambda e: e.path)))
 
     async def mkdir(request: Request) -> Response:
         path = await body_path(request)
         if os.path.lexists(path):
             raise Conflict(f"already exists: {path}")
         _make_dirs(path, defaults.owner())
-        return json_response({"entry": EntryInfo.of(path).to_json()})
+        return answer(EntryAnswer(entry_of(path)))
 
     async def move(request: Request) -> Response:
-        body = await read_json(request)
-        source = defaults.resolve_path(req_str(body, "source"))
-        destination = defaults.resolve_path(req_str(body, "destination"))
+        body = await read_message(request, MoveRequest)
+        source, destination = defaults.resolve_path(body.source), defaults.resolve_path(body.destination)
         os.lstat(source)  # a missing source is a 404 about the source, not about the destination
         _make_dirs(os.path.dirname(destination), defaults.owner())
         try:
@@ -141,7 +121,7 @@ def routes(defaults: Defaults) -> dict[tuple[str, str], Handler]:
             if exc.errno != errno.EXDEV:
                 raise
             shutil.move(source, destination)
-        return json_response({"entry": EntryInfo.of(destination).to_json()})
+        return answer(EntryAnswer(entry_of(destination)))
 
     async def remove(request: Request) -> Response:
         path = await body_path(request)
@@ -183,7 +163,7 @@ def routes(defaults: Defaults) -> dict[tuple[str, str], Handler]:
             with suppress(OSError):
                 os.unlink(temp)
             raise
-        return json_response(EntryInfo.of(path).to_json())
+        return answer(entry_of(path))
 
     return {
         ("POST", "/fs/stat"): stat_,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+
+from ..proto.envd import Metrics as Sample
 
 
 def _cpu_times() -> tuple[int, int]:
@@ -30,19 +31,19 @@ class Metrics:
         self._last = _cpu_times()
         self._used_pct = 0.0
 
-    def sample(self) -> dict[str, Any]:
+    def sample(self) -> Sample:
         busy, total = _cpu_times()
         if total > self._last[1]:  # two calls within one jiffy keep the previous figure
             self._used_pct = round(100.0 * (busy - self._last[0]) / (total - self._last[1]), 2)
             self._last = (busy, total)
         mem = _meminfo()
         disk = os.statvfs("/")
-        return {
-            "ts": int(time.time()),
-            "cpu_count": os.cpu_count() or 1,
-            "cpu_used_pct": self._used_pct,
-            "mem_total": mem["MemTotal"],
-            "mem_used": mem["MemTotal"] - mem.get("MemAvailable", mem.get("MemFree", 0)),
-            "disk_used": (disk.f_blocks - disk.f_bfree) * disk.f_frsize,
-            "disk_total": disk.f_blocks * disk.f_frsize,
-        }
+        return Sample(
+            ts=int(time.time()),
+            cpu_count=os.cpu_count() or 1,
+            cpu_used_pct=self._used_pct,
+            mem_total=mem["MemTotal"],
+            mem_used=mem["MemTotal"] - mem.get("MemAvailable", mem.get("MemFree", 0)),
+            disk_used=(disk.f_blocks - disk.f_bfree) * disk.f_frsize,
+            disk_total=disk.f_blocks * disk.f_frsize,
+        )

@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import os
 import signal
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import suppress
-from enum import StrEnum
-from typing import Any
+from typing import TypeVar
 
+from ..proto.envd import (
+    EndEvent,
+    InputRequest,
+    KeepAlive,
+    Mode,
+    OutputEvent,
+    OutputKind,
+    ProcessEntry,
+    ProcessList,
+    ProcessRef,
+    PtySize,
+    ResizeRequest,
+    RunResult,
+    SignalRequest,
+    Started,
+    StartEvent,
+    StartRequest,
+    event_line,
+)
 from .errors import InvalidRequest, Timeout
-from .http import Handler, Request, Response, StreamAborted, json_response
-from .params import JsonObject, opt_bool, opt_int, opt_number, opt_str, read_json, req_str, str_list, str_map
+from .http import Handler, Request, Response, StreamAborted
+from .params import answer, read_message
 from .processes import Process, ProcessInfo, ProcessTable
-from .spawn import Launch, OutputKind, PtySize, resolve_executable
+from .spawn import Launch, resolve_executable
 from .users import Defaults, User
 
 NDJSON = "application/x-ndjson"
@@ -27,20 +42,10 @@ KEEPALIVE_EVERY = 15.0
 QUEUE_BYTES = 8 * 1024 * 1024  # a stream further behind than this is dropped, never the process
 
 
-class Mode(StrEnum):
-    BACKGROUND = "background"
-    STREAM = "stream"
-    RUN = "run"
-
-
 KILL_WAIT = 2.0
+R = TypeVar("R", bound=ProcessRef)
 
-
-def _line(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, separators=(",", ":")).encode() + b"\n"
-
-
-KEEPALIVE = _line({"type": "keepalive"})
+KEEPALIVE = event_line(KeepAlive())
 
 
 class EventQueue:
@@ -63,17 +68,16 @@ class EventQueue:
         self.queue.put_nowait(line)
 
     def on_output(self, kind: OutputKind, data: bytes) -> None:
-        # Base64 needs no JSON escaping, and json.dumps would spend most of a busy stream's CPU scanning it.
-        self._put(b'{"type":"%s","data":"%s"}\n' % (kind.value.encode(), base64.b64encode(data)))
+        self._put(event_line(OutputEvent(kind, data)))
 
     def on_end(self, exit_code: int, signal: int | None) -> None:
-        self._put(_line({"type": "end", "exit_code": exit_code, "signal": signal}))
+        self._put(event_line(EndEvent(exit_code, signal)))
         self._put(None)
 
 
 async def _events(proc: Process, events: EventQueue) -> AsyncGenerator[bytes, None]:
     try:
-        yield _line({"type": "start", "pid": proc.pid, "tag": proc.info.tag})
+        yield event_line(StartEvent(proc.pid, proc.info.tag))
         idle = 0.0
         while True:
             try:
@@ -123,53 +127,37 @@ class Collector:
         pass
 
 
-def _size(value: object) -> PtySize:
-    if not isinstance(value, dict):
-        raise InvalidRequest("'pty' must be an object with 'cols' and 'rows'")
-    cols, rows = opt_int(value, "cols"), opt_int(value, "rows")
-    if not cols or not rows or cols < 0 or rows < 0:
-        raise InvalidRequest("'cols' and 'rows' must be positive integers")
-    return PtySize(cols, rows)
-
-
-def _signal(value: object) -> int:
+def _signal(value: str | int) -> int:
     if isinstance(value, str):
         name = value.upper() if value.upper().startswith("SIG") else f"SIG{value.upper()}"
         if name in signal.Signals.__members__:
             return int(signal.Signals[name])
-    elif isinstance(value, int) and not isinstance(value, bool) and 0 < value < signal.NSIG:
+    elif 0 < value < signal.NSIG:
         return value
     raise InvalidRequest("'signal' must be a signal name such as SIGTERM, or a signal number")
 
 
 def routes(defaults: Defaults, table: ProcessTable) -> dict[tuple[str, str], Handler]:
-    def launch(body: JsonObject) -> tuple[Launch, ProcessInfo]:
-        cmd, args, envs = req_str(body, "cmd"), str_list(body, "args"), str_map(body, "envs")
-        user = User.lookup(opt_str(body, "user") or defaults.user)
-        pty = _size(body["pty"]) if body.get("pty") is not None else None
-        env = user.base_env() | defaults.env | envs
-        if pty:
+    def launch(body: StartRequest) -> tuple[Launch, ProcessInfo]:
+        user = User.lookup(body.user or defaults.user)
+        env = user.base_env() | defaults.env | body.envs
+        if body.pty:
             env.setdefault("TERM", "xterm-256color")
-        cwd = opt_str(body, "cwd")
-        if cwd:
-            cwd = defaults.resolve_path(cwd)
+        if body.cwd:
+            cwd = defaults.resolve_path(body.cwd)
         else:
             cwd = defaults.workdir or (user.home if os.path.isdir(user.home) else "/")
-        exe = resolve_executable(cmd, env.get("PATH", ""))
-        launch = Launch([cmd, *args], exe, env, cwd, user, opt_bool(body, "stdin"), pty)
-        return launch, ProcessInfo(opt_str(body, "tag"), cmd, args, envs, cwd, pty is not None)
+        exe = resolve_executable(body.cmd, env.get("PATH", ""))
+        launch = Launch([body.cmd, *body.args], exe, env, cwd, user, body.stdin, body.pty)
+        return launch, ProcessInfo(body.tag, body.cmd, body.args, body.envs, cwd, body.pty is not None)
 
     async def start(request: Request) -> Response:
-        body = await read_json(request)
-        try:
-            mode = Mode(opt_str(body, "mode") or "")
-        except ValueError:
-            raise InvalidRequest("'mode' must be one of: background, stream, run") from None
-        timeout = opt_number(body, "timeout_sec") or 0.0
+        body = await read_message(request, StartRequest)
+        mode, timeout = body.mode, body.timeout_sec
         began = time.monotonic()
         proc = table.start(*launch(body))
         if mode is Mode.BACKGROUND:
-            return json_response({"pid": proc.pid, "tag": proc.info.tag})
+            return answer(Started(proc.pid, proc.info.tag))
         if mode is Mode.STREAM:
             return _stream(proc, request)
         collected = Collector()
@@ -183,41 +171,33 @@ def routes(defaults: Defaults, table: ProcessTable) -> dict[tuple[str, str], Han
         out = collected.out
         stdout, stderr = out[OutputKind.STDOUT] or out[OutputKind.PTY], out[OutputKind.STDERR]
         millis = int((time.monotonic() - began) * 1000)
-        return Response(
-            200,
-            b'{"pid":%d,"exit_code":%d,"stdout":"%s","stderr":"%s","duration_ms":%d}'
-            % (proc.pid, proc.exit_code or 0, base64.b64encode(stdout), base64.b64encode(stderr), millis),
-        )
+        return Response(200, RunResult(proc.pid, proc.exit_code or 0, bytes(stdout), bytes(stderr), millis).encode())
 
-    async def find(request: Request) -> tuple[Process, JsonObject]:
-        body = await read_json(request)
-        return table.find(opt_int(body, "pid"), opt_str(body, "tag")), body
+    async def find(request: Request, kind: type[R]) -> tuple[Process, R]:
+        body = await read_message(request, kind)
+        return table.find(body.pid, body.tag), body
 
     async def connect(request: Request) -> Response:
-        proc, _ = await find(request)
+        proc, _ = await find(request, ProcessRef)
         return _stream(proc, request)
 
     async def list_(request: Request) -> Response:
-        procs = [{"pid": p.pid, **vars(p.info), "running": True} for p in table.running()]
-        return json_response({"processes": procs})
+        procs = [ProcessEntry(p.pid, **vars(p.info), running=True) for p in table.running()]
+        return answer(ProcessList(procs))
 
     async def input_(request: Request) -> Response:
-        proc, body = await find(request)
-        try:
-            data = base64.b64decode(opt_str(body, "data") or "", validate=True)
-        except binascii.Error:
-            raise InvalidRequest("'data' must be base64") from None
-        await proc.write(data)
+        proc, body = await find(request, InputRequest)
+        await proc.write(body.data)
         return Response(204)
 
     async def close_stdin(request: Request) -> Response:
-        proc, _ = await find(request)
+        proc, _ = await find(request, ProcessRef)
         await proc.close_stdin()
         return Response(204)
 
     async def signal_(request: Request) -> Response:
-        proc, body = await find(request)
-        sig = _signal(body.get("signal"))
+        proc, body = await find(request, SignalRequest)
+        sig = _signal(body.signal)
         proc.send_signal(sig)
         if sig == signal.SIGKILL:
             # Answer once it is gone, so a list right after a kill no longer shows it.
@@ -226,8 +206,10 @@ def routes(defaults: Defaults, table: ProcessTable) -> dict[tuple[str, str], Han
         return Response(204)
 
     async def resize(request: Request) -> Response:
-        proc, body = await find(request)
-        proc.resize(_size(body))
+        proc, body = await find(request, ResizeRequest)
+        if body.cols <= 0 or body.rows <= 0:
+            raise InvalidRequest("'cols' and 'rows' must be positive integers")
+        proc.resize(PtySize(body.cols, body.rows))
         return Response(204)
 
     return {

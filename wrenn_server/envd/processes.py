@@ -9,8 +9,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..proto.envd import OutputKind, PtySize
 from .errors import Conflict, InvalidRequest, NotFound
-from .spawn import Launch, OutputKind, PtySize, Spawned, Spawner, set_winsize
+from .spawn import Launch, Spawned, Spawner, set_winsize
 
 RING_BYTES = 1 << 20
 KEEP_AFTER_EXIT = 60.0

@@ -17,8 +17,9 @@ import termios
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from enum import IntEnum
 
+from ..proto.envd import OutputKind, PtySize
 from .errors import InvalidRequest, NotFound
 from .users import User
 
@@ -40,18 +41,6 @@ class Step(IntEnum):
     USER = 3
     FORK = 4
     OTHER = 5
-
-
-class OutputKind(StrEnum):
-    STDOUT = "stdout"
-    STDERR = "stderr"
-    PTY = "pty"
-
-
-@dataclass(frozen=True)
-class PtySize:
-    cols: int
-    rows: int
 
 
 @dataclass(frozen=True)

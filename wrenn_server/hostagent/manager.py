@@ -19,9 +19,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from wrenn_server.proto.envd import ProcessRef, StartRequest
 from wrenn_server.proto.limits import MIN_MEMORY_MB
 
-from .envd_client import EnvdClient
+from .envd_client import EnvdClient, ProcessEvent
 from .errors import AgentError, InvalidArgument, NotFound, RuntimeFailure, WrongState
 from .launcher import Guest, Launcher, Size
 from .layout import TemplateDir
@@ -265,7 +266,7 @@ class SandboxManager:
         capsule = self.registry.records.capsule(self.record_of(sandbox_id))
         return await asyncio.to_thread(self.storage.disk_used, capsule)
 
-    async def events(self, sandbox_id: str, path: str, body: dict[str, object]) -> AsyncIterator[dict[str, object]]:
+    async def events(self, sandbox_id: str, req: StartRequest | ProcessRef) -> AsyncIterator[ProcessEvent]:
         envd = self.active(sandbox_id)
-        async for event in envd.stream(path, body):
+        async for event in envd.stream(req):
             yield event

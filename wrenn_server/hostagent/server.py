@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import hmac
 import logging
@@ -17,10 +16,12 @@ from typing import Any, TypeVar
 import grpc
 
 from wrenn_server import __version__
+from wrenn_server.proto import envd as wire
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 from wrenn_server.proto._generated import hostagent_pb2_grpc as pb_grpc
 from wrenn_server.proto.limits import DEFAULT_SIGNAL, MAX_TERMINAL_SIZE, SIGNALS
 
+from .envd_client import EnvdClient, ProcessEvent
 from .errors import AgentError, InvalidArgument
 from .manager import CreateRequest, SandboxManager
 from .metrics import RANGES, TIER_2H, TIER_10M, TIER_24H, Point
@@ -82,7 +83,13 @@ _WIRE_STATUS = {
 }
 
 
-def _info(record: SandboxRecord, host_ip: str, disk_used: int = 0, start: Start = Start.READOPTED) -> pb.SandboxInfo:
+def _info(
+    record: SandboxRecord,
+    host_ip: str,
+    disk_used: int = 0,
+    start: Start = Start.READOPTED,
+    envd: EnvdClient | None = None,
+) -> pb.SandboxInfo:
     info = pb.SandboxInfo(
         sandbox_id=record.sandbox_id,
         status=_WIRE_STATUS[record.status],
@@ -92,61 +99,68 @@ def _info(record: SandboxRecord, host_ip: str, disk_used: int = 0, start: Start 
         metadata={
             "runtime": record.runtime,
             "vmm_version": "",
-            "envd_version": __version__,
             "agent_version": __version__,
             "kernel_version": platform.release(),
         },
     )
+    if envd is not None and envd.hello is not None:
+        info.metadata["envd_version"] = envd.hello.version  # what the capsule's own envd said at its last handshake
     if start:
         info.metadata["start"] = start.value  # pool | restore | boot: how a new capsule came up
     return info
 
 
-def _exec_body(req: pb.ExecRequest) -> dict[str, Any]:
+def _start_request(req: pb.ExecRequest, mode: wire.Mode) -> wire.StartRequest:
     if not req.cmd:
         raise InvalidArgument("cmd is required")
-    body: dict[str, Any] = {"cmd": req.cmd, "args": list(req.args), "envs": dict(req.envs)}
-    for key in ("cwd", "user", "tag"):
-        if getattr(req, key):
-            body[key] = getattr(req, key)
-    if req.stdin:
-        body["stdin"] = True
-    if req.HasField("pty"):
-        body["pty"] = {"cols": req.pty.cols, "rows": req.pty.rows}
-    if req.timeout_sec > 0:
-        body["timeout_sec"] = req.timeout_sec
-    return body
+    if req.HasField("pty") and (req.pty.cols <= 0 or req.pty.rows <= 0):
+        raise InvalidArgument("pty cols and rows must be positive")
+    return wire.StartRequest(
+        cmd=req.cmd,
+        mode=mode,
+        args=list(req.args),
+        envs=dict(req.envs),
+        cwd=req.cwd or None,
+        user=req.user or None,
+        tag=req.tag or None,
+        stdin=req.stdin,
+        pty=wire.PtySize(req.pty.cols, req.pty.rows) if req.HasField("pty") else None,
+        timeout_sec=max(req.timeout_sec, 0),
+    )
 
 
-def _selector(ref: pb.ProcessRef) -> dict[str, Any]:
+def _selector(ref: pb.ProcessRef) -> wire.ProcessRef:
     if ref.tag:
-        return {"tag": ref.tag}
+        return wire.ProcessRef(tag=ref.tag)
     if ref.pid > 0:
-        return {"pid": ref.pid}
+        return wire.ProcessRef(pid=ref.pid)
     raise InvalidArgument("a process is named by its pid or its tag")
 
 
-def _event(event: dict[str, Any]) -> pb.ProcessEvent:
-    kind = event.get("type")
-    if kind == "start":
-        return pb.ProcessEvent(start=pb.ProcessStart(pid=int(event["pid"]), tag=event.get("tag") or ""))
-    if kind in ("stdout", "stderr", "pty"):
-        return pb.ProcessEvent(**{kind: event["data"]})
-    return pb.ProcessEvent(end=pb.ProcessEnd(exit_code=int(event.get("exit_code", -1))))
+def _event(event: ProcessEvent) -> pb.ProcessEvent:
+    if isinstance(event, wire.StartEvent):
+        return pb.ProcessEvent(start=pb.ProcessStart(pid=event.pid, tag=event.tag or ""))
+    if isinstance(event, wire.OutputEvent):
+        if event.kind is wire.OutputKind.STDOUT:
+            return pb.ProcessEvent(stdout=event.data)
+        if event.kind is wire.OutputKind.STDERR:
+            return pb.ProcessEvent(stderr=event.data)
+        return pb.ProcessEvent(pty=event.data)
+    return pb.ProcessEvent(end=pb.ProcessEnd(exit_code=event.exit_code))
 
 
-def _entry(raw: dict[str, Any]) -> pb.FileEntry:
+def _entry(entry: wire.EntryInfo) -> pb.FileEntry:
     return pb.FileEntry(
-        name=raw.get("name", ""),
-        path=raw.get("path", ""),
-        type=raw.get("type", "file"),
-        size=int(raw.get("size", 0)),
-        mode=int(raw.get("mode", 0)),
-        permissions=raw.get("permissions", ""),
-        owner=raw.get("owner", ""),
-        group=raw.get("group", ""),
-        modified_at=int(raw.get("modified_at", 0)),
-        symlink_target=raw.get("symlink_target") or "",
+        name=entry.name,
+        path=entry.path,
+        type=entry.type.value,
+        size=entry.size,
+        mode=entry.mode,
+        permissions=entry.permissions,
+        owner=entry.owner,
+        group=entry.group,
+        modified_at=entry.modified_at,
+        symlink_target=entry.symlink_target or "",
     )
 
 
@@ -185,7 +199,7 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
                 default_env=dict(request.default_env),
             )
         )
-        return _info(sandbox.record, sandbox.slot.host_ip, start=sandbox.start)
+        return _info(sandbox.record, sandbox.slot.host_ip, start=sandbox.start, envd=sandbox.envd)
 
     @unary
     async def DestroySandbox(self, request: pb.SandboxRef, context: Any) -> pb.Empty:
@@ -199,7 +213,7 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
             return _info(record, "")
         sandbox = self.manager.lookup(request.sandbox_id)
         used = await self.manager.disk_used(request.sandbox_id)
-        return _info(sandbox.record, sandbox.slot.host_ip, used)
+        return _info(sandbox.record, sandbox.slot.host_ip, used, envd=sandbox.envd)
 
     @unary
     async def ListSandboxes(self, request: pb.Empty, context: Any) -> pb.ListSandboxesResponse:
@@ -211,12 +225,12 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
     @unary
     async def PauseSandbox(self, request: pb.SandboxRef, context: Any) -> pb.SandboxInfo:
         sandbox = await self.manager.pause(request.sandbox_id)
-        return _info(sandbox.record, sandbox.slot.host_ip)
+        return _info(sandbox.record, sandbox.slot.host_ip, envd=sandbox.envd)
 
     @unary
     async def ResumeSandbox(self, request: pb.SandboxRef, context: Any) -> pb.SandboxInfo:
         sandbox = await self.manager.resume(request.sandbox_id)
-        return _info(sandbox.record, sandbox.slot.host_ip)
+        return _info(sandbox.record, sandbox.slot.host_ip, envd=sandbox.envd)
 
     @unary
     async def SnapshotSandbox(self, request: pb.SnapshotRequest, context: Any) -> pb.TemplateInfo:
@@ -238,34 +252,29 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
     @unary
     async def Exec(self, request: pb.ExecRequest, context: Any) -> pb.ExecResponse:
         envd = self.manager.active(request.sandbox_id)
-        out = await envd.run(_exec_body(request), request.timeout_sec)
+        out = await envd.run(_start_request(request, wire.Mode.RUN))
         return pb.ExecResponse(
-            pid=out.get("pid", 0),
-            exit_code=out["exit_code"],
-            stdout=out["stdout"],
-            stderr=out["stderr"],
-            duration_ms=out.get("duration_ms", 0),
+            pid=out.pid, exit_code=out.exit_code, stdout=out.stdout, stderr=out.stderr, duration_ms=out.duration_ms
         )
 
     @streaming
     async def ExecStream(self, request: pb.ExecRequest, context: Any) -> AsyncIterator[pb.ProcessEvent]:
-        body = {**_exec_body(request), "mode": "stream"}
-        async for event in self.manager.events(request.sandbox_id, "/process/start", body):
+        start = _start_request(request, wire.Mode.STREAM)
+        async for event in self.manager.events(request.sandbox_id, start):
             yield _event(event)
 
     @unary
     async def StartBackground(self, request: pb.ExecRequest, context: Any) -> pb.BackgroundResponse:
         envd = self.manager.active(request.sandbox_id)
-        out = await envd.start_background(_exec_body(request))
-        return pb.BackgroundResponse(pid=out["pid"], tag=out.get("tag") or "")
+        out = await envd.start_background(_start_request(request, wire.Mode.BACKGROUND))
+        return pb.BackgroundResponse(pid=out.pid, tag=out.tag or "")
 
     @unary
     async def ListProcesses(self, request: pb.SandboxRef, context: Any) -> pb.ListProcessesResponse:
         envd = self.manager.active(request.sandbox_id)
         return pb.ListProcessesResponse(
             processes=[
-                pb.ProcessInfo(pid=p["pid"], tag=p.get("tag") or "", cmd=p.get("cmd", ""), args=p.get("args") or [])
-                for p in await envd.processes()
+                pb.ProcessInfo(pid=p.pid, tag=p.tag or "", cmd=p.cmd, args=p.args) for p in await envd.processes()
             ]
         )
 
@@ -275,20 +284,18 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
         signal = request.signal or DEFAULT_SIGNAL
         if signal not in SIGNALS:
             raise InvalidArgument(f"unsupported signal {signal!r}: use one of {', '.join(SIGNALS)}")
-        await envd.process_call("signal", {**_selector(request.process), "signal": signal})
+        await envd.signal(_selector(request.process), signal)
         return pb.Empty()
 
     @streaming
     async def ConnectProcess(self, request: pb.ProcessRef, context: Any) -> AsyncIterator[pb.ProcessEvent]:
-        async for event in self.manager.events(request.sandbox_id, "/process/connect", _selector(request)):
+        async for event in self.manager.events(request.sandbox_id, _selector(request)):
             yield _event(event)
 
     @unary
     async def SendInput(self, request: pb.SendInputRequest, context: Any) -> pb.Empty:
         envd = self.manager.active(request.process.sandbox_id)
-        await envd.process_call(
-            "input", {**_selector(request.process), "data": base64.b64encode(request.data).decode()}
-        )
+        await envd.send_input(_selector(request.process), request.data)
         return pb.Empty()
 
     @unary
@@ -296,7 +303,7 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
         envd = self.manager.active(request.process.sandbox_id)
         if not (0 < request.cols <= MAX_TERMINAL_SIZE and 0 < request.rows <= MAX_TERMINAL_SIZE):
             raise InvalidArgument(f"cols and rows must be between 1 and {MAX_TERMINAL_SIZE}")
-        await envd.process_call("resize", {**_selector(request.process), "cols": request.cols, "rows": request.rows})
+        await envd.resize(_selector(request.process), request.cols, request.rows)
         return pb.Empty()
 
     @streaming
@@ -335,18 +342,18 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
     @unary
     async def ListDir(self, request: pb.ListDirRequest, context: Any) -> pb.ListDirResponse:
         envd = self.manager.get(request.sandbox_id).envd
-        out = await envd.fs("list", {"path": request.path, "depth": request.depth or 1})
-        return pb.ListDirResponse(entries=[_entry(e) for e in out["entries"]])
+        entries = await envd.list_dir(request.path, request.depth or 1)
+        return pb.ListDirResponse(entries=[_entry(e) for e in entries])
 
     @unary
     async def MakeDir(self, request: pb.PathRequest, context: Any) -> pb.FileEntry:
         envd = self.manager.get(request.sandbox_id).envd
-        return _entry((await envd.fs("mkdir", {"path": request.path}))["entry"])
+        return _entry(await envd.make_dir(request.path))
 
     @unary
     async def RemovePath(self, request: pb.PathRequest, context: Any) -> pb.Empty:
         envd = self.manager.get(request.sandbox_id).envd
-        await envd.fs("remove", {"path": request.path})
+        await envd.remove(request.path)
         return pb.Empty()
 
     @unary
@@ -372,7 +379,7 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
     @unary
     async def StatPath(self, request: pb.PathRequest, context: Any) -> pb.FileEntry:
         envd = self.manager.get(request.sandbox_id).envd
-        return _entry(await envd.fs("stat", {"path": request.path}))
+        return _entry(await envd.stat(request.path))
 
 
 def _points(points: list[Point]) -> list[pb.MetricPoint]:

@@ -79,6 +79,17 @@ def _envd_dir() -> Path:
     return Path(str(resources.files("wrenn_server") / "envd"))
 
 
+GUEST_LIB = "usr/local/lib/wrenn"  # wrenn-init runs `python3 -m wrenn_server.envd` from here
+
+
+def _guest_modules() -> list[tuple[Path, str]]:
+    """envd's sources and its wire contract (proto/envd.py), each with its path under GUEST_LIB: the package
+    keeps its layout in the guest, so envd's `..proto.envd` import works there as it does here."""
+    package = Path(str(resources.files("wrenn_server")))
+    sources = sorted([*_envd_dir().rglob("*.py"), *_envd_dir().rglob("*.c"), package / "proto" / "envd.py"])
+    return [(path, f"wrenn_server/{path.relative_to(package)}") for path in sources if "__pycache__" not in path.parts]
+
+
 def _init_script() -> bytes:
     return (resources.files("wrenn_server.images") / "wrenn-init.sh").read_bytes()
 
@@ -98,8 +109,8 @@ def final_key() -> str:
     h.update(_shim_source())
     for module in sorted(Path(__file__).parent.glob("*.py")):  # how the image is finished is an input too
         h.update(module.read_bytes())
-    for path in sorted([*_envd_dir().rglob("*.py"), *_envd_dir().rglob("*.c")]):
-        h.update(path.name.encode())
+    for path, guest_path in _guest_modules():
+        h.update(guest_path.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
@@ -197,8 +208,11 @@ def _finalize(base_rootfs: Path, paths: ImagePaths, progress: Progress) -> None:
     subprocess.run(["cp", "-a", "--reflink=auto", str(base_rootfs), str(staging / "rootfs")], check=True)
     rootfs = staging / "rootfs"
     progress("installing envd and wrenn-init", 0.97)
-    target = rootfs / "usr/local/lib/wrenn/envd"
-    shutil.copytree(_envd_dir(), target, ignore=shutil.ignore_patterns("__pycache__", "*.c"))
+    for path, guest_path in _guest_modules():
+        if path.suffix == ".py":
+            target = rootfs / GUEST_LIB / guest_path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
     build_spawner(rootfs / SPAWNER.lstrip("/"))
     init = rootfs / "usr/local/bin/wrenn-init"
     init.write_bytes(_init_script())
@@ -217,7 +231,7 @@ def _finalize(base_rootfs: Path, paths: ImagePaths, progress: Progress) -> None:
     (rootfs / "etc/hosts").write_text("127.0.0.1\tlocalhost capsule\n::1\tlocalhost ip6-localhost\n")
     (rootfs / "etc/resolv.conf").write_text("nameserver 1.1.1.1\nnameserver 8.8.8.8\n")
     subprocess.run(
-        ["chroot", str(rootfs), "python3", "-m", "compileall", "-q", "/usr/local/lib/wrenn/envd"], check=True
+        ["chroot", str(rootfs), "python3", "-m", "compileall", "-q", f"/{GUEST_LIB}/wrenn_server"], check=True
     )
     for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
         for item in (rootfs / junk).glob("*"):
