@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import TypeVar
@@ -80,8 +81,12 @@ _BY_STATUS: dict[int, type[AgentError]] = {
 def _error(status: int, body: bytes) -> AgentError:
     try:
         error = ErrorBody.decode(body)
-    except MessageError:
-        return _BY_STATUS.get(status, AgentError)(body.decode(errors="replace")[:500] or f"envd answered {status}")
+    except MessageError:  # no code (an older envd, or not envd at all): known by its status
+        try:
+            message = str(json.loads(body).get("message", ""))
+        except (ValueError, AttributeError):
+            message = body.decode(errors="replace")[:500]
+        return _BY_STATUS.get(status, AgentError)(message or f"envd answered {status}")
     kind = _ERRORS.get(error.code) or _BY_STATUS.get(status, AgentError)
     return kind(error.message or f"envd answered {status}")
 
