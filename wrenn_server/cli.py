@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from .hostagent.runtimes.base import Capabilities
     from .images.builder import ImagePaths
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Wrenn: sandboxes for AI agents.")
@@ -97,6 +98,8 @@ def doctor() -> None:
     for name in RUNTIMES:
         p = probes[name]
         table.add_row(f"runtime {name}", "yes" if p.available else "no", p.reason)
+        if p.available:
+            table.add_row(f"  {name} can", "", _capabilities(p.capabilities))
     try:
         chosen = asyncio.run(select_runtime("auto", _data_dir())).name
     except NoRuntime as exc:
@@ -105,6 +108,15 @@ def doctor() -> None:
     running, details = asyncio.run(_agent_status())
     table.add_row("host agent", "yes" if running else "no", details)
     Console().print(table)
+
+
+def _capabilities(capabilities: Capabilities) -> str:
+    """What a runtime measured it can do here: each capability, yes or no, and whose snapshots it restores."""
+    wire = capabilities.to_wire()
+    can = [name for name, value in wire.items() if value is True]
+    cannot = [name for name, value in wire.items() if value is False]
+    restores = " ".join(sorted(capabilities.restores)) or "-"
+    return f"yes: {' '.join(can) or '-'}; no: {' '.join(cannot) or '-'}; restores: {restores}"
 
 
 def _vm_outputs(image: ImagePaths) -> tuple[str, str]:

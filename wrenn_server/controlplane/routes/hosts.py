@@ -17,22 +17,46 @@ from .deps import CP, Admin, HostId
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
 
 
-class RegisterBody(BaseModel):
+class HostCapabilities(BaseModel):
+    """What the host's runtime can do there, as the agent measured it when it started."""
+
     model_config = ConfigDict(strict=True, extra="ignore")
+    pause_with_memory: bool = Field(description="A pause keeps the guest's memory and processes.")
+    snapshot: bool = Field(description="A running capsule can be saved as a snapshot template.")
+    hardware_acceleration: bool = Field(description="Guests run on hardware virtualisation (KVM really used).")
+    disk_size_limit: bool = Field(description="`disk_size_mb` bounds the capsule's disk.")
+    checkpoint_keeps_connections: bool = Field(description="Open TCP connections survive a pause to disk.")
+    guest_sees_vcpus: bool = Field(description="The capsule is shown exactly the vCPUs it was given.")
+    guest_kernel: bool = Field(description="The capsule runs a Linux kernel of its own.")
+    memory_file: bool = Field(description="Guest memory is a host file that pauses move rather than copy.")
+    restores: list[str] = Field(description="Runtimes whose snapshot templates this host can start capsules of.")
+
+
+class MachineFacts(BaseModel):
+    """What an agent reports about its machine and runtime, at registration and with every heartbeat."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    arch: str | None = None
+    cpu_cores: int | None = None
+    memory_mb: int | None = None
+    disk_gb: int | None = None
+    runtime: str | None = Field(None, description="The agent's runtime: `gvisor` or `microvm`.")
+    capabilities: HostCapabilities | None = None
+
+    def capacity(self) -> hosts.Capacity:
+        capabilities = self.capabilities.model_dump() if self.capabilities is not None else None
+        return hosts.Capacity(
+            self.arch, self.cpu_cores, self.memory_mb, self.disk_gb, self.runtime, capabilities
+        )
+
+
+class RegisterBody(MachineFacts):
     token: str = Field(min_length=1, description="One-time registration token.")
     address: str = Field(min_length=1, description="host:port where the control plane reaches the agent.")
-    arch: str | None = None
-    cpu_cores: int | None = None
-    memory_mb: int | None = None
-    disk_gb: int | None = None
 
 
-class HeartbeatBody(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-    arch: str | None = None
-    cpu_cores: int | None = None
-    memory_mb: int | None = None
-    disk_gb: int | None = None
+class HeartbeatBody(MachineFacts):
+    pass
 
 
 class RefreshBody(BaseModel):
@@ -50,6 +74,8 @@ class Host(BaseModel):
     cpu_cores: int | None = None
     memory_mb: int | None = None
     disk_gb: int | None = None
+    runtime: str | None = Field(None, description="The agent's runtime, as it last reported.")
+    capabilities: HostCapabilities | None = Field(None, description="What that runtime can do on this host.")
     address: str | None = None
     status: str
     last_heartbeat_at: str | None = None
@@ -69,6 +95,8 @@ class Host(BaseModel):
             cpu_cores=row.cpu_cores or None,
             memory_mb=row.memory_mb or None,
             disk_gb=row.disk_gb or None,
+            runtime=row.runtime or None,
+            capabilities=HostCapabilities.model_validate(row.capabilities) if row.capabilities else None,
             address=row.address or None,
             status=row.status,
             last_heartbeat_at=rfc3339(row.last_heartbeat_at),
@@ -96,9 +124,8 @@ class HostCredentials(BaseModel):
 
 @router.post("/register", status_code=status.HTTP_201_CREATED, response_model_exclude_none=True)
 async def register_host(cp: CP, body: RegisterBody) -> HostCredentials:
-    capacity = hosts.Capacity(body.arch, body.cpu_cores, body.memory_mb, body.disk_gb)
     async with cp.sessionmaker() as session:
-        creds = await hosts.register(session, cp.jwt_secret, body.token, body.address, capacity)
+        creds = await hosts.register(session, cp.jwt_secret, body.token, body.address, body.capacity())
     cp.reconciler.kick()
     return HostCredentials.of(creds)
 
@@ -118,9 +145,7 @@ async def heartbeat(
 ) -> Response:
     if not x_host_token:
         raise Unauthorized("missing X-Host-Token")
-    capacity = hosts.Capacity()
-    if body is not None:
-        capacity = hosts.Capacity(body.arch, body.cpu_cores, body.memory_mb, body.disk_gb)
+    capacity = body.capacity() if body is not None else hosts.Capacity()
     async with cp.sessionmaker() as session:
         came_back = await hosts.heartbeat(session, cp.jwt_secret, x_host_token, host_id, capacity)
     if came_back:

@@ -6,6 +6,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,12 +24,14 @@ REFRESH_TTL = timedelta(days=60)
 
 @dataclass(frozen=True)
 class Capacity:
-    """What an agent reports about its machine; `None` keeps the stored value."""
+    """What an agent reports about its machine and runtime; `None` keeps the stored value."""
 
     arch: str | None = None
     cpu_cores: int | None = None
     memory_mb: int | None = None
     disk_gb: int | None = None
+    runtime: str | None = None
+    capabilities: dict[str, Any] | None = None  # the hosts API's `HostCapabilities`, as JSON
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class Credentials:
 
 
 def _apply(host: Host, capacity: Capacity) -> None:
-    for name in ("arch", "cpu_cores", "memory_mb", "disk_gb"):
+    for name in ("arch", "cpu_cores", "memory_mb", "disk_gb", "runtime", "capabilities"):
         value = getattr(capacity, name)
         if value is not None:
             if isinstance(value, int) and not 0 <= value < 2**31:

@@ -31,6 +31,7 @@ from ..errors import RuntimeFailure
 from ..kvm import probe_kvm
 from .base import (
     CHECKPOINT_IMAGE,
+    NO_CAPABILITIES,
     Capabilities,
     Probe,
     RuntimeState,
@@ -127,16 +128,10 @@ class MicroVMConfig:
 
 class MicroVMRuntime:
     name: ClassVar[str] = "microvm"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        pause_with_memory=True,
-        snapshot=True,
-        hardware_acceleration=True,
-        disk_size_limit=True,
-        checkpoint_keeps_connections=True,
-    )
 
     def __init__(self, config: MicroVMConfig) -> None:
         self._config = config
+        self.capabilities = NO_CAPABILITIES
         self._kvm = probe_kvm()
         self.accelerator = "kvm" if self._kvm.usable else "tcg"  # KVM confirmed by a boot in `probe`
         self._kvm_checked = False
@@ -175,7 +170,19 @@ class MicroVMRuntime:
         if self.accelerator == "tcg":
             details["note"] = "software emulation: no hardware KVM here, guests run ~15x slower than on KVM"
         reason = f"{first}, accelerator {self.accelerator}, kernel {kernel}"
-        return Probe(True, f"{reason}; {details['kvm']}" if "kvm" in details else reason, details)
+        self.capabilities = Capabilities(
+            pause_with_memory=True,
+            snapshot=True,
+            hardware_acceleration=self.accelerator == "kvm",  # only once a guest kernel booted on it
+            disk_size_limit=True,  # the qcow2 overlay has the size asked
+            checkpoint_keeps_connections=True,
+            guest_sees_vcpus=True,
+            guest_kernel=True,
+            memory_file=True,  # `memory-backend-file,share=on`: a checkpoint moves the file
+            restores=frozenset({self.name}),
+        )
+        reason = f"{reason}; {details['kvm']}" if "kvm" in details else reason
+        return Probe(True, reason, details, self.capabilities)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
