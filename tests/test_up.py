@@ -18,6 +18,7 @@ import pytest
 
 from tests.cleanup import SLOTS, purge_data_dir
 from tests.guests import guest
+from tests.skips import skip_missing
 from tests.stack import Stack, free_port, start_wrenn
 from wrenn_server.hostagent.runtimes import NoRuntime, select_runtime
 
@@ -32,7 +33,7 @@ def stack(data_dir: Path) -> Iterator[Stack]:
     try:
         asyncio.run(select_runtime("auto", data_dir))
     except NoRuntime as exc:
-        pytest.skip(f"no runtime can run here: {exc}")
+        skip_missing("runtime", f"none can run here: {exc}")
     root = Path(tempfile.mkdtemp(prefix="wrenn-up-", dir="/var/tmp"))
     (root / "images").symlink_to(data_dir / "images")
     stack = Stack(root, f"sqlite+aiosqlite:///{root / 'wrenn.db'}", free_port(), free_port())
