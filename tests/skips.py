@@ -21,11 +21,13 @@ INCAPABLE = "not capable"
 
 def skip_missing(prerequisite: str, reason: str, *, allow_module_level: bool = False) -> NoReturn:
     """Skip for want of something the bootstrap provides; under CI=true that fails the run."""
+    __tracebackhide__ = True  # the report points at the caller
     pytest.skip(f"{MISSING} {prerequisite}: {reason}", allow_module_level=allow_module_level)
 
 
 def skip_unless_capable(capabilities: Capabilities, capability: str, reason: str) -> None:
     """Skip unless the runtime, as its probe measured it, has `capability` (a field of `Capabilities`)."""
+    __tracebackhide__ = True
     if not getattr(capabilities, capability):
         pytest.skip(f"{INCAPABLE}: {capability} is false here: {reason}")
 
