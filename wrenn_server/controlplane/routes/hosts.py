@@ -40,14 +40,12 @@ class MachineFacts(BaseModel):
     cpu_cores: int | None = None
     memory_mb: int | None = None
     disk_gb: int | None = None
-    runtime: str | None = Field(None, description="The agent's runtime: `gvisor` or `microvm`.")
+    runtime: str | None = Field(None, max_length=64, description="The agent's runtime: `gvisor` or `microvm`.")
     capabilities: HostCapabilities | None = None
 
     def capacity(self) -> hosts.Capacity:
         capabilities = self.capabilities.model_dump() if self.capabilities is not None else None
-        return hosts.Capacity(
-            self.arch, self.cpu_cores, self.memory_mb, self.disk_gb, self.runtime, capabilities
-        )
+        return hosts.Capacity(self.arch, self.cpu_cores, self.memory_mb, self.disk_gb, self.runtime, capabilities)
 
 
 class RegisterBody(MachineFacts):

@@ -129,6 +129,6 @@ def _restoring(hosts: list[Host], runtime: str, template: str) -> list[Host]:
         runs = ", ".join(f"{format_id(Kind.HOST, h.id)} runs {h.runtime or 'an unreported runtime'}" for h in hosts)
         raise NoHostsAvailable(
             f"no online host can restore template {template!r}: it holds a {runtime} guest, and {runs}; "
-            f"start its host's agent with WRENN_RUNTIME={runtime}, or snapshot a capsule of another runtime"
+            f"its capsules start again once that host's agent runs with WRENN_RUNTIME={runtime}"
         )
     return able
