@@ -110,6 +110,7 @@ GVISOR = {
     "guest_sees_vcpus": False,
     "guest_kernel": False,
     "memory_file": False,
+    "layered_files": True,
     "restores": ["gvisor"],
 }
 
@@ -133,7 +134,7 @@ async def test_a_host_shows_the_runtime_and_capabilities_its_agent_last_reported
 
     assert (await listed())["capabilities"] == GVISOR
     # The agent came back on another runtime: its next heartbeat says so.
-    microvm = {**GVISOR, "hardware_acceleration": True, "guest_kernel": True, "restores": ["microvm"]}
+    microvm = {**GVISOR, "hardware_acceleration": True, "layered_files": False, "restores": ["microvm"]}
     beat = f"/v1/hosts/{wire_id}/heartbeat"
     headers = {"X-Host-Token": creds["token"]}
     resp = await http.post(beat, json={"runtime": "microvm", "capabilities": microvm}, headers=headers)

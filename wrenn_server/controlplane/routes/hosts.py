@@ -29,6 +29,7 @@ class HostCapabilities(BaseModel):
     guest_sees_vcpus: bool = Field(description="The capsule is shown exactly the vCPUs it was given.")
     guest_kernel: bool = Field(description="The capsule runs a Linux kernel of its own.")
     memory_file: bool = Field(description="Guest memory is a host file that pauses move rather than copy.")
+    layered_files: bool = Field(description="The capsule's files are a directory over its template's, not a disk.")
     restores: list[str] = Field(description="Runtimes whose snapshot templates this host can start capsules of.")
 
 

@@ -63,6 +63,7 @@ class Capabilities:
     guest_sees_vcpus: bool  # the guest is shown exactly its vCPUs (gVisor shows the host's, its time capped)
     guest_kernel: bool  # the guest runs a Linux kernel of its own: a serial console, sysrq, kernel panics
     memory_file: bool  # guest RAM is a host file that a checkpoint moves rather than copies
+    layered_files: bool  # the guest's files are a host directory over its template's, not a disk image
     restores: frozenset[str] = frozenset()  # runtimes whose snapshots (guest state) this one can restore
 
     def to_wire(self) -> dict[str, bool | list[str]]:
@@ -83,6 +84,7 @@ NO_CAPABILITIES = Capabilities(
     guest_sees_vcpus=False,
     guest_kernel=False,
     memory_file=False,
+    layered_files=False,
 )
 
 

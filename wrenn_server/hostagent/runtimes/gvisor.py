@@ -98,6 +98,7 @@ class GVisorRuntime:
             guest_sees_vcpus=False,  # the Sentry shows the host's CPUs; the cgroup caps the time it gets
             guest_kernel=False,  # the Sentry: no serial console, no sysrq, no kernel panic
             memory_file=False,
+            layered_files=True,  # an overlay: the capsule's changes are plain files in its upper directory
             restores=frozenset({self.name}),
         )
         details = {"platform": self._platform, "binary": binary}

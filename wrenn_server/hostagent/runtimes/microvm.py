@@ -179,6 +179,7 @@ class MicroVMRuntime:
             guest_sees_vcpus=True,
             guest_kernel=True,
             memory_file=True,  # `memory-backend-file,share=on`: a checkpoint moves the file
+            layered_files=False,  # a qcow2 disk over the template's
             restores=frozenset({self.name}),
         )
         reason = f"{reason}; {details['kvm']}" if "kvm" in details else reason

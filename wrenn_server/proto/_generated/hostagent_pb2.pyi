@@ -42,7 +42,7 @@ class PingResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., runtime: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_gb: _Optional[int] = ..., arch: _Optional[str] = ..., pool: _Optional[_Mapping[str, int]] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("pause_with_memory", "snapshot", "hardware_acceleration", "disk_size_limit", "checkpoint_keeps_connections", "guest_sees_vcpus", "guest_kernel", "memory_file", "restores")
+    __slots__ = ("pause_with_memory", "snapshot", "hardware_acceleration", "disk_size_limit", "checkpoint_keeps_connections", "guest_sees_vcpus", "guest_kernel", "memory_file", "restores", "layered_files")
     PAUSE_WITH_MEMORY_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_ACCELERATION_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class Capabilities(_message.Message):
     GUEST_KERNEL_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FILE_FIELD_NUMBER: _ClassVar[int]
     RESTORES_FIELD_NUMBER: _ClassVar[int]
+    LAYERED_FILES_FIELD_NUMBER: _ClassVar[int]
     pause_with_memory: bool
     snapshot: bool
     hardware_acceleration: bool
@@ -61,7 +62,8 @@ class Capabilities(_message.Message):
     guest_kernel: bool
     memory_file: bool
     restores: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, pause_with_memory: _Optional[bool] = ..., snapshot: _Optional[bool] = ..., hardware_acceleration: _Optional[bool] = ..., disk_size_limit: _Optional[bool] = ..., checkpoint_keeps_connections: _Optional[bool] = ..., guest_sees_vcpus: _Optional[bool] = ..., guest_kernel: _Optional[bool] = ..., memory_file: _Optional[bool] = ..., restores: _Optional[_Iterable[str]] = ...) -> None: ...
+    layered_files: bool
+    def __init__(self, pause_with_memory: _Optional[bool] = ..., snapshot: _Optional[bool] = ..., hardware_acceleration: _Optional[bool] = ..., disk_size_limit: _Optional[bool] = ..., checkpoint_keeps_connections: _Optional[bool] = ..., guest_sees_vcpus: _Optional[bool] = ..., guest_kernel: _Optional[bool] = ..., memory_file: _Optional[bool] = ..., restores: _Optional[_Iterable[str]] = ..., layered_files: _Optional[bool] = ...) -> None: ...
 
 class SandboxRef(_message.Message):
     __slots__ = ("sandbox_id",)
