@@ -14,6 +14,7 @@ from typing import Self, TypeVar
 import pytest
 
 from tests.cleanup import SLOTS, purge_data_dir
+from tests.skips import skip_missing
 from tests.stack import free_port, start_wrenn
 from wrenn_server.hostagent.runtimes import build_runtime
 
@@ -35,7 +36,7 @@ async def until(probe: Callable[[], Awaitable[T | None]], what: str, seconds: fl
 async def skip_without_gvisor(data_dir: Path) -> None:
     probe = await build_runtime("gvisor", data_dir).probe()
     if not probe.available:
-        pytest.skip(f"the gVisor runtime cannot run here: {probe.reason}")
+        skip_missing("runtime gvisor", f"it cannot run here: {probe.reason}")
 
 
 @dataclass

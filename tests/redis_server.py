@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.skips import skip_missing
+
 REDIS_SERVER = "/usr/bin/redis-server"
 
 
@@ -80,8 +82,7 @@ class RedisServer:
 def redis_server() -> Iterator[RedisServer]:
     if not Path(REDIS_SERVER).exists():
         reason = f"{REDIS_SERVER} not found (Debian package redis-server)"
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
+        skip_missing("Redis", reason)
     server = RedisServer.start()
     try:
         yield server

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.cleanup import purge_data_dir
+from tests.skips import skip_missing
 from tests.stack import Stack, free_port, start_wrenn
 from wrenn_server.hostagent.runtimes import NoRuntime, select_runtime
 
@@ -90,7 +91,7 @@ def test_wrenn_up_serves_an_installed_extension(installed: dict[str, Path], up_d
     try:
         asyncio.run(select_runtime("auto", up_dir))
     except NoRuntime as exc:
-        pytest.skip(f"no runtime can run here: {exc}")
+        skip_missing("runtime", f"none can run here: {exc}")
     stack = Stack(up_dir, f"sqlite+aiosqlite:///{up_dir / 'wrenn.db'}", free_port(), free_port())
     stack.extra_env = with_path(installed["sample"])
     stack.start()

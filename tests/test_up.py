@@ -18,6 +18,7 @@ import pytest
 
 from tests.cleanup import SLOTS, purge_data_dir
 from tests.guests import guest
+from tests.skips import skip_missing
 from tests.stack import Stack, free_port, start_wrenn
 from wrenn_server.hostagent.runtimes import NoRuntime, select_runtime
 
@@ -32,7 +33,7 @@ def stack(data_dir: Path) -> Iterator[Stack]:
     try:
         asyncio.run(select_runtime("auto", data_dir))
     except NoRuntime as exc:
-        pytest.skip(f"no runtime can run here: {exc}")
+        skip_missing("runtime", f"none can run here: {exc}")
     root = Path(tempfile.mkdtemp(prefix="wrenn-up-", dir="/var/tmp"))
     (root / "images").symlink_to(data_dir / "images")
     stack = Stack(root, f"sqlite+aiosqlite:///{root / 'wrenn.db'}", free_port(), free_port())
@@ -141,6 +142,10 @@ def test_up_prints_its_config_writes_the_env_file_and_stops_cleanly_on_sigterm(s
         assert ran.status_code == 200 and ran.json()["exit_code"] == 0, ran.text
         hosts = http.get("/v1/hosts").json()  # the admin key sees the local host agent, registered and online
         assert [(h["address"], h["status"]) for h in hosts] == [(f"127.0.0.1:{stack.agent_port}", "online")]
+        # With the runtime it said it runs, and what that runtime measured it can do here.
+        said = next(line for line in out.read_text().splitlines() if line.startswith("# wrenn is up"))
+        runtime = said.split("(runtime ", 1)[1].split(")", 1)[0]
+        assert hosts[0]["runtime"] == runtime and hosts[0]["capabilities"]["restores"] == [runtime], hosts
 
     name, _ = guest(stack.data_dir, capsule_id)
     capsule_slot = int(ipaddress.IPv4Address(resp.json()["host_ip"])) - int(ipaddress.IPv4Address("10.11.0.0"))

@@ -17,6 +17,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from .controlplane.settings import ControlPlaneSettings
+    from .hostagent.runtimes.base import Capabilities
     from .hostagent.settings import AgentSettings
     from .images.builder import ImagePaths
 
@@ -100,6 +101,8 @@ def doctor() -> None:
     for name in RUNTIMES:
         p = probes[name]
         table.add_row(f"runtime {name}", "yes" if p.available else "no", p.reason)
+        if p.available:
+            table.add_row(f"  {name} can", "", _capabilities(p.capabilities))
     try:
         chosen = asyncio.run(select_runtime("auto", _data_dir())).name
     except NoRuntime as exc:
@@ -108,6 +111,15 @@ def doctor() -> None:
     running, details = asyncio.run(_agent_status())
     table.add_row("host agent", "yes" if running else "no", details)
     Console().print(table)
+
+
+def _capabilities(capabilities: Capabilities) -> str:
+    """What a runtime measured it can do here: each capability, yes or no, and whose snapshots it restores."""
+    wire = capabilities.to_wire()
+    can = [name for name, value in wire.items() if value is True]
+    cannot = [name for name, value in wire.items() if value is False]
+    restores = " ".join(sorted(capabilities.restores)) or "-"
+    return f"yes: {' '.join(can) or '-'}; no: {' '.join(cannot) or '-'}; restores: {restores}"
 
 
 def _vm_outputs(image: ImagePaths) -> tuple[str, str]:

@@ -81,6 +81,12 @@ class Agent:
         channel = grpc.aio.insecure_channel(settings.host_listen_addr)
         return cls(settings, agent, channel, pb_grpc.HostAgentServiceStub(channel))  # type: ignore[no-untyped-call]
 
+    def reported(self) -> dict[str, Any]:
+        """The runtime and capabilities this agent reports with its heartbeats."""
+        runtime = self.agent.manager.runtime if self.agent.manager else None
+        assert runtime is not None, "the agent has not started"
+        return {"runtime": runtime.name, "capabilities": runtime.capabilities.to_wire()}
+
     @property
     def address(self) -> str:
         return self.settings.host_listen_addr
@@ -145,5 +151,5 @@ class Agent:
 async def agent_team(harness: Harness, agent: Agent) -> tuple[uuid.UUID, dict[str, str]]:
     """A new BYOC team whose only host is the real agent: (team id, API-key headers)."""
     team_id, api_key = await harness.team(byoc=True)
-    await harness.host(team_id, address=agent.address)
+    await harness.host(team_id, address=agent.address, **agent.reported())
     return team_id, {"X-API-Key": api_key}

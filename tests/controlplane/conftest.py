@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.skips import skip_missing
 from wrenn_server.hostagent.runtimes import build_runtime
 
 from .agent import Agent, agent_team
@@ -73,7 +74,7 @@ async def agent(data_dir: Path) -> AsyncIterator[Agent]:
     and the host must hold nothing of them any more."""
     probe = await build_runtime("gvisor", data_dir).probe()
     if not probe.available:
-        pytest.skip(f"the gVisor runtime cannot run here: {probe.reason}")
+        skip_missing("runtime gvisor", f"it cannot run here: {probe.reason}")
     handle = await Agent.start(data_dir)
     left: list[str] = []
     try:

@@ -125,7 +125,10 @@ class Harness:
         memory_mb: int = 8192,
         status: str = "online",
         address: str | None = None,
+        runtime: str = "",
+        capabilities: dict[str, Any] | None = None,
     ) -> uuid.UUID:
+        """A host row as a registered agent's would be (`runtime`, `capabilities`: what its agent reports)."""
         async with self.sessionmaker() as session:
             host = Host(
                 id=new_uuid(),
@@ -138,6 +141,8 @@ class Harness:
                 status=status,
                 last_heartbeat_at=utcnow(),
                 rpc_token=AGENT_TOKEN,
+                runtime=runtime,
+                capabilities=capabilities or {},
             )
             session.add(host)
             await session.commit()

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.skips import skip_missing
+
 PG_BIN_DIRS = [Path(p) for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)]
 PG_USER = "postgres"
 
@@ -109,8 +111,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     bin_dir = find_bin_dir()
     if bin_dir is None:
         reason = "PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin"
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
+        skip_missing("PostgreSQL", reason)
     server = PostgresServer.start(bin_dir)
     try:
         yield server

@@ -6,6 +6,7 @@ import httpx
 import jwt
 
 from wrenn_server.controlplane.ids import Kind, format_id
+from wrenn_server.controlplane.services.bootstrap import ensure_admin_key
 
 from .harness import Harness
 from .test_errors_auth import assert_error
@@ -98,3 +99,53 @@ async def test_heartbeat_brings_unreachable_host_back(http: httpx.AsyncClient, h
 async def test_list_hosts_needs_admin(http: httpx.AsyncClient, team: tuple[object, str]) -> None:
     assert_error(await http.get("/v1/hosts", headers={"X-API-Key": team[1]}), 403, "forbidden")
     assert_error(await http.get("/v1/hosts"), 401, "unauthorized")
+
+
+GVISOR = {
+    "pause_with_memory": True,
+    "snapshot": True,
+    "hardware_acceleration": False,
+    "disk_size_limit": False,
+    "checkpoint_keeps_connections": False,
+    "guest_sees_vcpus": False,
+    "guest_kernel": False,
+    "memory_file": False,
+    "layered_files": True,
+    "restores": ["gvisor"],
+}
+
+
+async def test_a_host_shows_the_runtime_and_capabilities_its_agent_last_reported(
+    http: httpx.AsyncClient, harness: Harness
+) -> None:
+    admin = {"X-API-Key": await ensure_admin_key(harness.sessionmaker, None)}
+    host_id, token = await harness.pending_host()
+    wire_id = format_id(Kind.HOST, host_id)
+    body = {"token": token, "address": "127.0.0.1:3", **CAPACITY, "runtime": "gvisor", "capabilities": GVISOR}
+    resp = await http.post("/v1/hosts/register", json=body)
+    assert resp.status_code == 201, resp.text
+    creds = resp.json()
+    assert creds["host"]["runtime"] == "gvisor" and creds["host"]["capabilities"] == GVISOR
+
+    async def listed() -> dict[str, object]:
+        hosts = (await http.get("/v1/hosts", headers=admin)).json()
+        found: dict[str, object] = next(host for host in hosts if host["id"] == wire_id)
+        return found
+
+    assert (await listed())["capabilities"] == GVISOR
+    # The agent came back on another runtime: its next heartbeat says so.
+    microvm = {**GVISOR, "hardware_acceleration": True, "layered_files": False, "restores": ["microvm"]}
+    beat = f"/v1/hosts/{wire_id}/heartbeat"
+    headers = {"X-Host-Token": creds["token"]}
+    resp = await http.post(beat, json={"runtime": "microvm", "capabilities": microvm}, headers=headers)
+    assert resp.status_code == 204, resp.text
+    host = await listed()
+    assert host["runtime"] == "microvm" and host["capabilities"] == microvm
+    # A heartbeat that says nothing of them keeps them; one that says them wrong is refused.
+    assert (await http.post(beat, json={"cpu_cores": 4}, headers=headers)).status_code == 204
+    assert (await listed())["capabilities"] == microvm
+    wrong = {**microvm, "restores": "microvm"}
+    assert_error(await http.post(beat, json={"capabilities": wrong}, headers=headers), 400, "invalid_request")
+    assert_error(
+        await http.post(beat, json={"capabilities": {"snapshot": True}}, headers=headers), 400, "invalid_request"
+    )

@@ -19,8 +19,8 @@ from wrenn_server.controlplane.db.models import DailyUsage, SandboxMetricPoint, 
 from wrenn_server.controlplane.ids import Kind, parse_id
 
 from .harness import Harness
+from .sse import create
 from .test_errors_auth import assert_error
-from .test_events import create
 
 
 async def _samples(harness: Harness, team: uuid.UUID, rows: list[tuple[datetime, int, int, int]]) -> None:

@@ -24,6 +24,7 @@ import pytest
 from tests.agent_process import skip_without_gvisor
 from tests.cleanup import SLOTS, purge_data_dir
 from tests.guests import guest
+from tests.skips import skip_missing
 from wrenn_server.hostagent.network import Network, Slot
 from wrenn_server.hostagent.runtimes import RUNTIMES, build_runtime, select_runtime
 from wrenn_server.hostagent.settings import AgentSettings
@@ -190,7 +191,7 @@ async def test_auto_keeps_the_runtime_the_capsules_run_on(data_dir: Path, tmp_pa
     recorded = next(name for name in RUNTIMES if name != usual)
     probe = await build_runtime(recorded, tmp_path).probe()
     if not probe.available:
-        pytest.skip(f"only {usual} runs here ({recorded}: {probe.reason})")
+        skip_missing(f"runtime {recorded}", f"only {usual} runs here ({recorded}: {probe.reason})")
     state = tmp_path / "sandboxes" / "cl-recorded" / "state.json"
     state.parent.mkdir(parents=True)
     state.write_text(json.dumps({"sandbox_id": "cl-recorded", "runtime": recorded}))

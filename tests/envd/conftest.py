@@ -22,6 +22,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from tests.skips import skip_missing
 from wrenn_server.images.builder import build_spawner
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,7 +107,7 @@ async def fresh_client() -> AsyncIterator[httpx.AsyncClient]:
 def user() -> Iterator[pwd.struct_passwd]:
     """A throwaway unprivileged user with a home directory."""
     if os.geteuid() != 0 or not shutil.which("useradd"):
-        pytest.skip("creating a user needs root and useradd")
+        skip_missing("root", "creating a user needs root and useradd")
     name = f"wrenn{uuid.uuid4().hex[:8]}"
     home = os.path.join(tempfile.gettempdir(), name)
     subprocess.run(["useradd", "--create-home", "--home-dir", home, "--shell", "/bin/sh", name], check=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SHARED_IMAGES
+from tests.skips import skip_missing
 from wrenn_server.hostagent.runtimes import NoRuntime, build_runtime, select_runtime
 from wrenn_server.hostagent.runtimes.microvm import boot_probe
 from wrenn_server.images.vm import VmBuildError, extract_vmlinux, load_order
@@ -68,7 +69,7 @@ def _free_port() -> int:
 def vm(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     if not (VM / "vmlinux").is_file():
         manifest = json.loads((SHARED_IMAGES / "minimal" / "current" / "manifest.json").read_text())
-        pytest.skip(f"the image has no microVM outputs: {manifest.get('vm_error', 'rebuild it')}")
+        skip_missing("image", f"the image has no microVM outputs: {manifest.get('vm_error', 'rebuild it')}")
     disk = tmp_path / "disk.qcow2"
     subprocess.run(
         ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(VM / "rootfs.ext4"), str(disk), "3G"],
@@ -154,7 +155,7 @@ def test_an_image_without_a_kernel_stops_the_microvm_runtime_with_the_reason(tmp
 def test_the_boot_probe_needs_the_kernel_to_print_its_banner(tmp_path: Path) -> None:
     """How the runtime confirms hardware KVM before using it; shown here under emulation, which always runs."""
     if not (VM / "vmlinux").is_file():
-        pytest.skip("the image has no microVM kernel")
+        skip_missing("image", "the image has no microVM kernel")
     booted, seen = asyncio.run(boot_probe("qemu-system-x86_64", VM / "vmlinux", "tcg"))
     assert booted, seen
     garbage = tmp_path / "vmlinux"

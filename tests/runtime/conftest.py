@@ -1,4 +1,5 @@
-"""The host agent, started in this process on one runtime at a time, and a gRPC client to it."""
+"""The host agent, started in this process on one runtime at a time, a gRPC client to it, what its runtime
+measured it can do here, and one capsule per test module."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.skips import skip_missing
 from wrenn_server.hostagent.app import HostAgent
 from wrenn_server.hostagent.runtimes import RUNTIMES, build_runtime
+from wrenn_server.hostagent.runtimes.base import Capabilities
 from wrenn_server.hostagent.settings import AgentSettings
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 from wrenn_server.proto._generated import hostagent_pb2_grpc as pb_grpc
+
+from .calls import create
 
 TOKEN = "conformance-token"
 
@@ -46,8 +51,7 @@ def runtime_name(request: pytest.FixtureRequest, data_dir: Path) -> str:
     name = str(request.param)
     probe = asyncio.run(build_runtime(name, data_dir).probe())
     if not probe.available:
-        print(f"\nruntime {name} skipped: {probe.reason}")
-        pytest.skip(f"runtime {name} cannot run here: {probe.reason}")
+        skip_missing(f"runtime {name}", f"it cannot run here: {probe.reason}")
     return name
 
 
@@ -65,3 +69,17 @@ async def agent(runtime_name: str, data_dir: Path) -> AsyncIterator[AgentHandle]
         await handle.stub.DestroySandbox(pb.SandboxRef(sandbox_id=info.sandbox_id), metadata=handle.md)
     await channel.close()
     await handle.agent.stop()
+
+
+@pytest.fixture
+def capabilities(agent: AgentHandle) -> Capabilities:
+    """What the agent's runtime measured it can do here: tests branch and skip on these, never on its name."""
+    assert agent.agent.manager is not None
+    return agent.agent.manager.runtime.capabilities
+
+
+@pytest.fixture(scope="module")
+async def capsule(agent: AgentHandle) -> AsyncIterator[pb.SandboxInfo]:
+    info = await create(agent, default_env={"FROM_TEMPLATE": "yes"})
+    yield info
+    await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=info.sandbox_id), metadata=agent.md)

@@ -10,7 +10,9 @@ import uuid
 import grpc
 import pytest
 
+from tests.skips import skip_unless_capable
 from wrenn_server.envd import __version__ as ENVD_VERSION
+from wrenn_server.hostagent.runtimes.base import Capabilities
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 from wrenn_server.proto.envd import PROTOCOL_VERSION
 
@@ -38,12 +40,11 @@ async def test_the_capsule_metadata_carries_its_own_envd_version(agent: AgentHan
 
 
 async def test_a_template_whose_envd_speaks_another_protocol_fails_the_create(
-    agent: AgentHandle, runtime_name: str
+    agent: AgentHandle, runtime_name: str, capabilities: Capabilities
 ) -> None:
     """A snapshot template layered over the image, whose only change is an envd that speaks protocol 99 (as one
     made under another release would): the create fails at envd's first answer, not after a timeout."""
-    if runtime_name != "gvisor":
-        pytest.skip("a microVM snapshot's files are a disk image; the patched layer is built for gVisor's overlay")
+    skip_unless_capable(capabilities, "layered_files", "the patched envd is a file layer over the image's files")
     images = agent.settings.dir / "images"
     base = (images / "minimal" / "current").resolve()
     source = (base / "rootfs" / GUEST_PROTOCOL_FILE).read_text()

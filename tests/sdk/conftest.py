@@ -14,6 +14,7 @@ import pytest
 
 from tests.cleanup import purge_data_dir
 from tests.controlplane.pg import PostgresServer, postgres_server
+from tests.skips import skip_missing
 from tests.stack import Stack, free_port
 from wrenn_server.hostagent.runtimes import build_runtime
 
@@ -23,13 +24,15 @@ if TYPE_CHECKING:
 __all__ = ["postgres_server"]
 
 if sys.version_info < (3, 13):
-    print(f"\nSDK tests skipped: wrenn==0.3.0 needs Python >= 3.13, this is {sys.version.split()[0]}")
-    pytest.skip("the wrenn SDK needs Python >= 3.13", allow_module_level=True)
+    skip_missing(
+        "Python 3.13",
+        f"the wrenn SDK (wrenn==0.3.0) needs Python >= 3.13, this is {sys.version.split()[0]}",
+        allow_module_level=True,
+    )
 try:
     import wrenn  # noqa: F401
 except ImportError:
-    print("\nSDK tests skipped: the wrenn SDK is not installed (make bootstrap installs wrenn==0.3.0)")
-    pytest.skip("wrenn SDK not installed", allow_module_level=True)
+    skip_missing("wrenn SDK", "wrenn==0.3.0 is not installed (make bootstrap installs it)", allow_module_level=True)
 
 # Each suite runs on SQLite and PostgreSQL with the runtime `auto` picks here, and once more on microVMs.
 BACKENDS = [
@@ -54,8 +57,7 @@ def stack(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[Stack]:
     if request.param == "microvm":
         probe = asyncio.run(build_runtime("microvm", data_dir).probe())
         if not probe.available:
-            print(f"\nSDK tests on microvm skipped: {probe.reason}")
-            pytest.skip(f"the microVM runtime cannot run here: {probe.reason}")
+            skip_missing("runtime microvm", f"it cannot run here: {probe.reason}")
         env["WRENN_RUNTIME"] = "microvm"
     stack = Stack(root, url, free_port(), free_port(), extra_env=env)
     stack.start()

@@ -13,6 +13,7 @@ from .manager import SandboxManager
 from .network import Network
 from .registration import Credentials, Heartbeat, RegistrationError, register
 from .runtimes import select_runtime
+from .runtimes.base import Runtime
 from .server import Auth, Servicer, make_server
 from .settings import AgentSettings
 from .storage import Storage
@@ -54,20 +55,21 @@ class HostAgent:
         token = registration_token or self.settings.registration_token
         creds = Credentials.load(self.credentials_path)
         if token and self.settings.cp_url:
-            creds = await self._register(token, creds)
+            creds = await self._register(token, creds, runtime)
         if creds is None:
             log.warning("not registered with a control plane: set WRENN_CP_URL and WRENN_REGISTRATION_TOKEN")
             return
         self.auth.token = creds.rpc_token
-        beat = Heartbeat(creds, self.credentials_path, self.settings.heartbeat_sec, self.settings.dir)
+        beat = Heartbeat(creds, self.credentials_path, self.settings.heartbeat_sec, self.settings.dir, runtime)
         self._tasks.append(asyncio.create_task(beat.run()))
 
-    async def _register(self, token: str, saved: Credentials | None) -> Credentials:
+    async def _register(self, token: str, saved: Credentials | None, runtime: Runtime) -> Credentials:
         """Redeem the one-time token. A token the control plane refuses (spent by this agent's first run, as
         it stays in a service's environment) leaves a registered agent on its saved credentials; an agent
         with none stops everything it started, so that it exits instead of holding slots and guests."""
         try:
-            creds = await register(self.settings.cp_url, token, self.settings.advertised_address, self.settings.dir)
+            address = self.settings.advertised_address
+            creds = await register(self.settings.cp_url, token, address, self.settings.dir, runtime)
         except RegistrationError as exc:
             if saved is not None and saved.cp_url == self.settings.cp_url:
                 log.warning("registration not redone (%s); continuing as host %s", exc, saved.host_id)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from .runtimes.base import Runtime
+
 log = logging.getLogger(__name__)
 
 
@@ -43,21 +45,23 @@ class Credentials:
         tmp.replace(path)
 
 
-def machine_facts(data_dir: Path) -> dict[str, object]:
+def machine_facts(data_dir: Path, runtime: Runtime) -> dict[str, object]:
+    """What the control plane places capsules by: the machine's size, and its runtime and what it can do."""
     return {
         "arch": platform.machine(),
         "cpu_cores": os.cpu_count() or 1,
         "memory_mb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024),
         "disk_gb": shutil.disk_usage(data_dir).total // (1024**3),
+        "runtime": runtime.name,
+        "capabilities": runtime.capabilities.to_wire(),
     }
 
 
-async def register(cp_url: str, token: str, address: str, data_dir: Path) -> Credentials:
+async def register(cp_url: str, token: str, address: str, data_dir: Path, runtime: Runtime) -> Credentials:
+    facts = machine_facts(data_dir, runtime)
     try:
         async with httpx.AsyncClient(base_url=cp_url, timeout=30) as http:
-            resp = await http.post(
-                "/v1/hosts/register", json={"token": token, "address": address, **machine_facts(data_dir)}
-            )
+            resp = await http.post("/v1/hosts/register", json={"token": token, "address": address, **facts})
     except httpx.HTTPError as exc:
         raise RegistrationError(f"the control plane at {cp_url} did not answer: {exc!r}") from exc
     if resp.status_code != 201:
@@ -75,11 +79,12 @@ async def register(cp_url: str, token: str, address: str, data_dir: Path) -> Cre
 class Heartbeat:
     """Tells the control plane every few seconds that this host is alive; refreshes its token when told to."""
 
-    def __init__(self, creds: Credentials, path: Path, interval: float, data_dir: Path) -> None:
+    def __init__(self, creds: Credentials, path: Path, interval: float, data_dir: Path, runtime: Runtime) -> None:
         self.creds = creds
         self.path = path
         self.interval = interval
         self.data_dir = data_dir
+        self.runtime = runtime
 
     async def run(self) -> None:
         async with httpx.AsyncClient(base_url=self.creds.cp_url, timeout=10) as http:
@@ -94,7 +99,7 @@ class Heartbeat:
         resp = await http.post(
             f"/v1/hosts/{self.creds.host_id}/heartbeat",
             headers={"X-Host-Token": self.creds.token},
-            json=machine_facts(self.data_dir),
+            json=machine_facts(self.data_dir, self.runtime),
         )
         if resp.status_code in (401, 403):
             await self.refresh(http)

@@ -164,6 +164,16 @@ def _entry(entry: wire.EntryInfo) -> pb.FileEntry:
     )
 
 
+def _capabilities(wire: dict[str, bool | list[str]]) -> pb.Capabilities:
+    message = pb.Capabilities()
+    for name, value in wire.items():
+        if isinstance(value, list):
+            getattr(message, name).extend(value)
+        else:
+            setattr(message, name, value)
+    return message
+
+
 class Servicer(pb_grpc.HostAgentServiceServicer):
     def __init__(self, manager: SandboxManager, auth: Auth) -> None:
         self.manager = manager
@@ -181,6 +191,7 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
             disk_gb=disk,
             arch=platform.machine(),
             pool=self.manager.pool.counters(),
+            capabilities=_capabilities(self.manager.runtime.capabilities.to_wire()),
         )
 
     @unary
@@ -237,7 +248,8 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
         if not (request.team_id and request.template_id):
             raise InvalidArgument("team_id and template_id are required")
         path = await self.manager.snapshot(request.sandbox_id, request.team_id, request.template_id)
-        return pb.TemplateInfo(size_bytes=await asyncio.to_thread(Storage.tree_size, path))
+        size = await asyncio.to_thread(Storage.tree_size, path)
+        return pb.TemplateInfo(size_bytes=size, runtime=self.manager.runtime.name)
 
     @unary
     async def DeleteTemplate(self, request: pb.TemplateRef, context: Any) -> pb.Empty:

@@ -110,6 +110,9 @@ class Host(Base):
     cert_fingerprint: Mapped[str] = mapped_column(String, default="")
     cert_expires_at: Mapped[datetime | None]
     rpc_token: Mapped[str] = mapped_column(String, default="")
+    # The agent's runtime and what it measured it can do (api.md Host `capabilities`), from its heartbeats.
+    runtime: Mapped[str] = mapped_column(String, default="")
+    capabilities: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class HostToken(Base):

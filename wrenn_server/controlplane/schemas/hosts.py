@@ -9,13 +9,30 @@ from ..ids import Kind, format_id
 from .common import Int32, Request, rfc3339
 
 
+class HostCapabilities(Request):
+    """What the host's runtime can do there, as the agent measured it when it started."""
+
+    pause_with_memory: bool = Field(description="A pause keeps the guest's memory and processes.")
+    snapshot: bool = Field(description="A running capsule can be saved as a snapshot template.")
+    hardware_acceleration: bool = Field(description="Guests run on hardware virtualisation (KVM really used).")
+    disk_size_limit: bool = Field(description="`disk_size_mb` bounds the capsule's disk.")
+    checkpoint_keeps_connections: bool = Field(description="Open TCP connections survive a pause to disk.")
+    guest_sees_vcpus: bool = Field(description="The capsule is shown exactly the vCPUs it was given.")
+    guest_kernel: bool = Field(description="The capsule runs a Linux kernel of its own.")
+    memory_file: bool = Field(description="Guest memory is a host file that pauses move rather than copy.")
+    layered_files: bool = Field(description="The capsule's files are a directory over its template's, not a disk.")
+    restores: list[str] = Field(description="Runtimes whose snapshot templates this host can start capsules of.")
+
+
 class Capacity(Request):
-    """What an agent reports about its machine; an absent field keeps the stored value."""
+    """What an agent reports about its machine and runtime; an absent field keeps the stored value."""
 
     arch: str | None = None
     cpu_cores: Int32 | None = None
     memory_mb: Int32 | None = None
     disk_gb: Int32 | None = None
+    runtime: str | None = Field(None, max_length=64, description="The agent's runtime: `gvisor` or `microvm`.")
+    capabilities: HostCapabilities | None = None
 
 
 class RegisterBody(Capacity):
@@ -37,6 +54,8 @@ class Host(BaseModel):
     cpu_cores: int | None = None
     memory_mb: int | None = None
     disk_gb: int | None = None
+    runtime: str | None = Field(None, description="The agent's runtime, as it last reported.")
+    capabilities: HostCapabilities | None = Field(None, description="What that runtime can do on this host.")
     address: str | None = None
     status: str
     last_heartbeat_at: str | None = None
@@ -56,6 +75,8 @@ class Host(BaseModel):
             cpu_cores=row.cpu_cores or None,
             memory_mb=row.memory_mb or None,
             disk_gb=row.disk_gb or None,
+            runtime=row.runtime or None,
+            capabilities=HostCapabilities.model_validate(row.capabilities) if row.capabilities else None,
             address=row.address or None,
             status=row.status,
             last_heartbeat_at=rfc3339(row.last_heartbeat_at),

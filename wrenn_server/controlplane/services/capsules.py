@@ -38,7 +38,7 @@ from .activity import ActivityTracker
 from .agents import AgentPool, HostRef
 from .auth import Principal
 from .events import Actor, CapsuleEvents, EventName
-from .scheduler import pick_host
+from .scheduler import Need, pick_host
 from .status import FINAL, Status
 from .tasks import TaskTracker, wait_bounded, wait_until
 from .templates import DEFAULT_TEMPLATE, resolve_template
@@ -107,12 +107,11 @@ class CapsuleService:
             if team is None or team.deleted_at is not None:
                 raise Unauthorized("team not found")
             template = await resolve_template(session, team.id, spec.template or DEFAULT_TEMPLATE)
-            only_host = None
+            need = Need(vcpus, memory_mb)
             if template.type == "snapshot":
-                vcpus = template.vcpus or vcpus
-                memory_mb = template.memory_mb or memory_mb
-                only_host = uuid.UUID(template.meta["host_id"]) if template.meta.get("host_id") else None
-            host = await pick_host(session, team, vcpus, memory_mb, only_host)
+                need = Need.of_snapshot(template, vcpus, memory_mb)
+                vcpus, memory_mb = need.vcpus, need.memory_mb
+            host = await pick_host(session, team, need)
             row = Sandbox(
                 id=new_uuid(),
                 team_id=team.id,

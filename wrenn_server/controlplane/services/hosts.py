@@ -6,6 +6,7 @@ import secrets
 import uuid
 from datetime import timedelta
 
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,6 +26,8 @@ REFRESH_TTL = timedelta(days=60)
 def _apply(host: Host, capacity: Capacity) -> None:
     for name in Capacity.model_fields:
         value = getattr(capacity, name)
+        if isinstance(value, BaseModel):  # the capabilities, kept as the JSON the hosts API shows
+            value = value.model_dump()
         if value is not None:
             setattr(host, name, value)
 

@@ -85,6 +85,8 @@ class SnapshotService:
                 session.add(template)
             template.vcpus, template.memory_mb, template.size_bytes = vcpus, memory_mb, info.size_bytes
             template.meta = {"host_id": str(host_ref.id), "source": format_id(Kind.SANDBOX, sandbox_id)}
+            if info.runtime:  # whose guest state it holds: only hosts whose runtime restores that may start it
+                template.meta["runtime"] = info.runtime
             template.created_at = utcnow()
             await session.commit()
             await session.refresh(template)

@@ -13,29 +13,60 @@ resume are the API's words, for what the agent makes of them (`hostagent/pausing
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar, Protocol
 
 
 @dataclass(frozen=True)
 class Capabilities:
-    pause_with_memory: bool
-    snapshot: bool
-    hardware_acceleration: bool
-    disk_size_limit: bool
+    """What a runtime can do on this machine, as its `probe()` measured it (nothing before a probe). The
+    agent sends it with its registration and heartbeats; the scheduler, `wrenn doctor` and the tests read it."""
+
+    pause_with_memory: bool  # a checkpoint keeps the guest's memory and processes, and a restore continues them
+    snapshot: bool  # a running guest can be saved as a template that new capsules continue
+    hardware_acceleration: bool  # guest code runs on hardware virtualisation (measured: KVM really used)
+    disk_size_limit: bool  # `disk_size_mb` bounds the guest's disk (gVisor's writes go to the host's disk)
     # A guest with open TCP connections can be checkpointed (they continue after the restore); runsc 20221219
     # cannot, and a failed checkpoint kills its guest.
     checkpoint_keeps_connections: bool
+    guest_sees_vcpus: bool  # the guest is shown exactly its vCPUs (gVisor shows the host's, its time capped)
+    guest_kernel: bool  # the guest runs a Linux kernel of its own: a serial console, sysrq, kernel panics
+    memory_file: bool  # guest RAM is a host file that a checkpoint moves rather than copies
+    layered_files: bool  # the guest's files are a host directory over its template's, not a disk image
+    restores: frozenset[str] = frozenset()  # runtimes whose snapshots (guest state) this one can restore
+
+    def to_wire(self) -> dict[str, bool | list[str]]:
+        """The JSON shape of the hosts API (`restores` sorted)."""
+        wire: dict[str, bool | list[str]] = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name != "restores"
+        }
+        wire["restores"] = sorted(self.restores)
+        return wire
+
+
+NO_CAPABILITIES = Capabilities(
+    pause_with_memory=False,
+    snapshot=False,
+    hardware_acceleration=False,
+    disk_size_limit=False,
+    checkpoint_keeps_connections=False,
+    guest_sees_vcpus=False,
+    guest_kernel=False,
+    memory_file=False,
+    layered_files=False,
+)
 
 
 @dataclass(frozen=True)
 class Probe:
-    """Whether this machine can run the runtime, and why (shown by `wrenn doctor` and at agent start)."""
+    """Whether this machine can run the runtime, and why (shown by `wrenn doctor` and at agent start), with
+    what it measured the runtime can do here."""
 
     available: bool
     reason: str
     details: dict[str, str] = field(default_factory=dict)
+    capabilities: Capabilities = NO_CAPABILITIES
 
 
 @dataclass(frozen=True)
@@ -74,7 +105,7 @@ class Usage:
 
 class Runtime(Protocol):
     name: ClassVar[str]
-    capabilities: ClassVar[Capabilities]
+    capabilities: Capabilities  # as the last `probe()` measured them; `NO_CAPABILITIES` before one
 
     async def probe(self) -> Probe: ...
 

@@ -21,7 +21,7 @@ from .. import proc
 from ..errors import RuntimeFailure
 from ..kvm import probe_kvm
 from ..layout import CapsuleDir, TemplateDir
-from .base import Capabilities, Probe, RuntimeState, SandboxSpec, Usage
+from .base import NO_CAPABILITIES, Capabilities, Probe, RuntimeState, SandboxSpec, Usage
 
 INIT = "/usr/local/bin/wrenn-init"
 # runsc refuses a sandbox network when it believes it runs in the root network namespace, which it decides
@@ -63,16 +63,10 @@ class GVisorConfig:
 
 class GVisorRuntime:
     name: ClassVar[str] = "gvisor"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        pause_with_memory=True,
-        snapshot=True,
-        hardware_acceleration=False,
-        disk_size_limit=False,
-        checkpoint_keeps_connections=False,
-    )
 
     def __init__(self, config: GVisorConfig) -> None:
         self._config = config
+        self.capabilities = NO_CAPABILITIES
         # Measured here: ptrace beats systrap (runsc 2023+) on VMs without hardware virtualisation.
         self._platform = "kvm" if probe_kvm().usable else "ptrace"
 
@@ -90,7 +84,20 @@ class GVisorRuntime:
         except RuntimeFailure as exc:
             return Probe(False, f"runsc does not run: {exc.message}")
         first = version.stdout.decode().splitlines()[0] if version.stdout else "unknown"
-        return Probe(True, f"{first}, platform {self._platform}", {"platform": self._platform, "binary": binary})
+        self.capabilities = Capabilities(
+            pause_with_memory=True,
+            snapshot=True,
+            hardware_acceleration=self._platform == "kvm",  # the Sentry on hardware KVM; ptrace traps instead
+            disk_size_limit=False,  # writes go to the capsule's upper directory on the host's disk, unbounded
+            checkpoint_keeps_connections=False,  # runsc 20221219 fails (and kills the guest) on one
+            guest_sees_vcpus=False,  # the Sentry shows the host's CPUs; the cgroup caps the time it gets
+            guest_kernel=False,  # the Sentry: no serial console, no sysrq, no kernel panic
+            memory_file=False,
+            layered_files=True,  # an overlay: the capsule's changes are plain files in its upper directory
+            restores=frozenset({self.name}),
+        )
+        details = {"platform": self._platform, "binary": binary}
+        return Probe(True, f"{first}, platform {self._platform}", details, self.capabilities)
 
     async def create(self, spec: SandboxSpec) -> None:
         self._config.state_dir.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from .. import proc
 from ..errors import RuntimeFailure
 from ..kvm import probe_kvm
 from ..layout import CapsuleDir, CheckpointDir, TemplateDir
-from .base import Capabilities, Probe, RuntimeState, SandboxSpec, Usage
+from .base import NO_CAPABILITIES, Capabilities, Probe, RuntimeState, SandboxSpec, Usage
 
 GUEST_MAC = "52:54:00:00:00:21"  # one per namespace, so every guest may have the same one (checkpoints move)
 KERNEL_ARGS = "console=ttyS0 nokaslr tsc_early_khz=2000000 panic=-1 quiet"
@@ -117,16 +117,10 @@ class MicroVMConfig:
 
 class MicroVMRuntime:
     name: ClassVar[str] = "microvm"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        pause_with_memory=True,
-        snapshot=True,
-        hardware_acceleration=True,
-        disk_size_limit=True,
-        checkpoint_keeps_connections=True,
-    )
 
     def __init__(self, config: MicroVMConfig) -> None:
         self._config = config
+        self.capabilities = NO_CAPABILITIES
         self._kvm = probe_kvm()
         self.accelerator = "kvm" if self._kvm.usable else "tcg"  # KVM confirmed by a boot in `probe`
         self._kvm_checked = False
@@ -166,7 +160,20 @@ class MicroVMRuntime:
         if self.accelerator == "tcg":
             details["note"] = "software emulation: no hardware KVM here, guests run ~15x slower than on KVM"
         reason = f"{first}, accelerator {self.accelerator}, kernel {kernel}"
-        return Probe(True, f"{reason}; {details['kvm']}" if "kvm" in details else reason, details)
+        self.capabilities = Capabilities(
+            pause_with_memory=True,
+            snapshot=True,
+            hardware_acceleration=self.accelerator == "kvm",  # only once a guest kernel booted on it
+            disk_size_limit=True,  # the qcow2 overlay has the size asked
+            checkpoint_keeps_connections=True,
+            guest_sees_vcpus=True,
+            guest_kernel=True,
+            memory_file=True,  # `memory-backend-file,share=on`: a checkpoint moves the file
+            layered_files=False,  # a qcow2 disk over the template's
+            restores=frozenset({self.name}),
+        )
+        reason = f"{reason}; {details['kvm']}" if "kvm" in details else reason
+        return Probe(True, reason, details, self.capabilities)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ class PingRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PingResponse(_message.Message):
-    __slots__ = ("version", "runtime", "cpu_cores", "memory_mb", "disk_gb", "arch", "pool")
+    __slots__ = ("version", "runtime", "cpu_cores", "memory_mb", "disk_gb", "arch", "pool", "capabilities")
     class PoolEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class PingResponse(_message.Message):
     DISK_GB_FIELD_NUMBER: _ClassVar[int]
     ARCH_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     version: str
     runtime: str
     cpu_cores: int
@@ -51,7 +52,32 @@ class PingResponse(_message.Message):
     disk_gb: int
     arch: str
     pool: _containers.ScalarMap[str, int]
-    def __init__(self, version: _Optional[str] = ..., runtime: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_gb: _Optional[int] = ..., arch: _Optional[str] = ..., pool: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    capabilities: Capabilities
+    def __init__(self, version: _Optional[str] = ..., runtime: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_gb: _Optional[int] = ..., arch: _Optional[str] = ..., pool: _Optional[_Mapping[str, int]] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ...) -> None: ...
+
+class Capabilities(_message.Message):
+    __slots__ = ("pause_with_memory", "snapshot", "hardware_acceleration", "disk_size_limit", "checkpoint_keeps_connections", "guest_sees_vcpus", "guest_kernel", "memory_file", "restores", "layered_files")
+    PAUSE_WITH_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_ACCELERATION_FIELD_NUMBER: _ClassVar[int]
+    DISK_SIZE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_KEEPS_CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    GUEST_SEES_VCPUS_FIELD_NUMBER: _ClassVar[int]
+    GUEST_KERNEL_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FILE_FIELD_NUMBER: _ClassVar[int]
+    RESTORES_FIELD_NUMBER: _ClassVar[int]
+    LAYERED_FILES_FIELD_NUMBER: _ClassVar[int]
+    pause_with_memory: bool
+    snapshot: bool
+    hardware_acceleration: bool
+    disk_size_limit: bool
+    checkpoint_keeps_connections: bool
+    guest_sees_vcpus: bool
+    guest_kernel: bool
+    memory_file: bool
+    restores: _containers.RepeatedScalarFieldContainer[str]
+    layered_files: bool
+    def __init__(self, pause_with_memory: _Optional[bool] = ..., snapshot: _Optional[bool] = ..., hardware_acceleration: _Optional[bool] = ..., disk_size_limit: _Optional[bool] = ..., checkpoint_keeps_connections: _Optional[bool] = ..., guest_sees_vcpus: _Optional[bool] = ..., guest_kernel: _Optional[bool] = ..., memory_file: _Optional[bool] = ..., restores: _Optional[_Iterable[str]] = ..., layered_files: _Optional[bool] = ...) -> None: ...
 
 class SandboxRef(_message.Message):
     __slots__ = ("sandbox_id",)
@@ -383,7 +409,9 @@ class TemplateRef(_message.Message):
     def __init__(self, team_id: _Optional[str] = ..., template_id: _Optional[str] = ...) -> None: ...
 
 class TemplateInfo(_message.Message):
-    __slots__ = ("size_bytes",)
+    __slots__ = ("size_bytes", "runtime")
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
     size_bytes: int
-    def __init__(self, size_bytes: _Optional[int] = ...) -> None: ...
+    runtime: str
+    def __init__(self, size_bytes: _Optional[int] = ..., runtime: _Optional[str] = ...) -> None: ...
