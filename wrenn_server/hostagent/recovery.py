@@ -44,6 +44,8 @@ class Recovery:
             state = await self.runtime.state(record.name)
             netns_alive = Slot(record.slot).guest.netns_path.exists() and self.network.owns(record.slot)
             if netns_alive and self._settle(record, state):
+                if state is RuntimeState.FROZEN:  # the previous agent may have died half-way through a freeze
+                    await self.runtime.freeze(record.name)
                 live.append(record)
                 continue
             if record.status is not SandboxStatus.ERROR:

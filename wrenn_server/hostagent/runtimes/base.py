@@ -132,7 +132,7 @@ class Runtime(Protocol):
         """Start the guest again from a checkpoint made by `checkpoint`. Needs `pause_with_memory`."""
 
     async def freeze(self, sandbox_id: str) -> None:
-        """Stop the guest's CPUs at once, its memory kept where it is."""
+        """Stop the guest at once, its memory kept where it is: no guest code runs until `thaw`. Idempotent."""
 
     async def thaw(self, sandbox_id: str) -> None:
         """Continue a frozen guest."""

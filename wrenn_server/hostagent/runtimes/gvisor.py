@@ -215,7 +215,10 @@ class GVisorRuntime:
         # `runsc pause` (20221219) leaves the tasks of a guest restored from a checkpoint running (a warm-pool
         # guest went on writing files through a whole pause), so the sandbox's cgroup is frozen too: every
         # process of it (sentry, gofer, guest code) stops. runsc's own pause comes first, while it can answer.
-        await proc.run(self._runsc("pause", sandbox_id), timeout=30)
+        # Frozen already (an agent settling a pause its predecessor left half-way): runsc refuses a second pause.
+        paused = await proc.run(self._runsc("pause", sandbox_id), check=False, timeout=30)
+        if paused.returncode != 0 and await self.state(sandbox_id) is not RuntimeState.FROZEN:
+            raise RuntimeFailure(f"runsc pause failed ({paused.returncode}): {paused.output[-2000:]}")
         await _set_frozen(sandbox_id, True)
 
     async def thaw(self, sandbox_id: str) -> None:
