@@ -74,7 +74,7 @@ class Usage:
 
 class Runtime(Protocol):
     name: ClassVar[str]
-    capabilities: ClassVar[Capabilities]
+    capabilities: Capabilities  # what this runtime can do here: fixed, or measured by `probe()`
 
     async def probe(self) -> Probe: ...
 

@@ -1,7 +1,9 @@
 """gVisor back end: each capsule is a `runsc` container in the capsule network namespace.
 
 The root filesystem is a host overlayfs mount: the template's rootfs directory as the read-only lower layer and
-a per-capsule upper directory, so a capsule's changes are plain files on disk and survive a checkpoint.
+a per-capsule upper directory, so a capsule's changes are plain files on disk and survive a checkpoint. The upper
+directory is on the capsule's own disk, a loop-mounted ext4 file of its `disk_size_mb` (`loopdisk.py`), where
+this host has loop devices.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import platform
 import shutil
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,6 +24,7 @@ from ..errors import RuntimeFailure
 from ..kvm import probe_kvm
 from ..layout import CapsuleDir, TemplateDir
 from .base import Capabilities, Probe, RuntimeState, SandboxSpec, Usage
+from .loopdisk import LoopDisks
 
 INIT = "/usr/local/bin/wrenn-init"
 # runsc refuses a sandbox network when it believes it runs in the root network namespace, which it decides
@@ -58,21 +61,25 @@ _CGROUP_HEADROOM_MB = 128
 @dataclass(frozen=True)
 class GVisorConfig:
     state_dir: Path
+    disks_dir: Path  # the capsules' own disks (see `loopdisk.py`)
+    sandboxes_dir: Path
     runsc: str = "runsc"
 
 
 class GVisorRuntime:
     name: ClassVar[str] = "gvisor"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        pause_with_memory=True,
-        snapshot=True,
-        hardware_acceleration=False,
-        disk_size_limit=False,
-        checkpoint_keeps_connections=False,
-    )
+    capabilities: Capabilities  # `disk_size_limit` is measured by `probe()`
 
     def __init__(self, config: GVisorConfig) -> None:
         self._config = config
+        self._disks = LoopDisks(config.disks_dir, config.sandboxes_dir)
+        self.capabilities = Capabilities(
+            pause_with_memory=True,
+            snapshot=True,
+            hardware_acceleration=False,
+            disk_size_limit=False,
+            checkpoint_keeps_connections=False,
+        )
         # Measured here: ptrace beats systrap (runsc 2023+) on VMs without hardware virtualisation.
         self._platform = "kvm" if probe_kvm().usable else "ptrace"
 
@@ -90,11 +97,18 @@ class GVisorRuntime:
         except RuntimeFailure as exc:
             return Probe(False, f"runsc does not run: {exc.message}")
         first = version.stdout.decode().splitlines()[0] if version.stdout else "unknown"
-        return Probe(True, f"{first}, platform {self._platform}", {"platform": self._platform, "binary": binary})
+        no_disks = await self._disks.works()
+        self.capabilities = replace(self.capabilities, disk_size_limit=no_disks is None)
+        details = {"platform": self._platform, "binary": binary}
+        details["disk_size_limit"] = "loop-mounted ext4" if no_disks is None else f"none: {no_disks}"
+        return Probe(True, f"{first}, platform {self._platform}", details)
 
     async def create(self, spec: SandboxSpec) -> None:
         self._config.state_dir.mkdir(parents=True, exist_ok=True)
         template, capsule = TemplateDir(spec.template_dir), CapsuleDir(spec.workdir)
+        capsule.path.mkdir(parents=True, exist_ok=True)
+        if self.capabilities.disk_size_limit and spec.disk_size_mb > 0:
+            await self._disks.attach(capsule, spec.disk_size_mb)
         rootfs = await _mount_overlay(template.layers(), capsule)
         bundle = capsule.bundle
         bundle.mkdir(exist_ok=True)
@@ -148,7 +162,9 @@ class GVisorRuntime:
 
     async def destroy(self, sandbox_id: str, workdir: Path) -> None:
         await proc.run(self._runsc("delete", "--force", sandbox_id), check=False, timeout=30)
-        await _unmount(CapsuleDir(workdir).rootfs)
+        capsule = CapsuleDir(workdir)
+        await _unmount(capsule.rootfs)
+        await self._disks.detach(capsule)
 
     async def state(self, sandbox_id: str) -> RuntimeState:
         done = await proc.run(self._runsc("state", sandbox_id), check=False, timeout=15)
@@ -193,7 +209,9 @@ class GVisorRuntime:
 
     async def restore(self, spec: SandboxSpec, checkpoint_dir: Path) -> None:
         capsule = CapsuleDir(spec.workdir)
-        await _mount_overlay(TemplateDir(spec.template_dir).layers(), capsule)  # gone after a reboot of the host
+        if capsule.disk_link.is_symlink():  # both mounts are gone after a reboot of the host
+            await self._disks.mount(capsule)
+        await _mount_overlay(TemplateDir(spec.template_dir).layers(), capsule)
         bundle = capsule.bundle
         command = ["restore", "--detach", "--image-path", str(checkpoint_dir), "--bundle", str(bundle), spec.sandbox_id]
         try:
@@ -322,8 +340,11 @@ async def _mount_overlay(layers: list[Path], capsule: CapsuleDir) -> Path:
 
 
 async def _unmount(path: Path) -> None:
+    """At once if nothing uses it (the disk under it can then go too), else as soon as nothing does."""
     if os.path.ismount(path):
-        await proc.run(["umount", "-l", str(path)], check=False)
+        done = await proc.run(["umount", str(path)], check=False)
+        if done.returncode != 0:
+            await proc.run(["umount", "-l", str(path)], check=False)
 
 
 def _oci_spec(spec: SandboxSpec, rootfs: Path) -> dict[str, Any]:

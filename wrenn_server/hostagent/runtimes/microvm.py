@@ -117,7 +117,7 @@ class MicroVMConfig:
 
 class MicroVMRuntime:
     name: ClassVar[str] = "microvm"
-    capabilities: ClassVar[Capabilities] = Capabilities(
+    capabilities: Capabilities = Capabilities(
         pause_with_memory=True,
         snapshot=True,
         hardware_acceleration=True,

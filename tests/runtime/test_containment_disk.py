@@ -1,0 +1,181 @@
+"""Containment, disk: a capsule's writes stop at its `disk_size_mb` (ENOSPC inside, the capsule lives on), on
+every runtime that declares `disk_size_limit`; the space comes back when files go; the limit holds across pause
+and resume, a snapshot and the capsules made from it, and an agent restart; destroying a capsule leaves no
+mount or loop device; and a host short of disk refuses new capsules, rather than failing later."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.guests import guest
+from wrenn_server.proto._generated import hostagent_pb2 as pb
+
+from .conftest import AgentHandle
+from .test_conformance import create, new_id, sh
+
+pytestmark = pytest.mark.runtime
+
+DISK_MB = 512
+MiB = 2**20
+# Writes until the disk is full; prints the MiB written. `dd` stops at the first failed write.
+FILL = "dd if=/dev/zero of={path} bs=1M 2>/tmp/dd.err; echo $(( $(stat -c %s {path}) / 1048576 )); cat /tmp/dd.err >&2"
+
+
+@pytest.fixture
+def limited(agent: AgentHandle) -> None:
+    manager = agent.agent.manager
+    assert manager is not None
+    if not manager.runtime.capabilities.disk_size_limit:
+        pytest.skip(f"runtime {manager.runtime.name} does not limit a capsule's disk on this host")
+
+
+async def fill(agent: AgentHandle, box: pb.SandboxInfo, path: str) -> int:
+    """Write zeros to `path` until the disk says no: the MiB written; the write must fail with ENOSPC."""
+    out = await sh(agent, box, FILL.format(path=path), timeout_sec=600)
+    assert b"No space left on device" in out.stderr, out.stderr
+    return int(out.stdout)
+
+
+async def disk_used_mb(agent: AgentHandle, box: pb.SandboxInfo) -> float:
+    info = await agent.stub.GetSandbox(pb.SandboxRef(sandbox_id=box.sandbox_id), metadata=agent.md)
+    return info.disk_used_bytes / MiB
+
+
+async def destroy(agent: AgentHandle, *boxes: pb.SandboxInfo) -> None:
+    for box in boxes:
+        await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=box.sandbox_id), metadata=agent.md)
+
+
+async def test_a_full_disk_says_enospc_inside_and_the_capsule_lives_on(agent: AgentHandle, limited: None) -> None:
+    box = await create(agent, memory_mb=256, disk_size_mb=DISK_MB)
+    neighbour = await create(agent, memory_mb=256, disk_size_mb=DISK_MB)
+    try:
+        await sh(agent, box, "echo mine > /root/mark")
+        before = await disk_used_mb(agent, box)
+        written = await fill(agent, box, "/root/fill")
+        assert DISK_MB / 2 < written <= DISK_MB  # a template's files may take part of a microVM's disk
+        # The capsule, its envd and its files live on; so does its neighbour.
+        assert (await sh(agent, box, "cat /root/mark")).stdout == b"mine\n"
+        assert (await sh(agent, neighbour, "echo fine")).stdout == b"fine\n"
+        used = await disk_used_mb(agent, box)
+        assert written - 8 <= used - before <= written + 8, (before, used, written)
+        # The space comes back when the file goes, and can be written again.
+        assert (await sh(agent, box, "rm /root/fill && sync")).exit_code == 0
+        assert await disk_used_mb(agent, box) < before + 8
+        again = await sh(agent, box, "dd if=/dev/zero of=/root/again bs=1M count=200 && echo done")
+        assert again.exit_code == 0 and again.stdout.endswith(b"done\n"), again.stderr
+    finally:
+        await destroy(agent, box, neighbour)
+
+
+async def test_the_disk_limit_holds_across_pause_restart_and_snapshot(agent: AgentHandle, limited: None) -> None:
+    box = await create(agent, memory_mb=256, disk_size_mb=DISK_MB)
+    ref = pb.SandboxRef(sandbox_id=box.sandbox_id)
+    manager = agent.agent.manager
+    assert manager is not None
+    children: list[pb.SandboxInfo] = []
+    try:
+        await sh(agent, box, "dd if=/dev/zero of=/root/half bs=1M count=300")
+        # A capsule made from a snapshot has the template's files, and a disk of its own size for its writes.
+        team, template_id = str(uuid.uuid4()), str(uuid.uuid4())
+        await agent.stub.SnapshotSandbox(
+            pb.SnapshotRequest(sandbox_id=box.sandbox_id, team_id=team, template_id=template_id), metadata=agent.md
+        )
+        child = await agent.stub.CreateSandbox(
+            pb.CreateSandboxRequest(
+                sandbox_id=new_id(),
+                template="snap",
+                template_id=template_id,
+                team_id=team,
+                vcpus=1,
+                memory_mb=256,
+                disk_size_mb=DISK_MB,
+            ),
+            metadata=agent.md,
+        )
+        children.append(child)
+        assert (await sh(agent, child, "stat -c %s /root/half")).stdout == f"{300 * MiB}\n".encode()
+        assert DISK_MB / 2 < await fill(agent, child, "/root/more") <= DISK_MB
+        assert (await sh(agent, box, "echo source lives")).stdout == b"source lives\n"
+        await destroy(agent, child)
+        children.clear()
+        await agent.stub.DeleteTemplate(pb.TemplateRef(team_id=team, template_id=template_id), metadata=agent.md)
+        # Pause until the guest is checkpointed to disk, then resume it from there.
+        manager.checkpoint_after_sec = 0.2
+        _name, workdir = guest(agent.settings.dir, box.sandbox_id)
+        await agent.stub.PauseSandbox(ref, metadata=agent.md)
+        for _ in range(200):
+            if (workdir / "checkpoint" / "checkpoint.img").is_file():
+                break
+            await asyncio.sleep(0.1)
+        assert (workdir / "checkpoint" / "checkpoint.img").is_file(), "no checkpoint after the delay"
+        await agent.stub.ResumeSandbox(ref, metadata=agent.md)
+        assert 100 < await fill(agent, box, "/root/more") <= DISK_MB - 300
+        await sh(agent, box, "rm /root/more")
+        # An agent restart re-adopts the capsule with its disk and its limit.
+        await agent.agent.stop()
+        await agent.restart()
+        assert 100 < await fill(agent, box, "/root/more") <= DISK_MB - 300
+        await sh(agent, box, "rm /root/more")
+    finally:
+        manager = agent.agent.manager
+        assert manager is not None
+        manager.checkpoint_after_sec = agent.settings.checkpoint_after_sec
+        await destroy(agent, box, *children)
+
+
+def loop_devices() -> dict[str, str]:
+    """The host's loop devices and their backing files (`losetup`)."""
+    listed = json.loads(subprocess.run(["losetup", "-J"], capture_output=True, text=True, check=True).stdout or "{}")
+    return {d["name"]: str(d.get("back-file", "")) for d in listed.get("loopdevices", [])}
+
+
+def loop_devices_under(path: Path) -> list[str]:
+    return [name for name, backing in loop_devices().items() if backing.startswith(f"{path}/")]
+
+
+def mounts_naming(name: str) -> list[str]:
+    return [line for line in Path("/proc/mounts").read_text().splitlines() if name in line]
+
+
+async def test_destroy_leaves_no_mount_or_loop_device(agent: AgentHandle, limited: None) -> None:
+    box = await create(agent, memory_mb=256, disk_size_mb=DISK_MB)
+    name, workdir = guest(agent.settings.dir, box.sandbox_id)
+    await sh(agent, box, "dd if=/dev/zero of=/root/some bs=1M count=20")
+    held = loop_devices_under(workdir)
+    assert held or not (workdir / "disk.ext4").exists()  # a runtime whose disk is a loop-mounted file shows it
+    disk_mount = (workdir / "fs").resolve() if (workdir / "fs").is_symlink() else None
+    await destroy(agent, box)
+    assert not workdir.exists()
+    assert loop_devices_under(workdir) == []
+    assert mounts_naming(name) == []
+    if disk_mount is not None:
+        assert mounts_naming(str(disk_mount)) == [] and not disk_mount.exists()
+    assert not set(held) & set(loop_devices())  # detached, not only renamed
+
+
+async def test_a_host_short_of_disk_refuses_new_capsules(agent: AgentHandle) -> None:
+    manager = agent.agent.manager
+    assert manager is not None
+    free_mb = shutil.disk_usage(agent.settings.dir).free // MiB
+    manager.disk_reserve_mb = free_mb + 1024  # as if the disk had less free than the host keeps for itself
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await create(agent, memory_mb=256, disk_size_mb=DISK_MB)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "WRENN_DISK_RESERVE_MB" in (refused.value.details() or "")
+        listed = (await agent.stub.ListSandboxes(pb.Empty(), metadata=agent.md)).sandboxes
+        assert not any(s.status == pb.SANDBOX_STATUS_ERROR and "reserve" in s.error for s in listed)
+    finally:
+        manager.disk_reserve_mb = agent.settings.disk_reserve_mb
+    box = await create(agent, memory_mb=256, disk_size_mb=DISK_MB)  # with room again, creates go on
+    assert (await sh(agent, box, "echo up")).stdout == b"up\n"
+    await destroy(agent, box)
