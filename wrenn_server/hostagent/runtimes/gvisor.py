@@ -9,6 +9,7 @@ this host has loop devices.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -161,6 +162,9 @@ class GVisorRuntime:
             raise RuntimeFailure(f"runsc could not start the capsule: {tail}")
 
     async def destroy(self, sandbox_id: str, workdir: Path) -> None:
+        if _frozen(sandbox_id):  # a frozen process cannot die: it would hold its mounts and disk for ever
+            with contextlib.suppress(RuntimeFailure):
+                await _set_frozen(sandbox_id, False)
         await proc.run(self._runsc("delete", "--force", sandbox_id), check=False, timeout=30)
         capsule = CapsuleDir(workdir)
         await _unmount(capsule.rootfs)

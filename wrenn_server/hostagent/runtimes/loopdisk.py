@@ -93,6 +93,23 @@ class LoopDisks:
         with contextlib.suppress(OSError):
             target.rmdir()
 
+    async def close(self) -> None:
+        """Remove the spares (an agent killed instead leaves them to the next one's collection)."""
+        if self._refill is not None:
+            self._refill.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refill
+        idents = [*self._dropping, *(i for idents in self._spares.values() for i in idents)]
+        self._spares.clear()
+        self._dropping.clear()
+        for ident in idents:
+            await self._remove(ident)
+
+    async def settle(self) -> None:
+        """Wait until the spares being made are ready (for benches and tests)."""
+        if self._refill is not None:
+            await self._refill
+
     @staticmethod
     def used_bytes(capsule: CapsuleDir) -> int | None:
         """What the capsule's files take on its disk (the ext4's used blocks, its own metadata not counted);
