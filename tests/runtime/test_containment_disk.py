@@ -180,3 +180,40 @@ async def test_a_host_short_of_disk_refuses_new_capsules(agent: AgentHandle) -> 
     box = await create(agent, memory_mb=256, disk_size_mb=DISK_MB)  # with room again, creates go on
     assert (await sh(agent, box, "echo up")).stdout == b"up\n"
     await destroy(agent, box)
+
+
+async def test_a_checkpointed_capsule_comes_back_with_its_disk_after_a_host_reboot(
+    agent: AgentHandle, limited: None
+) -> None:
+    """A reboot of the host takes every mount: a paused (checkpointed) capsule's disk is mounted again when it
+    resumes, with its files and its limit."""
+    box = await create(agent, memory_mb=256, disk_size_mb=DISK_MB)
+    ref = pb.SandboxRef(sandbox_id=box.sandbox_id)
+    manager = agent.agent.manager
+    assert manager is not None
+    try:
+        await sh(agent, box, "echo kept > /root/kept && dd if=/dev/zero of=/root/half bs=1M count=300")
+        manager.checkpoint_after_sec = 0.2
+        name, workdir = guest(agent.settings.dir, box.sandbox_id)
+        await agent.stub.PauseSandbox(ref, metadata=agent.md)
+        for _ in range(200):
+            if (workdir / "checkpoint" / "checkpoint.img").is_file():
+                break
+            await asyncio.sleep(0.1)
+        assert (workdir / "checkpoint" / "checkpoint.img").is_file(), "no checkpoint after the delay"
+        await agent.agent.stop()
+        # The reboot, as far as the capsule's files go: its mounts are gone (the overlay first, then its disk).
+        disk = (workdir / "fs").resolve() if (workdir / "fs").is_symlink() else None
+        for target in [workdir / "rootfs", *([disk] if disk is not None else [])]:
+            if target.is_mount():
+                subprocess.run(["umount", str(target)], check=True)
+        assert mounts_naming(name) == [] and (disk is None or not disk.is_mount())
+        await agent.restart()
+        assert (await agent.stub.ResumeSandbox(ref, metadata=agent.md)).status == pb.SANDBOX_STATUS_RUNNING
+        assert (await sh(agent, box, "cat /root/kept")).stdout == b"kept\n"
+        assert 100 < await fill(agent, box, "/root/more") <= DISK_MB - 300
+    finally:
+        manager = agent.agent.manager
+        assert manager is not None
+        manager.checkpoint_after_sec = agent.settings.checkpoint_after_sec
+        await destroy(agent, box)

@@ -325,6 +325,9 @@ async def _mount_overlay(layers: list[Path], capsule: CapsuleDir) -> Path:
     for lower in layers:
         if not lower.is_dir():
             raise RuntimeFailure(f"template layer {lower} is missing; run `wrenn image build`")
+    if capsule.disk_link.is_symlink() and not os.path.ismount(capsule.disk_link.resolve()):
+        # Its files would land on the host, unlimited, and its own would seem gone.
+        raise RuntimeFailure(f"the disk of capsule {capsule.name} is not mounted")
     upper, work, merged = capsule.upper, capsule.overlay_work, capsule.rootfs
     for d in (upper, work, merged):
         d.mkdir(parents=True, exist_ok=True)
