@@ -104,7 +104,8 @@ def doctor() -> None:
         table.add_row(f"runtime {name}", "yes" if p.available else "no", p.reason)
         if p.available:  # what it enforces and can do here (its capabilities, as the scheduler reads them)
             caps = dataclasses.asdict(surveyed[name][1])
-            table.add_row(f"  {name} capabilities", "", ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in caps.items()))
+            listed = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in caps.items())
+            table.add_row(f"  {name} capabilities", "", listed)
     try:
         chosen = asyncio.run(select_runtime("auto", _data_dir())).name
     except NoRuntime as exc:
