@@ -224,3 +224,28 @@ async def test_a_checkpointed_capsule_comes_back_with_its_disk_after_a_host_rebo
         assert manager is not None
         manager.checkpoint_after_sec = agent.settings.checkpoint_after_sec
         await destroy(agent, box)
+
+
+async def test_every_way_a_capsule_starts_gives_it_its_own_limited_disk(agent: AgentHandle, limited: None) -> None:
+    """A boot, a restore of the template's prepared checkpoint, a warm guest from the pool: each capsule's
+    writes stop at its own size, and one's full disk is not another's."""
+    manager = agent.agent.manager
+    assert manager is not None
+    size = {"vcpus": 1, "memory_mb": 320, "disk_size_mb": DISK_MB}  # a size no other test uses: it starts cold
+    for prepared in (agent.settings.dir / "images" / "minimal" / "current").resolve().glob("prepared/1x320x*"):
+        shutil.rmtree(prepared)  # made by an earlier run
+    boxes = [await create(agent, **size)]
+    for _ in range(600):  # prepared, then one guest restored from it
+        if any(guests for key, guests in manager.pool.ready.items() if key.memory_mb == 320):
+            break
+        await asyncio.sleep(0.1)
+    boxes += [await create(agent, **size), await create(agent, **size)]
+    try:
+        starts = [box.metadata["start"] for box in boxes]
+        assert starts[:2] == ["boot", "pool"] and starts[2] in ("pool", "restore"), starts
+        for box in boxes:
+            assert DISK_MB / 2 < await fill(agent, box, "/root/fill") <= DISK_MB
+        for box in boxes:
+            assert (await sh(agent, box, "rm /root/fill && echo freed")).stdout == b"freed\n"
+    finally:
+        await destroy(agent, *boxes)
