@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import os
@@ -69,7 +68,7 @@ def image_build(force: bool = typer.Option(False, help="Rebuild even when the in
 def doctor() -> None:
     """Report what this machine can run, and why."""
     from .hostagent.kvm import probe_kvm
-    from .hostagent.runtimes import RUNTIMES, NoRuntime, select_runtime, survey
+    from .hostagent.runtimes import RUNTIMES, NoRuntime, probe_all, select_runtime
     from .images.builder import ImagePaths, is_current
 
     table = Table(title="wrenn doctor", show_lines=False)
@@ -89,8 +88,7 @@ def doctor() -> None:
         str(image.current) if is_current(image) else "run `wrenn image build`",
     )
     table.add_row("microVM image", *_vm_outputs(image))
-    surveyed = asyncio.run(survey(_data_dir()))
-    probes = {name: probe for name, (probe, _) in surveyed.items()}
+    probes = asyncio.run(probe_all(_data_dir()))
     accelerator = probes["microvm"].details.get("accelerator", "tcg")
     table.add_row(
         "microVM accelerator",
@@ -102,10 +100,6 @@ def doctor() -> None:
     for name in RUNTIMES:
         p = probes[name]
         table.add_row(f"runtime {name}", "yes" if p.available else "no", p.reason)
-        if p.available:  # what it enforces and can do here (its capabilities, as the scheduler reads them)
-            caps = dataclasses.asdict(surveyed[name][1])
-            listed = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in caps.items())
-            table.add_row(f"  {name} capabilities", "", listed)
     try:
         chosen = asyncio.run(select_runtime("auto", _data_dir())).name
     except NoRuntime as exc:

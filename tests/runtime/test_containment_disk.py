@@ -18,8 +18,8 @@ import pytest
 from tests.guests import guest
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 
+from .calls import create, new_id, sh
 from .conftest import AgentHandle
-from .test_conformance import create, new_id, sh
 
 pytestmark = pytest.mark.runtime
 
@@ -249,3 +249,25 @@ async def test_every_way_a_capsule_starts_gives_it_its_own_limited_disk(agent: A
             assert (await sh(agent, box, "rm /root/fill && echo freed")).stdout == b"freed\n"
     finally:
         await destroy(agent, *boxes)
+
+
+async def test_an_agent_that_stops_leaves_no_disk_of_its_own_behind(agent: AgentHandle, limited: None) -> None:
+    """Disks made ahead for capsules to come (gVisor's spares) go with the agent; the capsules' stay."""
+    box = await create(agent, memory_mb=256, disk_size_mb=DISK_MB)
+    disks = agent.settings.dir / "disks"
+    _name, workdir = guest(agent.settings.dir, box.sandbox_id)
+    try:
+        for _ in range(100):  # the spares of this size, made after the create
+            if len(loop_devices_under(disks)) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        kept = loop_devices_under(workdir)
+        own = f"{(workdir / 'fs').resolve()} " if (workdir / "fs").is_symlink() else None  # where its disk is
+        await agent.agent.stop()
+        assert loop_devices_under(disks) == []
+        assert [line for line in mounts_naming(f"{disks}/") if own is None or own not in line] == []
+        assert loop_devices_under(workdir) == kept  # the capsule's own disk stays, mounted
+        await agent.restart()
+        assert (await sh(agent, box, "echo on")).stdout == b"on\n"
+    finally:
+        await destroy(agent, box)

@@ -151,6 +151,7 @@ class SandboxManager:
 
     async def close(self) -> None:
         await self.pool.close()
+        await self.runtime.close()
         self.reaper.stop()
         self.pauser.close()
         await self.sampler.stop()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..kvm import probe_kvm
 from ..layout import DataDir
-from .base import Capabilities, Probe, Runtime
+from .base import Probe, Runtime
 from .gvisor import GVisorConfig, GVisorRuntime
 from .microvm import MicroVMConfig, MicroVMRuntime
 
@@ -48,16 +48,7 @@ def auto_order() -> tuple[str, ...]:
 
 
 async def probe_all(data_dir: Path) -> dict[str, Probe]:
-    return {name: probe for name, (probe, _) in (await survey(data_dir)).items()}
-
-
-async def survey(data_dir: Path) -> dict[str, tuple[Probe, Capabilities]]:
-    """Each runtime's probe, and what it can do here (its capabilities, measured by the probe)."""
-    found = {}
-    for name in RUNTIMES:
-        runtime = build_runtime(name, data_dir)
-        found[name] = (await runtime.probe(), runtime.capabilities)
-    return found
+    return {name: await build_runtime(name, data_dir).probe() for name in RUNTIMES}
 
 
 async def select_runtime(name: str, data_dir: Path) -> Runtime:

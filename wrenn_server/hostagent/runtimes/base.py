@@ -74,7 +74,7 @@ class Usage:
 
 class Runtime(Protocol):
     name: ClassVar[str]
-    capabilities: Capabilities  # what this runtime can do here: fixed, or measured by `probe()`
+    capabilities: Capabilities  # as the last `probe()` measured them; `NO_CAPABILITIES` before one
 
     async def probe(self) -> Probe: ...
 
@@ -105,3 +105,6 @@ class Runtime(Protocol):
 
     async def thaw(self, sandbox_id: str) -> None:
         """Continue a frozen guest."""
+
+    async def close(self) -> None:
+        """Let go of what the runtime keeps for guests to come (gVisor: its spare disks); guests stay."""

@@ -237,6 +237,9 @@ class GVisorRuntime:
         await _set_frozen(sandbox_id, False)
         await proc.run(self._runsc("resume", sandbox_id), timeout=30)
 
+    async def close(self) -> None:
+        await self._disks.close()
+
 
 _CGROUPS = Path("/sys/fs/cgroup")
 _FREEZE_POLL_SEC, _FREEZE_WAIT_SEC = 0.002, 10.0
