@@ -45,6 +45,7 @@ class HostAgent:
             checkpoint_after_sec=self.settings.checkpoint_after_sec,
             pool_size=self.settings.pool_size,
             pool_min_free_mb=self.settings.pool_min_free_mb,
+            disk_reserve_mb=self.settings.disk_reserve_mb,
         )
         await self.manager.start()
         self.servicer = Servicer(self.manager, self.auth)

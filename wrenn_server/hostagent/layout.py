@@ -5,6 +5,8 @@
                                             `checkpoint/`; `deleted` once it is to go
     <template>/prepared/<size>-<stamp>/     a prepared checkpoint of a template, laid out like a snapshot template
     <data>/sandboxes/<name>/                a capsule's (or a warm guest's) working directory
+    <data>/disks/<id>/                      where a capsule's own disk (gVisor: `<name>/disk.ext4`) is mounted;
+                                            `<id>.ext4` beside it: a spare disk, made ahead, not yet a capsule's
     <data>/runsc/                           runsc's own state
     <data>/host-credentials.json            what the agent got at registration
 
@@ -55,6 +57,11 @@ class DataDir:
     def capsule(self, name: str) -> CapsuleDir:
         """The working directory of the guest the runtime knows as `name` (a record's `name`)."""
         return CapsuleDir(self.sandboxes / name)
+
+    @property
+    def disks(self) -> Path:
+        """Mount points of the capsules' own disks, and spare disks made ahead."""
+        return self.root / "disks"
 
     @property
     def runsc_state(self) -> Path:
@@ -140,13 +147,30 @@ class CapsuleDir:
         return self.path / "state.json"
 
     @property
+    def disk_image(self) -> Path:
+        """gVisor: the capsule's own disk, an ext4 file of its `disk_size_mb`, which holds `upper` and `work`."""
+        return self.path / "disk.ext4"
+
+    @property
+    def disk_link(self) -> Path:
+        """gVisor: a link to where `disk_image` is mounted (`<data>/disks/<id>/`)."""
+        return self.path / "fs"
+
+    @property
+    def _files(self) -> Path:
+        """Where the overlay's directories are: on the capsule's own disk if it has one (older capsules, and
+        hosts without loop devices, keep them as plain directories here)."""
+        return self.disk_link if self.disk_link.is_symlink() else self.path
+
+    @property
     def upper(self) -> Path:
         """The capsule's own files over its template (gVisor: an overlay's upper layer)."""
-        return self.path / "upper"
+        return self._files / "upper"
 
     @property
     def overlay_work(self) -> Path:
-        return self.path / "work"
+        """The overlay's work directory: on the same filesystem as `upper`, as overlayfs requires."""
+        return self._files / "work"
 
     @property
     def rootfs(self) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from wrenn_server.proto.envd import ProcessRef, StartRequest
 from wrenn_server.proto.limits import MIN_MEMORY_MB
 
 from .envd_client import EnvdClient, ProcessEvent
-from .errors import AgentError, InvalidArgument, NotFound, RuntimeFailure, WrongState
+from .errors import AgentError, InvalidArgument, NoCapacity, NotFound, RuntimeFailure, WrongState
 from .launcher import Guest, Launcher, Size
 from .layout import TemplateDir
 from .metrics import Sampler
@@ -71,6 +72,17 @@ def _check_size(req: CreateRequest) -> None:
         raise InvalidArgument("disk_size_mb must not be negative")
 
 
+def _check_disk_reserve(data_dir: Path, reserve_mb: int) -> None:
+    """Refuse a capsule while the host's disk has less free than the reserve kept for its own data: at once,
+    rather than a capsule (or the database) failing later for want of space."""
+    free_mb = shutil.disk_usage(data_dir).free // 2**20
+    if free_mb < reserve_mb:
+        raise NoCapacity(
+            f"this host's disk has {free_mb} MiB free, under the {reserve_mb} MiB it keeps for its own data "
+            "(WRENN_DISK_RESERVE_MB): it takes no new capsules until space is freed"
+        )
+
+
 class SandboxManager:
     def __init__(
         self,
@@ -80,8 +92,10 @@ class SandboxManager:
         checkpoint_after_sec: float = 10.0,
         pool_size: int = 1,
         pool_min_free_mb: int = 2048,
+        disk_reserve_mb: int = 0,
     ) -> None:
         self.runtime = runtime
+        self.disk_reserve_mb = disk_reserve_mb
         self.network = network
         self.storage = storage
         self.launcher = Launcher(runtime, network, storage.data)
@@ -137,6 +151,7 @@ class SandboxManager:
 
     async def close(self) -> None:
         await self.pool.close()
+        await self.runtime.close()
         self.reaper.stop()
         self.pauser.close()
         await self.sampler.stop()
@@ -154,6 +169,7 @@ class SandboxManager:
             existing = self.registry.find(req.sandbox_id)
             if existing is not None:
                 return existing
+            _check_disk_reserve(self.storage.root, self.disk_reserve_mb)
             template_dir = self.storage.template_dir(req.team_id, req.template_id, req.template)
             made_by = TemplateDir(template_dir).runtime()
             if made_by not in (None, self.runtime.name):

@@ -35,6 +35,12 @@ class AgentSettings(BaseSettings):
     pool_min_free_mb: int = Field(
         2048, ge=0, description="The warm pool is only refilled while the machine keeps this much memory free."
     )
+    disk_reserve_mb: int = Field(
+        4096,
+        ge=0,
+        description="Free disk (MiB) the data directory's filesystem keeps for the host's own data (database, "
+        "images): while it has less, new capsules are refused (no capacity); 0 turns the check off.",
+    )
 
     @property
     def advertised_address(self) -> str:

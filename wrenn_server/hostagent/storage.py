@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import NotFound
 from .layout import DELETED_FILE, SNAPSHOT_FILE, CapsuleDir, DataDir, TemplateDir
+from .runtimes.loopdisk import LoopDisks
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,11 @@ class Storage:
 
     @staticmethod
     def disk_used(capsule: CapsuleDir) -> int:
-        """Bytes the capsule wrote on top of its template (its overlay upper layer, or its qcow2 overlay)."""
+        """Bytes the capsule wrote on top of its template: its own disk's used blocks (gVisor), or its overlay
+        upper layer (older gVisor capsules, hosts without loop devices), or its qcow2 overlay (microVM)."""
+        own = LoopDisks.used_bytes(capsule)
+        if own is not None:
+            return own
         try:
             overlay = capsule.disk.stat().st_blocks * 512
         except OSError:

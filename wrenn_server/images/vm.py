@@ -41,7 +41,8 @@ INIT = """#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t devtmpfs dev /dev
 for m in {modules}; do /bin/busybox insmod /lib/modules/$m.ko || echo "wrenn initramfs: insmod $m failed"; done
-if ! /bin/busybox mount -t ext4 /dev/vda /newroot; then
+# discard: a file removed in the guest frees its blocks in the qcow2 on the host, so disk_used stays true.
+if ! /bin/busybox mount -t ext4 -o discard /dev/vda /newroot; then
   echo "wrenn initramfs: no root disk (/dev/vda)"; /bin/busybox poweroff -f
 fi
 /bin/busybox umount /proc

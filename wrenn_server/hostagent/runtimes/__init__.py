@@ -21,7 +21,9 @@ class NoRuntime(Exception):
 def build_runtime(name: str, data_dir: Path) -> Runtime:
     data = DataDir(data_dir)
     if name == "gvisor":
-        return GVisorRuntime(GVisorConfig(state_dir=data.runsc_state))
+        return GVisorRuntime(
+            GVisorConfig(state_dir=data.runsc_state, disks_dir=data.disks, sandboxes_dir=data.sandboxes)
+        )
     if name == "microvm":
         return MicroVMRuntime(MicroVMConfig(sandboxes_dir=data.sandboxes, image_dir=data.minimal_current))
     raise NoRuntime(f"unknown runtime {name!r}; choose one of: auto, {', '.join(RUNTIMES)}")

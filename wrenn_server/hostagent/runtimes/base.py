@@ -26,7 +26,7 @@ class Capabilities:
     pause_with_memory: bool  # a checkpoint keeps the guest's memory and processes, and a restore continues them
     snapshot: bool  # a running guest can be saved as a template that new capsules continue
     hardware_acceleration: bool  # guest code runs on hardware virtualisation (measured: KVM really used)
-    disk_size_limit: bool  # `disk_size_mb` bounds the guest's disk (gVisor's writes go to the host's disk)
+    disk_size_limit: bool  # `disk_size_mb` bounds the guest's writes (ENOSPC inside past it)
     # A guest with open TCP connections can be checkpointed (they continue after the restore); runsc 20221219
     # cannot, and a failed checkpoint kills its guest.
     checkpoint_keeps_connections: bool
@@ -136,3 +136,6 @@ class Runtime(Protocol):
 
     async def thaw(self, sandbox_id: str) -> None:
         """Continue a frozen guest."""
+
+    async def close(self) -> None:
+        """Let go of what the runtime keeps for guests to come (gVisor: its spare disks); guests stay."""

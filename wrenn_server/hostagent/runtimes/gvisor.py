@@ -1,12 +1,15 @@
 """gVisor back end: each capsule is a `runsc` container in the capsule network namespace.
 
 The root filesystem is a host overlayfs mount: the template's rootfs directory as the read-only lower layer and
-a per-capsule upper directory, so a capsule's changes are plain files on disk and survive a checkpoint.
+a per-capsule upper directory, so a capsule's changes are plain files on disk and survive a checkpoint. The upper
+directory is on the capsule's own disk, a loop-mounted ext4 file of its `disk_size_mb` (`loopdisk.py`), where
+this host has loop devices.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -22,6 +25,7 @@ from ..errors import RuntimeFailure
 from ..kvm import probe_kvm
 from ..layout import CapsuleDir, TemplateDir
 from .base import NO_CAPABILITIES, Capabilities, Probe, RuntimeState, SandboxSpec, Usage
+from .loopdisk import LoopDisks
 
 INIT = "/usr/local/bin/wrenn-init"
 # runsc refuses a sandbox network when it believes it runs in the root network namespace, which it decides
@@ -58,6 +62,8 @@ _CGROUP_HEADROOM_MB = 128
 @dataclass(frozen=True)
 class GVisorConfig:
     state_dir: Path
+    disks_dir: Path  # the capsules' own disks (see `loopdisk.py`)
+    sandboxes_dir: Path
     runsc: str = "runsc"
 
 
@@ -66,6 +72,7 @@ class GVisorRuntime:
 
     def __init__(self, config: GVisorConfig) -> None:
         self._config = config
+        self._disks = LoopDisks(config.disks_dir, config.sandboxes_dir)
         self.capabilities = NO_CAPABILITIES
         # Measured here: ptrace beats systrap (runsc 2023+) on VMs without hardware virtualisation.
         self._platform = "kvm" if probe_kvm().usable else "ptrace"
@@ -84,11 +91,12 @@ class GVisorRuntime:
         except RuntimeFailure as exc:
             return Probe(False, f"runsc does not run: {exc.message}")
         first = version.stdout.decode().splitlines()[0] if version.stdout else "unknown"
+        no_disks = await self._disks.works()
         self.capabilities = Capabilities(
             pause_with_memory=True,
             snapshot=True,
             hardware_acceleration=self._platform == "kvm",  # the Sentry on hardware KVM; ptrace traps instead
-            disk_size_limit=False,  # writes go to the capsule's upper directory on the host's disk, unbounded
+            disk_size_limit=no_disks is None,  # a loop-mounted ext4 of its size holds its writes
             checkpoint_keeps_connections=False,  # runsc 20221219 fails (and kills the guest) on one
             guest_sees_vcpus=False,  # the Sentry shows the host's CPUs; the cgroup caps the time it gets
             guest_kernel=False,  # the Sentry: no serial console, no sysrq, no kernel panic
@@ -97,11 +105,15 @@ class GVisorRuntime:
             restores=frozenset({self.name}),
         )
         details = {"platform": self._platform, "binary": binary}
+        details["disk_size_limit"] = "loop-mounted ext4" if no_disks is None else f"none: {no_disks}"
         return Probe(True, f"{first}, platform {self._platform}", details, self.capabilities)
 
     async def create(self, spec: SandboxSpec) -> None:
         self._config.state_dir.mkdir(parents=True, exist_ok=True)
         template, capsule = TemplateDir(spec.template_dir), CapsuleDir(spec.workdir)
+        capsule.path.mkdir(parents=True, exist_ok=True)
+        if self.capabilities.disk_size_limit and spec.disk_size_mb > 0:
+            await self._disks.attach(capsule, spec.disk_size_mb)
         rootfs = await _mount_overlay(template.layers(), capsule)
         bundle = capsule.bundle
         bundle.mkdir(exist_ok=True)
@@ -154,8 +166,13 @@ class GVisorRuntime:
             raise RuntimeFailure(f"runsc could not start the capsule: {tail}")
 
     async def destroy(self, sandbox_id: str, workdir: Path) -> None:
+        if _frozen(sandbox_id):  # a frozen process cannot die: it would hold its mounts and disk for ever
+            with contextlib.suppress(RuntimeFailure):
+                await _set_frozen(sandbox_id, False)
         await proc.run(self._runsc("delete", "--force", sandbox_id), check=False, timeout=30)
-        await _unmount(CapsuleDir(workdir).rootfs)
+        capsule = CapsuleDir(workdir)
+        await _unmount(capsule.rootfs)
+        await self._disks.detach(capsule)
 
     async def state(self, sandbox_id: str) -> RuntimeState:
         done = await proc.run(self._runsc("state", sandbox_id), check=False, timeout=15)
@@ -200,7 +217,9 @@ class GVisorRuntime:
 
     async def restore(self, spec: SandboxSpec, checkpoint_dir: Path) -> None:
         capsule = CapsuleDir(spec.workdir)
-        await _mount_overlay(TemplateDir(spec.template_dir).layers(), capsule)  # gone after a reboot of the host
+        if capsule.disk_link.is_symlink():  # both mounts are gone after a reboot of the host
+            await self._disks.mount(capsule)
+        await _mount_overlay(TemplateDir(spec.template_dir).layers(), capsule)
         bundle = capsule.bundle
         command = ["restore", "--detach", "--image-path", str(checkpoint_dir), "--bundle", str(bundle), spec.sandbox_id]
         try:
@@ -224,6 +243,9 @@ class GVisorRuntime:
     async def thaw(self, sandbox_id: str) -> None:
         await _set_frozen(sandbox_id, False)
         await proc.run(self._runsc("resume", sandbox_id), timeout=30)
+
+    async def close(self) -> None:
+        await self._disks.close()
 
 
 _CGROUPS = Path("/sys/fs/cgroup")
@@ -313,6 +335,9 @@ async def _mount_overlay(layers: list[Path], capsule: CapsuleDir) -> Path:
     for lower in layers:
         if not lower.is_dir():
             raise RuntimeFailure(f"template layer {lower} is missing; run `wrenn image build`")
+    if capsule.disk_link.is_symlink() and not os.path.ismount(capsule.disk_link.resolve()):
+        # Its files would land on the host, unlimited, and its own would seem gone.
+        raise RuntimeFailure(f"the disk of capsule {capsule.name} is not mounted")
     upper, work, merged = capsule.upper, capsule.overlay_work, capsule.rootfs
     for d in (upper, work, merged):
         d.mkdir(parents=True, exist_ok=True)
@@ -332,8 +357,11 @@ async def _mount_overlay(layers: list[Path], capsule: CapsuleDir) -> Path:
 
 
 async def _unmount(path: Path) -> None:
+    """At once if nothing uses it (the disk under it can then go too), else as soon as nothing does."""
     if os.path.ismount(path):
-        await proc.run(["umount", "-l", str(path)], check=False)
+        done = await proc.run(["umount", str(path)], check=False)
+        if done.returncode != 0:
+            await proc.run(["umount", "-l", str(path)], check=False)
 
 
 def _oci_spec(spec: SandboxSpec, rootfs: Path) -> dict[str, Any]:

@@ -343,6 +343,9 @@ class MicroVMRuntime:
         async with Qmp.connect(capsule.qmp_socket) as q:
             await q.execute("cont")
 
+    async def close(self) -> None:
+        return None  # it keeps nothing for guests to come
+
     async def checkpoint(self, sandbox_id: str, checkpoint_dir: Path) -> None:
         """`checkpoint.img` appears last, complete, with the memory beside it: an agent killed on the way leaves
         either a whole checkpoint or a guest that `state` finds paused and `thaw` continues."""
