@@ -7,6 +7,7 @@ It creates and destroys capsules itself and hands the rest to the pieces it asse
     pausing.Pauser       pause (freeze now, checkpoint later) and resume (thaw, or restore)
     reaper.Reaper        guests that stopped on their own; capsules idle for too long
     recovery.Recovery    re-adopting capsules at agent start
+    revival.Revival      capsules that ended, started again from their disk
     templates.Templates  snapshots of capsules, and templates no longer used
 """
 
@@ -33,6 +34,7 @@ from .pool import Key, WarmPool
 from .reaper import Reaper
 from .recovery import Recovery
 from .registry import Registry, Sandbox, Start
+from .revival import Revival
 from .runtimes.base import Runtime, Usage
 from .state import RecordStore, SandboxRecord, SandboxStatus
 from .storage import Storage
@@ -90,6 +92,7 @@ class SandboxManager:
         self.pauser = Pauser(runtime, network, self.registry, self.launcher, checkpoint_after_sec)
         self.templates = Templates(runtime, network, storage, self.registry, self.launcher, self.pool)
         self.reaper = Reaper(runtime, self.registry, self.launcher, self.pauser)
+        self.revival = Revival(network, self.registry, self.launcher)
         self.sampler = Sampler(self._usage, self.registry.running_vcpus, self._disk_used_now)
 
     # -- the pieces' state, as the service and the tests see it --------------------------------------------
@@ -128,8 +131,8 @@ class SandboxManager:
 
     async def start(self) -> None:
         """Re-adopt the capsules that outlived the previous agent; report the ones that did not."""
-        live = await Recovery(self.runtime, self.network, self.registry, self.pauser).run()
-        self.storage.collect_unused_templates({r.template_dir for r in live})
+        await Recovery(self.runtime, self.network, self.registry, self.pauser, self.revival).run()
+        self.storage.collect_unused_templates(self.registry.templates_in_use())  # tombstones' too: kept disks
         self.network.refill()
         self.sampler.start()
         await self.pool.start(self.storage.default_template())
@@ -244,6 +247,13 @@ class SandboxManager:
         return await self.pauser.pause(sandbox_id)
 
     async def resume(self, sandbox_id: str) -> Sandbox:
+        """A paused capsule continued; one that ended (a tombstone) started again from its disk."""
+        async with self.registry.lock(sandbox_id):
+            ended = self.registry.find(sandbox_id) is None and sandbox_id in {
+                r.sandbox_id for r in self.registry.tombstones()
+            }
+            if ended:
+                return await self.revival.revive(self.registry.record_of(sandbox_id))
         return await self.pauser.resume(sandbox_id)
 
     async def snapshot(self, sandbox_id: str, team_id: str, template_id: str) -> Path:

@@ -11,9 +11,11 @@ import logging
 import time
 
 from .envd_client import EnvdClient
+from .errors import AgentError
 from .network import Network, Slot
 from .pausing import Pauser
 from .registry import Registry, Sandbox
+from .revival import Revival
 from .runtimes.base import Runtime, RuntimeState
 from .state import PausedMode, SandboxRecord, SandboxStatus
 
@@ -21,11 +23,14 @@ log = logging.getLogger(__name__)
 
 
 class Recovery:
-    def __init__(self, runtime: Runtime, network: Network, registry: Registry, pauser: Pauser) -> None:
+    def __init__(
+        self, runtime: Runtime, network: Network, registry: Registry, pauser: Pauser, revival: Revival
+    ) -> None:
         self.runtime = runtime
         self.network = network
         self.registry = registry
         self.pauser = pauser
+        self.revival = revival
 
     async def run(self) -> list[SandboxRecord]:
         """Re-adopt what lives on; keep a tombstone of the rest (their guests and slots released). Answers the
@@ -72,7 +77,23 @@ class Recovery:
         await asyncio.gather(*(self.pauser.finish_resume(sandbox) for sandbox in running))
         for record in lost:
             await self.registry.release(record, Slot(record.slot), keep_record=True)
-        return live
+        for record in live + lost:
+            if record.snapshotting:
+                await self._settle_snapshot(record)
+        return live + [r for r in lost if r.status is SandboxStatus.RUNNING]
+
+    async def _settle_snapshot(self, record: SandboxRecord) -> None:
+        """A snapshot the previous agent died in: its half-made template removed; the capsule, if its guest
+        went with the checkpoint, started again from its disk (its files; its processes are gone)."""
+        await self.revival.forget_snapshot(record)
+        if record.status is not SandboxStatus.ERROR:
+            return  # found running, or frozen (then paused)
+        try:
+            await self.revival.revive(record)
+        except AgentError as exc:
+            record.error = f"the capsule did not come back after a snapshot cut short: {exc.message}"
+            self.registry.records.save(record)
+            log.warning("capsule %s: %s", record.sandbox_id, record.error)
 
     def _settle(self, record: SandboxRecord, state: RuntimeState) -> bool:
         """Where a capsule found at start really is: running, or paused with its state intact (the record is

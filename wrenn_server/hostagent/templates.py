@@ -52,9 +52,13 @@ class Templates:
             new = staging(target, template_id)
             await asyncio.to_thread(shutil.rmtree, new, True)
             about: dict[str, object] = {"base": record.template_dir, "source": sandbox_id}
+            record.snapshotting = str(new)  # an agent that dies before the end: the next one settles it
+            self.registry.records.save(record)
             try:
                 await save_template(self.runtime, record.name, self.registry.records.capsule(record), new, about)
             except AgentError as exc:
+                record.snapshotting = ""
+                await asyncio.to_thread(shutil.rmtree, new, True)
                 self.registry.lost(record, f"the snapshot failed: {exc.message}")
                 raise RuntimeFailure(record.error) from exc
             if target.exists():  # overwrite: capsules made from the old one keep it until they go
@@ -67,8 +71,11 @@ class Templates:
                 await self.network.readdress(sandbox.slot)
                 await self.launcher.restore(sandbox.guest, sandbox.size, TemplateDir(target).checkpoint_dir.path)
             except AgentError as exc:
+                record.snapshotting = ""
                 self.registry.lost(record, f"the capsule did not come back after its snapshot: {exc.message}")
                 raise RuntimeFailure(record.error) from exc
+            record.snapshotting = ""
+            self.registry.records.save(record)
             sandbox.touch()
             return target
 

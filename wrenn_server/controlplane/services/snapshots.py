@@ -61,6 +61,31 @@ class SnapshotService:
                 raise HostUnavailable("the sandbox's host is gone")
             vcpus, memory_mb, host_ref = row.vcpus, row.memory_mb, HostRef.of(host)
         actor = Actor.of(principal)
+        # From before the row says `snapshotting` until it says how it ended: the reconciler leaves it (one whose
+        # control plane died meanwhile it settles from the host, docs/lifecycle.md).
+        self._capsules.transition_started(sandbox_id)
+        try:
+            info = await self._snapshot_on_agent(principal, sandbox_id, template_id, host_ref, actor)
+        finally:
+            self._capsules.transition_ended(sandbox_id)
+        await self._events.state_changed(sandbox_id, Status.SNAPSHOTTING, Status.RUNNING, actor)
+        async with self._sessionmaker() as session:
+            template = await session.get(Template, template_id)
+            if template is None:
+                template = Template(id=template_id, name=name, type="snapshot", team_id=principal.team_id)
+                session.add(template)
+            template.vcpus, template.memory_mb, template.size_bytes = vcpus, memory_mb, info.size_bytes
+            template.meta = {"host_id": str(host_ref.id), "source": format_id(Kind.SANDBOX, sandbox_id)}
+            template.created_at = utcnow()
+            await session.commit()
+            await session.refresh(template)
+        await self._events.template(EventName.TEMPLATE_SNAPSHOT_CREATE, principal, name)
+        return template
+
+    async def _snapshot_on_agent(
+        self, principal: Principal, sandbox_id: uuid.UUID, template_id: uuid.UUID, host_ref: HostRef, actor: Actor
+    ) -> pb.TemplateInfo:
+        """`running` → `snapshotting` → SnapshotSandbox → `running` (or where the agent says the capsule is)."""
         if await lifecycle.set_status(self._sessionmaker, sandbox_id, [Status.RUNNING], Status.SNAPSHOTTING) is None:
             raise not_running(await self._capsules.get(principal, sandbox_id))
         await self._events.state_changed(sandbox_id, Status.RUNNING, Status.SNAPSHOTTING, actor)
@@ -77,19 +102,7 @@ class SnapshotService:
             await self._events.state_changed(sandbox_id, Status.SNAPSHOTTING, back, actor, reason)
             raise
         await lifecycle.set_status(self._sessionmaker, sandbox_id, [Status.SNAPSHOTTING], Status.RUNNING)
-        await self._events.state_changed(sandbox_id, Status.SNAPSHOTTING, Status.RUNNING, actor)
-        async with self._sessionmaker() as session:
-            template = await session.get(Template, template_id)
-            if template is None:
-                template = Template(id=template_id, name=name, type="snapshot", team_id=principal.team_id)
-                session.add(template)
-            template.vcpus, template.memory_mb, template.size_bytes = vcpus, memory_mb, info.size_bytes
-            template.meta = {"host_id": str(host_ref.id), "source": format_id(Kind.SANDBOX, sandbox_id)}
-            template.created_at = utcnow()
-            await session.commit()
-            await session.refresh(template)
-        await self._events.template(EventName.TEMPLATE_SNAPSHOT_CREATE, principal, name)
-        return template
+        return info
 
     async def list(self, principal: Principal, type_: str | None) -> list[Template]:
         async with self._sessionmaker() as session:

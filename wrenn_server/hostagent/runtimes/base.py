@@ -57,6 +57,9 @@ class SandboxSpec:
     memory_mb: int
     disk_size_mb: int
     network: GuestNetwork
+    # Boot from the capsule's own disk as it is (its files kept, its template's checkpoint not restored): a
+    # capsule whose guest ended, started again.
+    cold: bool = False
 
 
 class RuntimeState(enum.StrEnum):

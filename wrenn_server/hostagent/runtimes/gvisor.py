@@ -99,7 +99,7 @@ class GVisorRuntime:
         bundle = capsule.bundle
         bundle.mkdir(exist_ok=True)
         (bundle / "config.json").write_text(json.dumps(_oci_spec(spec, rootfs)))
-        checkpoint = template.checkpoint()
+        checkpoint = None if spec.cold else template.checkpoint()
         if checkpoint is None:
             command = ["run", "--detach", "--bundle", str(bundle), spec.sandbox_id]
         else:  # a snapshot template: its guest continues, processes and all, in this new capsule

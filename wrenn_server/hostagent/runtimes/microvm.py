@@ -176,6 +176,9 @@ class MicroVMRuntime:
         if checkpoint is not None and not checkpoint.machine.is_file():
             raise RuntimeFailure(f"template {spec.template_dir.name} was saved by another runtime, not by microvm")
         capsule.path.mkdir(parents=True, exist_ok=True)
+        if spec.cold and capsule.disk.is_file():  # its own disk, as it is: a fresh boot of it
+            await self._launch(spec, _machine(spec), incoming=None)
+            return
         base = template.disk if checkpoint is not None else template.image().disk
         if not base.is_file():
             raise RuntimeFailure(f"the template's disk {base} is missing; run `wrenn image build`")
