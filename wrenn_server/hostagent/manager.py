@@ -24,7 +24,7 @@ from wrenn_server.proto.envd import ProcessRef, StartRequest
 from wrenn_server.proto.limits import MIN_MEMORY_MB
 
 from .envd_client import EnvdClient, ProcessEvent
-from .errors import AgentError, InvalidArgument, NotFound, RuntimeFailure, WrongState
+from .errors import AgentError, InvalidArgument, NotFound, RuntimeFailure, Unreachable, WrongState
 from .launcher import Guest, Launcher, Size
 from .layout import TemplateDir
 from .metrics import Sampler
@@ -39,6 +39,9 @@ from .runtimes.base import Runtime, Usage
 from .state import RecordStore, SandboxRecord, SandboxStatus
 from .storage import Storage
 from .templates import Templates
+
+# How long a capsule whose agent stopped answering is watched for its guest's exit (explain()).
+EXIT_CHECKS, EXIT_WAIT = 10, 0.1
 
 
 @dataclass(frozen=True)
@@ -261,6 +264,24 @@ class SandboxManager:
 
     async def delete_template(self, team_id: str, template_id: str) -> None:
         await self.templates.delete(team_id, template_id)
+
+    async def explain(self, sandbox_id: str, exc: Unreachable) -> AgentError:
+        """Why the capsule's agent stopped answering: its guest ended (the capsule ends now, saying why, a
+        guest's exit being seen a moment after its connections drop), or `exc` as it is."""
+        sandbox = self.registry.find(sandbox_id)
+        if sandbox is not None:
+            for _ in range(EXIT_CHECKS):
+                if self.runtime.exited(sandbox.record.name):
+                    await self.reaper.reap_exited()
+                    break
+                await asyncio.sleep(EXIT_WAIT)
+        try:
+            record = self.registry.record_of(sandbox_id)
+        except AgentError:
+            return exc
+        if record.status is SandboxStatus.ERROR:
+            return WrongState(f"the capsule ended: {record.error}")
+        return exc
 
     # -- what a capsule uses ----------------------------------------------------------------------------------
 
