@@ -51,9 +51,9 @@ class Reaper:
                     continue
                 reason = f"the capsule's guest stopped on its own{self.launcher.console_tail(record.name)}"
                 log.warning("capsule %s: %s", sandbox_id, reason)
-                sandbox.envd.end(reason)  # the calls under way fail now, naming the reason
                 await self.registry.release(record, sandbox.slot, keep_record=True)  # before anyone is told
                 self.registry.lost(record, reason)
+                sandbox.envd.end(reason)  # the calls under way fail now, naming the reason
 
 
 def _watched(record: SandboxRecord) -> bool:

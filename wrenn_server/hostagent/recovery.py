@@ -47,6 +47,8 @@ class Recovery:
                 )
                 continue
             state = await self.runtime.state(record.name)
+            if record.snapshotting and state is RuntimeState.FROZEN:  # frozen for a snapshot, not by a pause
+                state = await self._thaw(record)
             netns_alive = Slot(record.slot).guest.netns_path.exists() and self.network.owns(record.slot)
             if netns_alive and self._settle(record, state):
                 live.append(record)
@@ -94,6 +96,16 @@ class Recovery:
             record.error = f"the capsule did not come back after a snapshot cut short: {exc.message}"
             self.registry.records.save(record)
             log.warning("capsule %s: %s", record.sandbox_id, record.error)
+
+    async def _thaw(self, record: SandboxRecord) -> RuntimeState:
+        """A guest a snapshot froze, running again; one that cannot be (its checkpoint cut short in the middle)
+        is given up, and started again from its disk below."""
+        try:
+            await self.runtime.thaw(record.name)
+        except AgentError as exc:
+            log.warning("capsule %s: not thawed after a snapshot cut short: %s", record.sandbox_id, exc.message)
+            return RuntimeState.STOPPED
+        return RuntimeState.RUNNING
 
     def _settle(self, record: SandboxRecord, state: RuntimeState) -> bool:
         """Where a capsule found at start really is: running, or paused with its state intact (the record is

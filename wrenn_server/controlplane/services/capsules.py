@@ -50,7 +50,9 @@ def _timeout(value: int | None) -> int:
 
 
 def not_running(row: Sandbox) -> InvalidState:
-    return InvalidState(f"sandbox is not running (status: {row.status})")
+    """The refusal of a call that needs the capsule running; one that ended says why."""
+    reason = f": {row.error}" if row.error and row.status == Status.ERROR else ""
+    return InvalidState(f"sandbox is not running (status: {row.status}){reason}")
 
 
 RUNNING_CACHE_SEC = 1.0
