@@ -5,6 +5,7 @@ capsule starts again from that disk (its files there, its processes gone). On ev
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import grpc
 import pytest
@@ -13,7 +14,7 @@ from tests.guests import guest, kill_guest
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 
 from .conftest import AgentHandle
-from .test_conformance import create, sh
+from .test_conformance import create, new_id, sh
 
 pytestmark = pytest.mark.runtime
 
@@ -87,3 +88,29 @@ async def test_an_ended_capsule_keeps_its_disk_through_an_agent_restart(agent: A
     assert again.status == pb.SANDBOX_STATUS_RUNNING
     assert (await sh(agent, box, "cat /root/mark")).stdout == b"kept\n"
     await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=sid), metadata=agent.md)
+
+
+async def test_an_ended_capsule_can_be_snapshotted_from_its_disk(agent: AgentHandle) -> None:
+    """Its files only (no guest state is left): a capsule created from the template boots on them."""
+    box = await create(agent, memory_mb=256, disk_size_mb=512)
+    await sh(agent, box, "echo kept > /root/mark; sync")
+    kill_guest(agent.settings.dir, box.sandbox_id)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await asyncio.wait_for(sh(agent, box, "sleep 600", timeout_sec=600), NO_HANG)
+    assert (await status_of(agent, box.sandbox_id)).status == pb.SANDBOX_STATUS_ERROR
+    team, template_id = str(uuid.uuid4()), str(uuid.uuid4())
+    request = pb.SnapshotRequest(sandbox_id=box.sandbox_id, team_id=team, template_id=template_id)
+    assert (await agent.stub.SnapshotSandbox(request, metadata=agent.md)).size_bytes > 0
+    assert (await status_of(agent, box.sandbox_id)).status == pb.SANDBOX_STATUS_ERROR  # it stays ended
+    child = await agent.stub.CreateSandbox(
+        pb.CreateSandboxRequest(
+            sandbox_id=new_id(), template="ended", template_id=template_id, team_id=team, vcpus=1, memory_mb=256,
+            disk_size_mb=512,
+        ),
+        metadata=agent.md,
+    )
+    assert (await sh(agent, child, "cat /root/mark")).stdout == b"kept\n"
+    await agent.stub.DeleteTemplate(pb.TemplateRef(team_id=team, template_id=template_id), metadata=agent.md)
+    for sid in (box.sandbox_id, child.sandbox_id):
+        await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=sid), metadata=agent.md)
+    assert not (agent.settings.dir / "images" / "teams" / team / template_id).exists()

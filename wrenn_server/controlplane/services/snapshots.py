@@ -42,7 +42,9 @@ class SnapshotService:
             row = await session.get(Sandbox, sandbox_id)
             if row is None or row.team_id != principal.team_id:
                 raise NotFound("sandbox not found")
-            if row.status != Status.RUNNING.value:
+            # One that ended is snapshotted from the disk its host keeps: its files only (docs/lifecycle.md).
+            ended = row.status == Status.ERROR.value
+            if row.status != Status.RUNNING.value and not ended:
                 raise not_running(row)
             if name == DEFAULT_TEMPLATE or await session.scalar(
                 select(Template.id).where(Template.name == name, Template.team_id == ZERO_UUID)
@@ -65,10 +67,14 @@ class SnapshotService:
         # control plane died meanwhile it settles from the host, docs/lifecycle.md).
         self._capsules.transition_started(sandbox_id)
         try:
-            info = await self._snapshot_on_agent(principal, sandbox_id, template_id, host_ref, actor)
+            if ended:
+                info = await self._pool.client(host_ref).snapshot_sandbox(
+                    self._request(principal, sandbox_id, template_id)
+                )
+            else:
+                info = await self._snapshot_on_agent(principal, sandbox_id, template_id, host_ref, actor)
         finally:
             self._capsules.transition_ended(sandbox_id)
-        await self._events.state_changed(sandbox_id, Status.SNAPSHOTTING, Status.RUNNING, actor)
         async with self._sessionmaker() as session:
             template = await session.get(Template, template_id)
             if template is None:
@@ -89,9 +95,7 @@ class SnapshotService:
         if await lifecycle.set_status(self._sessionmaker, sandbox_id, [Status.RUNNING], Status.SNAPSHOTTING) is None:
             raise not_running(await self._capsules.get(principal, sandbox_id))
         await self._events.state_changed(sandbox_id, Status.RUNNING, Status.SNAPSHOTTING, actor)
-        request = pb.SnapshotRequest(
-            sandbox_id=format_id(Kind.SANDBOX, sandbox_id), team_id=str(principal.team_id), template_id=str(template_id)
-        )
+        request = self._request(principal, sandbox_id, template_id)
         agent = self._pool.client(host_ref)
         try:
             info = await agent.snapshot_sandbox(request)
@@ -102,7 +106,14 @@ class SnapshotService:
             await self._events.state_changed(sandbox_id, Status.SNAPSHOTTING, back, actor, reason)
             raise
         await lifecycle.set_status(self._sessionmaker, sandbox_id, [Status.SNAPSHOTTING], Status.RUNNING)
+        await self._events.state_changed(sandbox_id, Status.SNAPSHOTTING, Status.RUNNING, actor)
         return info
+
+    @staticmethod
+    def _request(principal: Principal, sandbox_id: uuid.UUID, template_id: uuid.UUID) -> pb.SnapshotRequest:
+        return pb.SnapshotRequest(
+            sandbox_id=format_id(Kind.SANDBOX, sandbox_id), team_id=str(principal.team_id), template_id=str(template_id)
+        )
 
     async def list(self, principal: Principal, type_: str | None) -> list[Template]:
         async with self._sessionmaker() as session:

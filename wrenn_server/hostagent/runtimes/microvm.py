@@ -179,7 +179,8 @@ class MicroVMRuntime:
         if spec.cold and capsule.disk.is_file():  # its own disk, as it is: a fresh boot of it
             await self._launch(spec, _machine(spec), incoming=None)
             return
-        base = template.disk if checkpoint is not None else template.image().disk
+        # A snapshot template's own disk (a files-only one, of a capsule that ended, has no checkpoint).
+        base = template.disk if checkpoint is not None or template.disk.is_file() else template.image().disk
         if not base.is_file():
             raise RuntimeFailure(f"the template's disk {base} is missing; run `wrenn image build`")
         base_format = "qcow2" if base.suffix == ".qcow2" else "raw"
