@@ -73,6 +73,17 @@ async def test_an_ended_capsule_keeps_its_disk_until_its_retention_ends_and_resu
     message = assert_error(refused, 409, "invalid_state")
     assert "not running" in message and message.endswith(f": {reason}"), message
 
+    # Snapshotted as it is: its files only; it stays `error`, and a capsule of the template has them.
+    name = f"ended-{uuid.uuid4().hex[:8]}"
+    snap = await http.post("/v1/snapshots", json={"sandbox_id": wire_id, "name": name}, headers=headers)
+    assert snap.status_code in (200, 201) and snap.json()["name"] == name, snap.text
+    assert await status_of(harness, wire_id) == "error"
+    child = await http.post("/v1/capsules", json={"template": name}, headers=headers)
+    assert child.status_code == 201 and child.json()["status"] == "running", child.text
+    cleanup.append(child.json()["id"])
+    read = await sh(http, headers, child.json()["id"], "cat /root/mark")
+    assert read.status_code == 200 and read.json()["stdout"] == "kept\n", read.text
+
     resumed = await http.post(f"/v1/capsules/{wire_id}/resume", headers=headers)
     assert resumed.status_code == 200 and resumed.json()["status"] == "running", resumed.text
     assert "end_reason" not in resumed.json()["metadata"]
