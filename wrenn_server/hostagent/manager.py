@@ -252,10 +252,7 @@ class SandboxManager:
     async def resume(self, sandbox_id: str) -> Sandbox:
         """A paused capsule continued; one that ended (a tombstone) started again from its disk."""
         async with self.registry.lock(sandbox_id):
-            ended = self.registry.find(sandbox_id) is None and sandbox_id in {
-                r.sandbox_id for r in self.registry.tombstones()
-            }
-            if ended:
+            if self.registry.find(sandbox_id) is None:  # its tombstone, or NotFound
                 return await self.revival.revive(self.registry.record_of(sandbox_id))
         return await self.pauser.resume(sandbox_id)
 
@@ -272,7 +269,7 @@ class SandboxManager:
         if sandbox is not None:
             for _ in range(EXIT_CHECKS):
                 if self.runtime.exited(sandbox.record.name):
-                    await self.reaper.reap_exited()
+                    await self.reaper.reap(sandbox)
                     break
                 await asyncio.sleep(EXIT_WAIT)
         try:
