@@ -35,27 +35,36 @@ def _settled(box: Capsule) -> str:
 
 
 def test_killing_wrenn_up_mid_snapshot_leaves_the_capsule_running_with_its_files(stack: Stack) -> None:
+    """SIGKILL as the snapshot begins (the guest frozen, or being checkpointed), then once the guest's checkpoint
+    is written (the guest gone, its files being copied): after each restart the capsule runs with its files."""
     from wrenn import Capsule
     from wrenn.models import Status
+
+    def begun(made: set[Path]) -> bool:
+        return bool(made)
+
+    def checkpointed(made: set[Path]) -> bool:
+        return any((path / "checkpoint" / "checkpoint.img").is_file() for path in made)
 
     with Capsule(memory_mb=256) as box:
         box.commands.run("head -c 268435456 /dev/urandom > /root/big && md5sum /root/big > /root/big.md5 && sync")
         digest = box.commands.run("cat /root/big.md5").stdout
-        before = _staging_dirs(stack)
-        worker = threading.Thread(target=_quietly, args=(lambda: box.create_snapshot("cut-short"),))
-        worker.start()
-        deadline = time.monotonic() + 60
-        while not (made := _staging_dirs(stack) - before):  # the agent is writing the template
-            assert time.monotonic() < deadline and worker.is_alive(), "the snapshot never began"
-            time.sleep(0.01)
-        assert box.get_info().status == Status.snapshotting
-        stack.stop(signal.SIGKILL)
-        worker.join(60)
-        stack.start()
-        assert _settled(box) == "running"
-        assert box.commands.run("md5sum -c /root/big.md5").exit_code == 0
-        assert box.commands.run("cat /root/big.md5").stdout == digest
-        assert not made & _staging_dirs(stack), "the half-made template is left"
+        for moment in (begun, checkpointed):
+            before = _staging_dirs(stack)
+            worker = threading.Thread(target=_quietly, args=(lambda: box.create_snapshot("cut-short"),))
+            worker.start()
+            deadline = time.monotonic() + 120
+            while not moment(made := _staging_dirs(stack) - before):  # the agent is writing the template
+                assert time.monotonic() < deadline and worker.is_alive(), f"the snapshot never reached {moment}"
+                time.sleep(0.005)
+            assert box.get_info().status == Status.snapshotting
+            stack.stop(signal.SIGKILL)
+            worker.join(60)
+            stack.start()
+            assert _settled(box) == "running", moment.__name__
+            assert box.commands.run("md5sum -c /root/big.md5").exit_code == 0, moment.__name__
+            assert box.commands.run("cat /root/big.md5").stdout == digest
+            assert not made & _staging_dirs(stack), "the half-made template is left"
         # Not stuck: every transition works again.
         box.pause()
         box.resume()
