@@ -89,9 +89,11 @@ class Recovery:
         went with the checkpoint, started again from its disk (its files; its processes are gone)."""
         await self.revival.forget_snapshot(record)
         if record.status is not SandboxStatus.ERROR:
+            log.warning("capsule %s: its snapshot was cut short; it is %s", record.sandbox_id, record.status)
             return  # found running, or frozen (then paused)
         try:
             await self.revival.revive(record)
+            log.warning("capsule %s: its snapshot was cut short; started again from its disk", record.sandbox_id)
         except AgentError as exc:
             record.error = f"the capsule did not come back after a snapshot cut short: {exc.message}"
             self.registry.records.save(record)
