@@ -53,7 +53,9 @@ class Reaper:
                 return  # destroyed, checkpointed or restarted meanwhile
             if not _watched(record):
                 return
-            reason = f"the capsule's guest stopped on its own{self.launcher.console_tail(record.name)}"
+            cause = self.runtime.end_cause(record.name)
+            reason = f"the capsule's guest stopped on its own{f' ({cause})' if cause else ''}"
+            reason += self.launcher.console_tail(record.name)
             log.warning("capsule %s: %s", sandbox_id, reason)
             await self.registry.release(record, sandbox.slot, keep_record=True)  # before anyone is told
             self.registry.lost(record, reason)

@@ -92,6 +92,10 @@ class Runtime(Protocol):
     def exited(self, sandbox_id: str) -> bool:
         """Whether the guest has stopped on its own (crashed, panicked, killed): a cheap check, made often."""
 
+    def end_cause(self, sandbox_id: str) -> str:
+        """Why a guest that `exited` ended, when the host can tell (its OOM killer): words for its end reason,
+        or "". Asked before the guest is destroyed."""
+
     async def usage(self, sandbox_id: str) -> Usage | None: ...
 
     async def checkpoint(self, sandbox_id: str, checkpoint_dir: Path) -> None:

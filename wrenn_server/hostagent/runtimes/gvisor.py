@@ -170,6 +170,16 @@ class GVisorRuntime:
             return True
         return stat[stat.rfind(")") + 2] == "Z"
 
+    def end_cause(self, sandbox_id: str) -> str:
+        # The sandbox's memory cgroup counts the kills of the host's OOM killer (gVisor issues #2533, #2535).
+        try:
+            text = (_CGROUPS / "memory" / "wrenn" / sandbox_id / "memory.oom_control").read_text()
+        except OSError:
+            return ""
+        counts = dict(line.split(maxsplit=1) for line in text.splitlines() if " " in line)
+        killed = counts.get("oom_kill", "0").strip()
+        return "oom: its memory went over its limit, and the host's OOM killer ended it" if killed != "0" else ""
+
     async def usage(self, sandbox_id: str) -> Usage | None:
         base = Path("/sys/fs/cgroup")
         try:

@@ -309,6 +309,9 @@ class MicroVMRuntime:
         # `paused` is a freeze; `postmigrate` a checkpoint whose QEMU had not quit yet; both keep the guest intact.
         return RuntimeState.FROZEN if status in ("paused", "postmigrate", "finish-migrate") else RuntimeState.STOPPED
 
+    def end_cause(self, sandbox_id: str) -> str:
+        return ""  # the guest's own kernel handles its memory; its console (in the end reason) says the rest
+
     def exited(self, sandbox_id: str) -> bool:
         pid = _pid(self._capsule(sandbox_id))
         return pid is None or not _is_qemu(pid)
