@@ -159,7 +159,7 @@ async def test_capsule_that_died_with_the_agent_is_error(
     assert "stopped while the host agent was not running" in info.error
     assert await end_reason(http, headers, dies) == info.error
     resp = await http.post(f"/v1/capsules/{dies}/exec", json={"cmd": "true"}, headers=headers)
-    assert assert_error(resp, 409, "invalid_state") == "sandbox is not running (status: error)"
+    assert assert_error(resp, 409, "invalid_state") == f"sandbox is not running (status: error): {info.error}"
     assert [c["id"] for c in (await http.get("/v1/capsules", headers=headers)).json()] == [survives]
 
     assert await status_of(harness, survives) == "running"

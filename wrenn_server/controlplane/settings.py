@@ -76,6 +76,13 @@ class ControlPlaneSettings(BaseSettings):
         "plane of its database, settles them at once.",
     )
 
+    retention_hours: float = Field(
+        24.0,
+        ge=0,
+        description="How long the disk of a capsule that ended in `error` is kept on its host (its files readable, "
+        "its capsule resumable from them), before the reconciler collects it.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _normalize_url(cls, value: str) -> str:

@@ -63,6 +63,7 @@ class ControlPlane:
             is_booting=capsules.is_booting,
             is_transitioning=capsules.is_transitioning,
             transition_grace_sec=settings.transition_grace_sec,
+            retention_sec=settings.retention_hours * 3600,
             events=events,
         )
         cp = cls(

@@ -91,10 +91,6 @@ def _error(status: int, body: bytes) -> AgentError:
     return kind(error.message or f"envd answered {status}")
 
 
-def _unreachable(exc: ConnectionFailed) -> Unreachable:
-    return Unreachable(f"capsule agent is not answering: {exc}")
-
-
 def _read(kind: type[M], content: bytes) -> M:
     try:
         return kind.decode(content)
@@ -107,9 +103,24 @@ class EnvdClient:
         self.address = address
         self._http = Client(address, port)
         self.hello: Hello | None = None  # what envd said of itself on the last handshake (/init, /snapshot/resume)
+        self.ended = ""  # why the capsule's guest ended (its calls fail at once, saying so)
 
     async def close(self) -> None:
         await self._http.close()
+
+    def end(self, reason: str) -> None:
+        """The guest ended: the calls under way fail now, and later ones at once, with `reason`."""
+        self.ended = reason
+        self._http.abort()
+
+    def _unreachable(self, exc: ConnectionFailed) -> AgentError:
+        if self.ended:
+            return WrongState(f"the capsule ended: {self.ended}")
+        return Unreachable(f"capsule agent is not answering: {exc}")
+
+    def _check_alive(self) -> None:
+        if self.ended:
+            raise WrongState(f"the capsule ended: {self.ended}")
 
     async def _call(
         self,
@@ -123,6 +134,7 @@ class EnvdClient:
         """One request, answering the body of a 2xx; with `ready_by` (a monotonic deadline) a guest still
         starting is retried until then, which spares a separate /health round trip (a slow one under
         emulation). Only for idempotent calls."""
+        self._check_alive()
         payload = None if body is None else body.encode()
         while True:
             try:
@@ -131,8 +143,8 @@ class EnvdClient:
                 )
                 break
             except ConnectionFailed as exc:
-                if time.monotonic() >= ready_by:
-                    raise _unreachable(exc) from exc
+                if time.monotonic() >= ready_by or self.ended:
+                    raise self._unreachable(exc) from exc
             await asyncio.sleep(0.002)
         if status >= 400:
             raise _error(status, content)
@@ -204,6 +216,7 @@ class EnvdClient:
             path, body = "/process/start", dataclasses.replace(req, mode=Mode.STREAM)
         else:
             path, body = "/process/connect", req
+        self._check_alive()
         try:
             async with self._http.stream("POST", path, body.encode()) as resp:
                 if resp.status >= 400:
@@ -216,7 +229,7 @@ class EnvdClient:
                     if not isinstance(event, KeepAlive):
                         yield event
         except ConnectionFailed as exc:
-            raise _unreachable(exc) from exc
+            raise self._unreachable(exc) from exc
 
     async def processes(self) -> list[ProcessEntry]:
         return _read(ProcessList, await self._call("GET", "/process/list")).processes
@@ -246,6 +259,7 @@ class EnvdClient:
         await self._call("POST", "/fs/remove", PathRequest(path))
 
     async def read_file(self, path: str) -> AsyncIterator[bytes]:
+        self._check_alive()
         try:
             async with self._http.stream("GET", f"/files?path={quote(path)}") as resp:
                 if resp.status >= 400:
@@ -253,15 +267,16 @@ class EnvdClient:
                 async for chunk in resp.iter_bytes():
                     yield chunk
         except ConnectionFailed as exc:
-            raise _unreachable(exc) from exc
+            raise self._unreachable(exc) from exc
 
     async def write_file(self, path: str, chunks: AsyncIterator[bytes]) -> EntryInfo:
         target = f"/files?path={quote(path)}"
+        self._check_alive()
         try:
             async with self._http.stream("PUT", target, chunks, content_type="application/octet-stream") as resp:
                 content = await resp.read()
         except ConnectionFailed as exc:
-            raise _unreachable(exc) from exc
+            raise self._unreachable(exc) from exc
         if resp.status >= 400:
             raise _error(resp.status, content)
         return _read(EntryInfo, content)

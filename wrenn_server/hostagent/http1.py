@@ -94,12 +94,20 @@ class Client:
         self.host = host
         self.port = port
         self._idle: list[_Connection] = []
+        self._busy: set[_Connection] = set()
         self._max_idle = max_idle
 
     async def close(self) -> None:
         for conn in self._idle:
             conn.close()
         self._idle.clear()
+
+    def abort(self) -> None:
+        """Cut every connection, busy ones too: the requests under way fail at once (`ConnectionFailed`)."""
+        for conn in [*self._idle, *self._busy]:
+            conn.writer.transport.abort()
+        self._idle.clear()
+        self._busy.clear()
 
     def reset(self) -> None:
         """Drop the idle connections with a reset (no FIN, so the peer keeps no TIME_WAIT or half-closed state)."""
@@ -137,12 +145,14 @@ class Client:
         """Send a request and hand over its response; the body must be consumed inside the block."""
         conn = await self._connect(connect_timeout)
         reusable = False
+        self._busy.add(conn)
         try:
             response = await self._exchange(conn, method, target, body, content_type)
             yield response
             reusable = response._done and response.headers.get("connection", "").lower() != "close"
         finally:
-            if reusable and len(self._idle) < self._max_idle:
+            self._busy.discard(conn)
+            if reusable and conn.usable and len(self._idle) < self._max_idle:
                 self._idle.append(conn)
             else:
                 conn.close()

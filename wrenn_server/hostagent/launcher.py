@@ -8,6 +8,7 @@ A launch that fails leaves nothing behind and says why, with the guest's console
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shutil
 import time
@@ -85,6 +86,25 @@ class Launcher:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise RuntimeFailure(f"capsule failed to start: {reason}{console}") from exc
+
+    async def reboot(self, guest: Guest, size: Size, ready: Ready) -> None:
+        """Boot the guest again on its own disk as it is: its files kept, its processes gone. A failure stops
+        the guest and gives its slot back, keeps its files, and raises `RuntimeFailure` saying why."""
+        workdir = self.data.capsule(guest.name).path
+        try:
+            await self.runtime.destroy(guest.name, workdir)  # what the guest that ended left (runsc's, a mount)
+            spec = self.spec(guest.name, guest.template_dir, size, guest.slot)
+            await self.runtime.create(dataclasses.replace(spec, cold=True))
+            deadline = time.monotonic() + ENVD_BOOT_TIMEOUT
+            await self._while_alive(guest.name, ready(guest.envd, deadline))
+        except BaseException as exc:
+            await guest.envd.close()
+            reason = exc.message if isinstance(exc, AgentError) else repr(exc)
+            console = self.console_tail(guest.name)
+            await self.stop(guest.name, guest.slot)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise RuntimeFailure(f"the capsule could not start again from its disk: {reason}{console}") from exc
 
     async def restore(self, guest: Guest, size: Size, checkpoint_dir: Path) -> None:
         """Continue the guest from a checkpoint (its slot's address given back first), port forwarding on again."""

@@ -78,6 +78,11 @@ def staging(target: Path, tag: str) -> Path:
     return target.with_name(f".staging-{tag}")
 
 
+def is_staging(path: Path) -> bool:
+    """Whether `path` is where a template directory is written before it is renamed into place."""
+    return path.name.startswith(".staging-")
+
+
 def replaced(target: Path, tag: str) -> Path:
     """Where an overwritten template goes while capsules made from it still use it."""
     return target.with_name(f".replaced-{tag}")

@@ -7,6 +7,7 @@ It creates and destroys capsules itself and hands the rest to the pieces it asse
     pausing.Pauser       pause (freeze now, checkpoint later) and resume (thaw, or restore)
     reaper.Reaper        guests that stopped on their own; capsules idle for too long
     recovery.Recovery    re-adopting capsules at agent start
+    revival.Revival      capsules that ended, started again from their disk
     templates.Templates  snapshots of capsules, and templates no longer used
 """
 
@@ -24,7 +25,7 @@ from wrenn_server.proto.envd import ProcessRef, StartRequest
 from wrenn_server.proto.limits import MIN_MEMORY_MB
 
 from .envd_client import EnvdClient, ProcessEvent
-from .errors import AgentError, InvalidArgument, NoCapacity, NotFound, RuntimeFailure, WrongState
+from .errors import AgentError, InvalidArgument, NoCapacity, NotFound, RuntimeFailure, Unreachable, WrongState
 from .launcher import Guest, Launcher, Size
 from .layout import TemplateDir
 from .metrics import Sampler
@@ -34,10 +35,14 @@ from .pool import Key, WarmPool
 from .reaper import Reaper
 from .recovery import Recovery
 from .registry import Registry, Sandbox, Start
+from .revival import Revival
 from .runtimes.base import Runtime, Usage
 from .state import RecordStore, SandboxRecord, SandboxStatus
 from .storage import Storage
 from .templates import Templates
+
+# How long a capsule whose agent stopped answering is watched for its guest's exit (explain()).
+EXIT_CHECKS, EXIT_WAIT = 10, 0.1
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,7 @@ class SandboxManager:
         self.pauser = Pauser(runtime, network, self.registry, self.launcher, checkpoint_after_sec)
         self.templates = Templates(runtime, network, storage, self.registry, self.launcher, self.pool)
         self.reaper = Reaper(runtime, self.registry, self.launcher, self.pauser)
+        self.revival = Revival(network, self.registry, self.launcher)
         self.sampler = Sampler(self._usage, self.registry.running_vcpus, self._disk_used_now)
 
     # -- the pieces' state, as the service and the tests see it --------------------------------------------
@@ -142,8 +148,8 @@ class SandboxManager:
 
     async def start(self) -> None:
         """Re-adopt the capsules that outlived the previous agent; report the ones that did not."""
-        live = await Recovery(self.runtime, self.network, self.registry, self.pauser).run()
-        self.storage.collect_unused_templates({r.template_dir for r in live})
+        await Recovery(self.runtime, self.network, self.registry, self.pauser, self.revival).run()
+        self.storage.collect_unused_templates(self.registry.templates_in_use())  # tombstones' too: kept disks
         self.network.refill()
         self.sampler.start()
         await self.pool.start(self.storage.default_template())
@@ -260,6 +266,10 @@ class SandboxManager:
         return await self.pauser.pause(sandbox_id)
 
     async def resume(self, sandbox_id: str) -> Sandbox:
+        """A paused capsule continued; one that ended (a tombstone) started again from its disk."""
+        async with self.registry.lock(sandbox_id):
+            if self.registry.find(sandbox_id) is None:  # its tombstone, or NotFound
+                return await self.revival.revive(self.registry.record_of(sandbox_id))
         return await self.pauser.resume(sandbox_id)
 
     async def snapshot(self, sandbox_id: str, team_id: str, template_id: str) -> Path:
@@ -267,6 +277,24 @@ class SandboxManager:
 
     async def delete_template(self, team_id: str, template_id: str) -> None:
         await self.templates.delete(team_id, template_id)
+
+    async def explain(self, sandbox_id: str, exc: Unreachable) -> AgentError:
+        """Why the capsule's agent stopped answering: its guest ended (the capsule ends now, saying why, a
+        guest's exit being seen a moment after its connections drop), or `exc` as it is."""
+        sandbox = self.registry.find(sandbox_id)
+        if sandbox is not None:
+            for _ in range(EXIT_CHECKS):
+                if self.runtime.exited(sandbox.record.name):
+                    await self.reaper.reap(sandbox)
+                    break
+                await asyncio.sleep(EXIT_WAIT)
+        try:
+            record = self.registry.record_of(sandbox_id)
+        except AgentError:
+            return exc
+        if record.status is SandboxStatus.ERROR:
+            return WrongState(f"the capsule ended: {record.error}")
+        return exc
 
     # -- what a capsule uses ----------------------------------------------------------------------------------
 

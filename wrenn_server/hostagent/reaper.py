@@ -7,7 +7,7 @@ import logging
 
 from .launcher import Launcher
 from .pausing import Pauser
-from .registry import Registry
+from .registry import Registry, Sandbox
 from .runtimes.base import Runtime
 from .state import SandboxRecord, SandboxStatus
 
@@ -40,20 +40,26 @@ class Reaper:
     async def reap_exited(self) -> None:
         """A guest that stopped on its own (crash, panic, killed) ends the capsule in `error`, saying why."""
         for sandbox in self.registry.live():
-            record = sandbox.record
-            if not _watched(record) or not self.runtime.exited(record.name):
-                continue
-            sandbox_id = record.sandbox_id
-            async with self.registry.lock(sandbox_id):
-                if self.registry.find(sandbox_id) is not sandbox or not self.runtime.exited(record.name):
-                    continue  # destroyed, checkpointed or restarted meanwhile
-                if not _watched(record):
-                    continue
-                reason = f"the capsule's guest stopped on its own{self.launcher.console_tail(record.name)}"
-                log.warning("capsule %s: %s", sandbox_id, reason)
-                await sandbox.envd.close()
-                await self.registry.release(record, sandbox.slot, keep_record=True)  # before anyone is told
-                self.registry.lost(record, reason)
+            if _watched(sandbox.record) and self.runtime.exited(sandbox.record.name):
+                await self.reap(sandbox)
+
+    async def reap(self, sandbox: Sandbox) -> None:
+        """The capsule, whose guest stopped on its own, ends in `error` saying why; the calls under way on it
+        fail at once with that reason."""
+        record = sandbox.record
+        sandbox_id = record.sandbox_id
+        async with self.registry.lock(sandbox_id):
+            if self.registry.find(sandbox_id) is not sandbox or not self.runtime.exited(record.name):
+                return  # destroyed, checkpointed or restarted meanwhile
+            if not _watched(record):
+                return
+            cause = self.runtime.end_cause(record.name)
+            reason = f"the capsule's guest stopped on its own{f' ({cause})' if cause else ''}"
+            reason += self.launcher.console_tail(record.name)
+            log.warning("capsule %s: %s", sandbox_id, reason)
+            await self.registry.release(record, sandbox.slot, keep_record=True)  # before anyone is told
+            self.registry.lost(record, reason)
+            sandbox.envd.end(reason)  # the calls under way fail now, naming the reason
 
 
 def _watched(record: SandboxRecord) -> bool:

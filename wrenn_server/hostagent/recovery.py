@@ -11,9 +11,11 @@ import logging
 import time
 
 from .envd_client import EnvdClient
+from .errors import AgentError
 from .network import Network, Slot
 from .pausing import Pauser
 from .registry import Registry, Sandbox
+from .revival import Revival
 from .runtimes.base import Runtime, RuntimeState
 from .state import PausedMode, SandboxRecord, SandboxStatus
 
@@ -21,11 +23,14 @@ log = logging.getLogger(__name__)
 
 
 class Recovery:
-    def __init__(self, runtime: Runtime, network: Network, registry: Registry, pauser: Pauser) -> None:
+    def __init__(
+        self, runtime: Runtime, network: Network, registry: Registry, pauser: Pauser, revival: Revival
+    ) -> None:
         self.runtime = runtime
         self.network = network
         self.registry = registry
         self.pauser = pauser
+        self.revival = revival
 
     async def run(self) -> list[SandboxRecord]:
         """Re-adopt what lives on; keep a tombstone of the rest (their guests and slots released). Answers the
@@ -42,6 +47,8 @@ class Recovery:
                 )
                 continue
             state = await self.runtime.state(record.name)
+            if record.snapshotting and state is RuntimeState.FROZEN:  # frozen for a snapshot, not by a pause
+                state = await self._thaw(record)
             netns_alive = Slot(record.slot).guest.netns_path.exists() and self.network.owns(record.slot)
             if netns_alive and self._settle(record, state):
                 if state is RuntimeState.FROZEN:  # the previous agent may have died half-way through a freeze
@@ -74,7 +81,35 @@ class Recovery:
         await asyncio.gather(*(self.pauser.finish_resume(sandbox) for sandbox in running))
         for record in lost:
             await self.registry.release(record, Slot(record.slot), keep_record=True)
-        return live
+        for record in live + lost:
+            if record.snapshotting:
+                await self._settle_snapshot(record)
+        return live + [r for r in lost if r.status is SandboxStatus.RUNNING]
+
+    async def _settle_snapshot(self, record: SandboxRecord) -> None:
+        """A snapshot the previous agent died in: its half-made template removed; the capsule, if its guest
+        went with the checkpoint, started again from its disk (its files; its processes are gone)."""
+        await self.revival.forget_snapshot(record)
+        if record.status is not SandboxStatus.ERROR:
+            log.warning("capsule %s: its snapshot was cut short; it is %s", record.sandbox_id, record.status)
+            return  # found running, or frozen (then paused)
+        try:
+            await self.revival.revive(record)
+            log.warning("capsule %s: its snapshot was cut short; started again from its disk", record.sandbox_id)
+        except AgentError as exc:
+            record.error = f"the capsule did not come back after a snapshot cut short: {exc.message}"
+            self.registry.records.save(record)
+            log.warning("capsule %s: %s", record.sandbox_id, record.error)
+
+    async def _thaw(self, record: SandboxRecord) -> RuntimeState:
+        """A guest a snapshot froze, running again; one that cannot be (its checkpoint cut short in the middle)
+        is given up, and started again from its disk below."""
+        try:
+            await self.runtime.thaw(record.name)
+        except AgentError as exc:
+            log.warning("capsule %s: not thawed after a snapshot cut short: %s", record.sandbox_id, exc.message)
+            return RuntimeState.STOPPED
+        return RuntimeState.RUNNING
 
     def _settle(self, record: SandboxRecord, state: RuntimeState) -> bool:
         """Where a capsule found at start really is: running, or paused with its state intact (the record is

@@ -66,6 +66,8 @@ class Registry:
         self._locks.pop(sandbox_id, None)
 
     def add(self, sandbox: Sandbox) -> None:
+        """A live capsule (a tombstone of it, started again from its disk, is live again)."""
+        self._tombstones.pop(sandbox.record.sandbox_id, None)
         self._sandboxes[sandbox.record.sandbox_id] = sandbox
 
     def bury(self, record: SandboxRecord) -> None:

@@ -22,7 +22,7 @@ from wrenn_server.proto._generated import hostagent_pb2_grpc as pb_grpc
 from wrenn_server.proto.limits import DEFAULT_SIGNAL, MAX_TERMINAL_SIZE, SIGNALS
 
 from .envd_client import EnvdClient, ProcessEvent
-from .errors import AgentError, InvalidArgument
+from .errors import AgentError, InvalidArgument, Unreachable
 from .manager import CreateRequest, SandboxManager
 from .metrics import RANGES, TIER_2H, TIER_10M, TIER_24H, Point
 from .registry import Start
@@ -55,6 +55,7 @@ def unary(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         try:
             return await fn(self, request, context)
         except AgentError as exc:
+            exc = await self.explain(request, exc)
             await context.abort(exc.status, exc.message)
             raise  # unreachable: abort raises
 
@@ -70,6 +71,7 @@ def streaming(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterato
             async for item in fn(self, request, context):
                 yield item
         except AgentError as exc:
+            exc = await self.explain(request, exc)
             await context.abort(exc.status, exc.message)
 
     return wrapper
@@ -178,6 +180,13 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
     def __init__(self, manager: SandboxManager, auth: Auth) -> None:
         self.manager = manager
         self.auth = auth
+
+    async def explain(self, request: Any, exc: AgentError) -> AgentError:
+        """A capsule's agent that stopped answering: its guest may have ended, which the error then says."""
+        sandbox_id = getattr(request, "sandbox_id", "")
+        if not isinstance(exc, Unreachable) or not isinstance(sandbox_id, str) or not sandbox_id:
+            return exc
+        return await self.manager.explain(sandbox_id, exc)
 
     @unary
     async def Ping(self, request: pb.PingRequest, context: Any) -> pb.PingResponse:

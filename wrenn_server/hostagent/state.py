@@ -52,6 +52,7 @@ class SandboxRecord:
     # it was started under, before its id was known. Empty: the capsule id.
     runtime_id: str = ""
     released: bool = False  # its guest and network slot are gone already (a tombstone kept for its record)
+    snapshotting: str = ""  # the template directory a snapshot under way is writing (settled at agent start)
 
     def __post_init__(self) -> None:
         self.status = SandboxStatus(self.status)  # a record read from disk holds the values as strings

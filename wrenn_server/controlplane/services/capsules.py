@@ -50,7 +50,9 @@ def _timeout(value: int | None) -> int:
 
 
 def not_running(row: Sandbox) -> InvalidState:
-    return InvalidState(f"sandbox is not running (status: {row.status})")
+    """The refusal of a call that needs the capsule running; one that ended says why."""
+    reason = f": {row.error}" if row.error and row.status == Status.ERROR else ""
+    return InvalidState(f"sandbox is not running (status: {row.status}){reason}")
 
 
 RUNNING_CACHE_SEC = 1.0
@@ -85,7 +87,11 @@ class CapsuleService:
         """Whether this process is pausing, resuming or destroying the capsule now."""
         return self._transitions[sandbox_id] > 0
 
-    def _transition_ended(self, sandbox_id: uuid.UUID) -> None:
+    def transition_started(self, sandbox_id: uuid.UUID) -> None:
+        """This process is changing the capsule's state (the reconciler leaves the row alone until it ends)."""
+        self._transitions[sandbox_id] += 1
+
+    def transition_ended(self, sandbox_id: uuid.UUID) -> None:
         self._transitions[sandbox_id] -= 1
         if not self._transitions[sandbox_id]:
             del self._transitions[sandbox_id]
@@ -228,7 +234,7 @@ class CapsuleService:
         try:
             await teardown
         finally:
-            self._transition_ended(sandbox_id)
+            self.transition_ended(sandbox_id)
 
     async def running(self, principal: Principal | None, sandbox_id: uuid.UUID) -> tuple[Sandbox, HostRef]:
         """The capsule and its host, or 409 `invalid_state` unless it is running; any team's without `principal`.
@@ -276,7 +282,9 @@ class CapsuleService:
         )
 
     async def resume(self, principal: Principal, sandbox_id: uuid.UUID) -> Sandbox:
-        """paused → resuming → running, where it stopped; running already: as it is."""
+        """paused → resuming → running, where it stopped; running already: as it is. An `error` capsule whose
+        host keeps its disk (docs/lifecycle.md, "Every end keeps its files") starts again from it, its processes
+        gone."""
         return await self._transition(
             principal, sandbox_id, Status.PAUSED, Status.RESUMING, Status.RUNNING, EventName.CAPSULE_RESUME
         )
@@ -295,6 +303,8 @@ class CapsuleService:
             host = await session.get(Host, row.host_id) if row.host_id else None
         if row.status == target.value:
             return row
+        if target == Status.RUNNING and row.status == Status.ERROR.value:
+            source = Status.ERROR  # started again from its disk, if its host still keeps it
         if row.status != source.value:
             if target == Status.PAUSED:
                 raise not_running(row)
@@ -316,18 +326,28 @@ class CapsuleService:
                     await agent.pause_sandbox(wire_id)
                 else:
                     await agent.resume_sandbox(wire_id)
+            except NotFound as exc:
+                if source != Status.ERROR:
+                    raise
+                await lifecycle.set_status(self._sessionmaker, row.id, [during], source, error=row.error)
+                await self._events.state_changed(row.id, during, source, actor, row.error)
+                gone = InvalidState("the sandbox ended and its host no longer keeps its disk")
+                await self._events.finished(event, row.id, actor, error=gone.message)
+                raise gone from exc
             except WrennError as exc:
                 # The agent says what became of the capsule: back where it was, or lost (error).
                 back = await lifecycle.status_on_agent(agent, wire_id, source)
-                await lifecycle.set_status(self._sessionmaker, row.id, [during], back, error=exc.message)
+                # An ended capsule that could not start again keeps the reason it ended for.
+                error = row.error if back == source == Status.ERROR else exc.message
+                await lifecycle.set_status(self._sessionmaker, row.id, [during], back, error=error)
                 reason = exc.message if back in FINAL else None
                 await self._events.state_changed(row.id, during, back, actor, reason)
                 await self._events.finished(event, row.id, actor, error=exc.message)
                 raise
-            values = {"last_active_at": utcnow()} if target == Status.RUNNING else {}
+            values: dict[str, object] = {"last_active_at": utcnow(), "error": None} if target == Status.RUNNING else {}
             await lifecycle.set_status(self._sessionmaker, row.id, [during], target, **values)
         finally:
-            self._transition_ended(row.id)
+            self.transition_ended(row.id)
         if target == Status.PAUSED:
             # The agent keeps a paused capsule's rings: they reach the database after the answer.
             tiers = ("10m", "2h", "24h")

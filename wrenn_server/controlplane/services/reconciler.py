@@ -26,18 +26,25 @@ from ..ids import Kind, format_id
 from .agents import AgentPool, HostRef, agent_status
 from .events import SYSTEM, CapsuleEvents, EventName
 from .lifecycle import DESTROYED, destroy_on_agent
-from .status import FINAL, LOST_WITH_HOST, HostStatus, Status
+from .status import LOST_WITH_HOST, HostStatus, Status
 
 log = logging.getLogger(__name__)
 # A `starting` row no process is booting any more is given this long before it is judged.
 STARTING_GRACE = timedelta(minutes=10)
 TRANSITION_GRACE = timedelta(minutes=5)  # no pause, resume or destroy takes longer (default of transition_grace_sec)
-# Rows whose sandbox must not exist on a host any more: found alive, it is destroyed.
-STOPPED_OR_STOPPING = FINAL | {Status.STOPPING}
+RETENTION = timedelta(hours=24)  # default of retention_hours
+# Rows whose sandbox must not exist on a host any more: found alive, it is destroyed. A capsule that ended in
+# `error` keeps its disk on its host for the retention period (docs/lifecycle.md, "Every end keeps its files").
+STOPPED_OR_STOPPING = frozenset({Status.STOPPED, Status.STOPPING})
+# Changes of state a control plane makes through its host, which one that died leaves half-way.
+TRANSITIONS = frozenset({Status.PAUSING, Status.RESUMING, Status.SNAPSHOTTING, Status.STOPPING})
 # Why a capsule ended or was lost, when its host cannot say more (docs/lifecycle.md, "End reasons").
 NOT_ON_HOST = "its host agent no longer has this capsule"
 FAILED_ON_HOST = "its host agent reported it failed"
 HOST_SILENT = "its host stopped answering (no heartbeat for {seconds:g} s)"
+
+
+_TRANSITION_NAMES = {Status.PAUSING: "pause", Status.RESUMING: "resume", Status.SNAPSHOTTING: "snapshot"}
 
 
 class Reconciler:
@@ -51,6 +58,7 @@ class Reconciler:
         is_booting: Callable[[uuid.UUID], bool],
         is_transitioning: Callable[[uuid.UUID], bool] = lambda _: False,
         transition_grace_sec: float = TRANSITION_GRACE.total_seconds(),
+        retention_sec: float = RETENTION.total_seconds(),
         events: CapsuleEvents | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
@@ -61,6 +69,7 @@ class Reconciler:
         self._is_booting = is_booting
         self._is_transitioning = is_transitioning
         self._transition_grace = timedelta(seconds=transition_grace_sec)
+        self._retention = timedelta(seconds=retention_sec)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -147,10 +156,13 @@ class Reconciler:
             target = self._decide(sandbox_id, status, created, info is not None, agent, wire_id in auto_paused, stamp)
             if target is not None:
                 await self._move(sandbox_id, status, stamp, target, self._reason(status, target, info))
-            elif (
-                status in STOPPED_OR_STOPPING and info is not None
-            ):  # the host still holds what the row says is gone (a tombstone keeps disk and records)
+            elif info is None:
+                continue
+            elif status in STOPPED_OR_STOPPING:  # the host still holds what the row says is gone
                 log.info("destroying orphan %s on host %s", wire_id, host.address)
+                await destroy_on_agent(self._pool, host, wire_id)
+            elif status == Status.ERROR and utcnow() - stamp >= self._retention:  # its disk was kept long enough
+                log.info("collecting the kept disk of %s on host %s", wire_id, host.address)
                 await destroy_on_agent(self._pool, host, wire_id)
 
     def _decide(
@@ -163,9 +175,9 @@ class Reconciler:
         paused: bool,
         stamp: datetime,
     ) -> Status | None:
-        if status in (Status.PAUSING, Status.RESUMING, Status.STOPPING):
-            # A pause, resume or destroy whose control plane went away: the agent knows how it ended. One that
-            # is young may still be under way in another control plane, which finishes it (and says so).
+        if status in TRANSITIONS:
+            # A pause, resume, snapshot or destroy whose control plane went away: the agent knows how it ended.
+            # One that is young may still be under way in another control plane, which finishes it (and says so).
             if self._is_transitioning(sandbox_id) or utcnow() - stamp < self._transition_grace:
                 return None
             if status == Status.STOPPING:
@@ -199,8 +211,8 @@ class Reconciler:
             return None
         if old == Status.STOPPING:  # a destroy whose control plane went away
             return DESTROYED
-        if old in (Status.PAUSING, Status.RESUMING):
-            return f"{NOT_ON_HOST} after a {'pause' if old == Status.PAUSING else 'resume'} left half-way"
+        if old in (Status.PAUSING, Status.RESUMING, Status.SNAPSHOTTING):
+            return f"{NOT_ON_HOST} after a {_TRANSITION_NAMES[old]} left half-way"
         return NOT_ON_HOST
 
     async def _move(self, sandbox_id: uuid.UUID, old: Status, stamp: datetime, new: Status, error: str | None) -> None:

@@ -42,7 +42,9 @@ class SnapshotService:
             row = await session.get(Sandbox, sandbox_id)
             if row is None or row.team_id != principal.team_id:
                 raise NotFound("sandbox not found")
-            if row.status != Status.RUNNING.value:
+            # One that ended is snapshotted from the disk its host keeps: its files only (docs/lifecycle.md).
+            ended = row.status == Status.ERROR.value
+            if row.status != Status.RUNNING.value and not ended:
                 raise not_running(row)
             if name == DEFAULT_TEMPLATE or await session.scalar(
                 select(Template.id).where(Template.name == name, Template.team_id == ZERO_UUID)
@@ -61,23 +63,18 @@ class SnapshotService:
                 raise HostUnavailable("the sandbox's host is gone")
             vcpus, memory_mb, host_ref = row.vcpus, row.memory_mb, HostRef.of(host)
         actor = Actor.of(principal)
-        if await lifecycle.set_status(self._sessionmaker, sandbox_id, [Status.RUNNING], Status.SNAPSHOTTING) is None:
-            raise not_running(await self._capsules.get(principal, sandbox_id))
-        await self._events.state_changed(sandbox_id, Status.RUNNING, Status.SNAPSHOTTING, actor)
-        request = pb.SnapshotRequest(
-            sandbox_id=format_id(Kind.SANDBOX, sandbox_id), team_id=str(principal.team_id), template_id=str(template_id)
-        )
-        agent = self._pool.client(host_ref)
+        # From before the row says `snapshotting` until it says how it ended: the reconciler leaves it (one whose
+        # control plane died meanwhile it settles from the host, docs/lifecycle.md).
+        self._capsules.transition_started(sandbox_id)
         try:
-            info = await agent.snapshot_sandbox(request)
-        except WrennError as exc:
-            back = await lifecycle.status_on_agent(agent, request.sandbox_id, Status.RUNNING)
-            reason = exc.message if back in FINAL else None  # the capsule did not survive it: say why
-            await lifecycle.set_status(self._sessionmaker, sandbox_id, [Status.SNAPSHOTTING], back, error=reason)
-            await self._events.state_changed(sandbox_id, Status.SNAPSHOTTING, back, actor, reason)
-            raise
-        await lifecycle.set_status(self._sessionmaker, sandbox_id, [Status.SNAPSHOTTING], Status.RUNNING)
-        await self._events.state_changed(sandbox_id, Status.SNAPSHOTTING, Status.RUNNING, actor)
+            if ended:
+                info = await self._pool.client(host_ref).snapshot_sandbox(
+                    self._request(principal, sandbox_id, template_id)
+                )
+            else:
+                info = await self._snapshot_on_agent(principal, sandbox_id, template_id, host_ref, actor)
+        finally:
+            self._capsules.transition_ended(sandbox_id)
         async with self._sessionmaker() as session:
             template = await session.get(Template, template_id)
             if template is None:
@@ -92,6 +89,33 @@ class SnapshotService:
             await session.refresh(template)
         await self._events.template(EventName.TEMPLATE_SNAPSHOT_CREATE, principal, name)
         return template
+
+    async def _snapshot_on_agent(
+        self, principal: Principal, sandbox_id: uuid.UUID, template_id: uuid.UUID, host_ref: HostRef, actor: Actor
+    ) -> pb.TemplateInfo:
+        """`running` → `snapshotting` → SnapshotSandbox → `running` (or where the agent says the capsule is)."""
+        if await lifecycle.set_status(self._sessionmaker, sandbox_id, [Status.RUNNING], Status.SNAPSHOTTING) is None:
+            raise not_running(await self._capsules.get(principal, sandbox_id))
+        await self._events.state_changed(sandbox_id, Status.RUNNING, Status.SNAPSHOTTING, actor)
+        request = self._request(principal, sandbox_id, template_id)
+        agent = self._pool.client(host_ref)
+        try:
+            info = await agent.snapshot_sandbox(request)
+        except WrennError as exc:
+            back = await lifecycle.status_on_agent(agent, request.sandbox_id, Status.RUNNING)
+            reason = exc.message if back in FINAL else None  # the capsule did not survive it: say why
+            await lifecycle.set_status(self._sessionmaker, sandbox_id, [Status.SNAPSHOTTING], back, error=reason)
+            await self._events.state_changed(sandbox_id, Status.SNAPSHOTTING, back, actor, reason)
+            raise
+        await lifecycle.set_status(self._sessionmaker, sandbox_id, [Status.SNAPSHOTTING], Status.RUNNING)
+        await self._events.state_changed(sandbox_id, Status.SNAPSHOTTING, Status.RUNNING, actor)
+        return info
+
+    @staticmethod
+    def _request(principal: Principal, sandbox_id: uuid.UUID, template_id: uuid.UUID) -> pb.SnapshotRequest:
+        return pb.SnapshotRequest(
+            sandbox_id=format_id(Kind.SANDBOX, sandbox_id), team_id=str(principal.team_id), template_id=str(template_id)
+        )
 
     async def list(self, principal: Principal, type_: str | None) -> list[Template]:
         async with self._sessionmaker() as session:

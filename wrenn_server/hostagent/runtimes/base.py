@@ -88,6 +88,9 @@ class SandboxSpec:
     memory_mb: int
     disk_size_mb: int
     network: GuestNetwork
+    # Boot from the capsule's own disk as it is (its files kept, its template's checkpoint not restored): a
+    # capsule whose guest ended, started again.
+    cold: bool = False
 
 
 class RuntimeState(enum.StrEnum):
@@ -119,6 +122,10 @@ class Runtime(Protocol):
 
     def exited(self, sandbox_id: str) -> bool:
         """Whether the guest has stopped on its own (crashed, panicked, killed): a cheap check, made often."""
+
+    def end_cause(self, sandbox_id: str) -> str:
+        """Why a guest that `exited` ended, when the host can tell (its OOM killer): words for its end reason,
+        or "". Asked before the guest is destroyed."""
 
     async def usage(self, sandbox_id: str) -> Usage | None: ...
 

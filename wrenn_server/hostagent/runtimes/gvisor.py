@@ -118,7 +118,7 @@ class GVisorRuntime:
         bundle = capsule.bundle
         bundle.mkdir(exist_ok=True)
         (bundle / "config.json").write_text(json.dumps(_oci_spec(spec, rootfs)))
-        checkpoint = template.checkpoint()
+        checkpoint = None if spec.cold else template.checkpoint()
         if checkpoint is None:
             command = ["run", "--detach", "--bundle", str(bundle), spec.sandbox_id]
         else:  # a snapshot template: its guest continues, processes and all, in this new capsule
@@ -193,6 +193,16 @@ class GVisorRuntime:
         except OSError:
             return True
         return stat[stat.rfind(")") + 2] == "Z"
+
+    def end_cause(self, sandbox_id: str) -> str:
+        # The sandbox's memory cgroup counts the kills of the host's OOM killer (gVisor issues #2533, #2535).
+        try:
+            text = (_CGROUPS / "memory" / "wrenn" / sandbox_id / "memory.oom_control").read_text()
+        except OSError:
+            return ""
+        counts = dict(line.split(maxsplit=1) for line in text.splitlines() if " " in line)
+        killed = counts.get("oom_kill", "0").strip()
+        return "oom: its memory went over its limit, and the host's OOM killer ended it" if killed != "0" else ""
 
     async def usage(self, sandbox_id: str) -> Usage | None:
         base = Path("/sys/fs/cgroup")

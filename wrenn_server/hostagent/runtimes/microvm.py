@@ -183,7 +183,11 @@ class MicroVMRuntime:
         if checkpoint is not None and not checkpoint.machine.is_file():
             raise RuntimeFailure(f"template {spec.template_dir.name} was saved by another runtime, not by microvm")
         capsule.path.mkdir(parents=True, exist_ok=True)
-        base = template.disk if checkpoint is not None else template.image().disk
+        if spec.cold and capsule.disk.is_file():  # its own disk, as it is: a fresh boot of it
+            await self._launch(spec, _machine(spec), incoming=None)
+            return
+        # A snapshot template's own disk (a files-only one, of a capsule that ended, has no checkpoint).
+        base = template.disk if checkpoint is not None or template.disk.is_file() else template.image().disk
         if not base.is_file():
             raise RuntimeFailure(f"the template's disk {base} is missing; run `wrenn image build`")
         base_format = "qcow2" if base.suffix == ".qcow2" else "raw"
@@ -311,6 +315,9 @@ class MicroVMRuntime:
             return RuntimeState.RUNNING
         # `paused` is a freeze; `postmigrate` a checkpoint whose QEMU had not quit yet; both keep the guest intact.
         return RuntimeState.FROZEN if status in ("paused", "postmigrate", "finish-migrate") else RuntimeState.STOPPED
+
+    def end_cause(self, sandbox_id: str) -> str:
+        return ""  # the guest's own kernel handles its memory; its console (in the end reason) says the rest
 
     def exited(self, sandbox_id: str) -> bool:
         pid = _pid(self._capsule(sandbox_id))
