@@ -14,7 +14,7 @@ from tests.guests import guest, kill_guest
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 
 from .conftest import AgentHandle
-from .test_conformance import create, new_id, sh
+from .calls import create, new_id, sh
 
 pytestmark = pytest.mark.runtime
 

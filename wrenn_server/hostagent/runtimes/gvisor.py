@@ -222,8 +222,16 @@ class GVisorRuntime:
         await proc.run(self._runsc("delete", "--force", sandbox_id), check=False, timeout=30)  # frees its memory
 
     async def save_files(self, workdir: Path, template_dir: Path) -> None:
-        upper = CapsuleDir(workdir).upper
-        await proc.run(["cp", "-a", "--reflink=auto", str(upper), str(TemplateDir(template_dir).upper)])
+        capsule = CapsuleDir(workdir)
+        # An ended capsule's disk was unmounted with its guest: mounted for the copy, and only for it.
+        unmounted = capsule.disk_link.is_symlink() and not os.path.ismount(capsule.disk_link.resolve())
+        if unmounted:
+            await self._disks.mount(capsule)
+        try:
+            await proc.run(["cp", "-a", "--reflink=auto", str(capsule.upper), str(TemplateDir(template_dir).upper)])
+        finally:
+            if unmounted:
+                await self._disks.detach(capsule)
 
     async def restore(self, spec: SandboxSpec, checkpoint_dir: Path) -> None:
         capsule = CapsuleDir(spec.workdir)
