@@ -68,7 +68,7 @@ async def create(http: httpx.AsyncClient, headers: dict[str, str], cleanup: list
 
 async def byoc_team(harness: Harness, agent: Agent) -> tuple[uuid.UUID, uuid.UUID, dict[str, str]]:
     team_id, api_key = await harness.team(byoc=True)
-    host_id = await harness.host(team_id, address=agent.address)
+    host_id = await harness.host(team_id, address=agent.address, **agent.reported())  # as its heartbeats say
     return team_id, host_id, {"X-API-Key": api_key}
 
 
