@@ -5,32 +5,66 @@ Shared by snapshots of capsules (`templates.py`) and by prepared checkpoints of 
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from ..proto.envd import EndEvent, Mode, OutputEvent, ProcessRef, StartEvent, StartRequest
 from .envd_client import EnvdClient
 from .layout import CapsuleDir, TemplateDir
 from .network import Network, Slot
 from .runtimes.base import Runtime
 
-QUIESCE_CHECKS, QUIESCE_WAIT = 5, 0.02
+_LISTEN = """
+import socket, sys
+held = []
+for port in sys.argv[1:]:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("0.0.0.0", int(port)))
+        s.listen()
+        held.append(s)
+    except OSError:
+        s.close()
+print("ready", flush=True)
+sys.stdin.read()
+"""
 
 
 async def quiesce(runtime: Runtime, envd: EnvdClient, network: Network, slot: Slot) -> list[str]:
-    """Close every TCP connection to the guest a checkpoint would trip over (envd's clients, port relays,
-    ours); answers the live TCP states left, which make a checkpoint fail (and kill the guest). A runtime
-    that checkpoints connections has none that stand in its way."""
+    """End every TCP connection of the guest's a checkpoint would trip over (envd's clients, port relays, ours,
+    the guest's own, TIME_WAIT included): they are cut, as a VM's snapshot copy starts without them. Answers
+    those left, which would make a checkpoint fail (and kill the guest). A runtime that checkpoints connections
+    has none that stand in its way."""
     await envd.prepare_checkpoint()
     envd.reset()
     if runtime.capabilities.checkpoint_keeps_connections:
         return []
-    states = await network.open_tcp_states(slot)
-    for _ in range(QUIESCE_CHECKS):  # the resets just sent may not have crossed the router yet
-        if not states:
-            break
-        await asyncio.sleep(QUIESCE_WAIT)
-        states = await network.open_tcp_states(slot)
-    return states
+    left = await network.end_tcp_connections(slot)
+    if not left:
+        return []
+    # A TIME_WAIT endpoint gives way only to a SYN that a listener on its port takes: the guest's side of an
+    # outbound connection, or of one to a listener gone since (envd's port relays are closed by now), has
+    # none. A helper in the guest listens on those ports while the router ends them again.
+    await _with_listeners(envd, sorted({port for _, _, port in left}), lambda: network.end_tcp_connections(slot, left))
+    await envd.prepare_checkpoint()  # our calls to envd were new connections: end them too
+    envd.reset()
+    return [f"{peer}:{peer_port} -> port {port}" for peer, peer_port, port in await network.end_tcp_connections(slot)]
+
+
+async def _with_listeners(envd: EnvdClient, ports: list[int], work: Callable[[], Awaitable[object]]) -> None:
+    """Do `work` while a process in the guest listens on `ports` (a TIME_WAIT endpoint's port can be bound with
+    SO_REUSEADDR; a port in use by a listener already is skipped); it ends when its standard input closes."""
+    req = StartRequest("/usr/bin/python3", Mode.STREAM, ["-I", "-c", _LISTEN, *map(str, ports)], stdin=True)
+    ref: ProcessRef | None = None
+    async for event in envd.stream(req):
+        if isinstance(event, StartEvent):
+            ref = ProcessRef(event.pid)
+        elif isinstance(event, OutputEvent) and b"ready" in event.data and ref is not None:
+            await work()
+            await envd.close_stdin(ref)
+        elif isinstance(event, EndEvent):
+            return
 
 
 async def save_template(

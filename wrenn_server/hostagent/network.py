@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import proc
+from . import proc, tcpreset
 from .errors import NoCapacity
 from .runtimes.base import GuestNetwork
 
@@ -35,6 +37,7 @@ GUEST_GATEWAY = "169.254.0.22"
 GUEST_PREFIX = 30
 MAX_SLOTS = 32767
 SLOTS_DIR = Path("/run/wrenn/slots")
+Connection = tuple[str, int, int]  # the remote address and port, and the guest's port, of a guest's connection
 _HOST_BASE = int(ipaddress.IPv4Address("10.11.0.0"))
 _VETH_BASE = int(ipaddress.IPv4Address("10.12.0.0"))
 
@@ -254,20 +257,26 @@ route add default via {GUEST_GATEWAY}
         batch = f"addr replace {GUEST_ADDRESS}/{GUEST_PREFIX} dev eth0\nroute replace default via {GUEST_GATEWAY}\n"
         await proc.run(["ip", "-n", slot.capsule_ns, "-batch", "-"], input=batch.encode())
 
-    async def open_tcp_states(self, slot: Slot) -> list[str]:
-        """States of the capsule's TCP connections as its router's connection tracking saw them, closed ones
-        left out. Conservative: tracking keeps TIME_WAIT longer than the guest does."""
-        done = await proc.run(["ip", "netns", "exec", slot.router_ns, "cat", "/proc/net/nf_conntrack"], check=False)
-        states = []
-        for line in done.stdout.decode().splitlines():
-            fields = line.split()
-            if len(fields) < 7 or fields[2] != "tcp" or fields[5] == "CLOSE":
-                continue
-            # A SYN from outside that was never answered (sent while the guest booted) left nothing in the guest.
-            if "[UNREPLIED]" in fields and fields[6] != f"src={GUEST_ADDRESS}":
-                continue
-            states.append(fields[5])
-        return states
+    async def end_tcp_connections(self, slot: Slot, only: list[Connection] | None = None) -> list[Connection]:
+        """End every TCP connection the guest holds on its link (or `only` those), TIME_WAIT included, the way
+        `ss -K` would on a host (see tcpreset.py); answers those it could not end. Its router's connection
+        tracking names them: each connection the guest had on eth0 within the last two minutes, closed too."""
+        connections = only
+        if connections is None:
+            done = await proc.run(["ip", "netns", "exec", slot.router_ns, "cat", "/proc/net/nf_conntrack"], check=False)
+            connections = [c for line in done.stdout.decode().splitlines() if (c := _guest_connection(line))]
+        if not connections:
+            return []
+        link = await proc.run(["ip", "-n", slot.capsule_ns, "-j", "link", "show", "eth0"])
+        request = {
+            "iface": "r0",
+            "guest": GUEST_ADDRESS,
+            "guest_mac": json.loads(link.stdout)[0]["address"],
+            "connections": connections,
+        }
+        script = ["ip", "netns", "exec", slot.router_ns, sys.executable, "-I", str(Path(tcpreset.__file__))]
+        done = await proc.run(script, input=json.dumps(request).encode())
+        return [(peer, int(peer_port), int(port)) for peer, peer_port, port in json.loads(done.stdout)]
 
     async def teardown(self, slot: Slot, force: bool = False) -> None:
         """Remove a slot of ours (`force`: a leftover being reclaimed). A slot whose file names another agent
@@ -280,6 +289,20 @@ route add default via {GUEST_GATEWAY}
             await proc.run(["ip", "netns", "del", ns], check=False)
         await proc.run(["ip", "link", "del", slot.veth], check=False)
         (self._slots / str(slot.index)).unlink(missing_ok=True)
+
+
+def _guest_connection(line: str) -> Connection | None:
+    """(remote address, remote port, guest port) of a TCP connection tracked by the router, as the guest sees
+    it: its original direction is the peer's (DNATed to the guest) or the guest's own (SNATed on the way out)."""
+    fields = line.split()
+    if len(fields) < 7 or fields[2] != "tcp":
+        return None
+    pairs = [f.split("=", 1) for f in fields if "=" in f]
+    tuples = [dict(pairs[i : i + 4]) for i in (0, 4)]
+    for tup in tuples:
+        if tup.get("src") == GUEST_ADDRESS:
+            return tup["dst"], int(tup["dport"]), int(tup["sport"])
+    return None
 
 
 def _built(slot: Slot) -> bool:

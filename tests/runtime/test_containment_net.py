@@ -1,0 +1,78 @@
+"""A capsule that served and made network connections can be snapshotted and checkpointed at once: the
+connections are cut (as a VM snapshot's copy would find them gone), nothing waits for TIME_WAIT to expire."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import uuid
+
+import pytest
+
+from wrenn_server.proto._generated import hostagent_pb2 as pb
+
+from .conftest import AgentHandle
+from .test_conformance import create, new_id, sh
+
+pytestmark = pytest.mark.runtime
+
+SERVE = "python3 -m http.server --bind {bind} {port}"
+
+
+async def get(url: str) -> str:
+    """One HTTP request from the host, as the port proxy makes it; answers the status (000: no answer)."""
+    for _ in range(100):
+        probe = subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", url],
+            capture_output=True,
+            text=True,
+        )
+        if probe.stdout == "200":
+            break
+        await asyncio.sleep(0.2)
+    return probe.stdout
+
+
+async def serve_and_use(agent: AgentHandle, info: pb.SandboxInfo) -> None:
+    """A web app on the capsule's address and one on its loopback (relayed by envd), each asked once from the
+    host; an outbound connection from the capsule to one of them through its own address."""
+    for bind, port in (("0.0.0.0", 8080), ("127.0.0.1", 8081)):
+        cmd = SERVE.format(bind=bind, port=port).split()
+        await agent.stub.StartBackground(
+            pb.ExecRequest(sandbox_id=info.sandbox_id, cmd=cmd[0], args=cmd[1:]), metadata=agent.md
+        )
+    for port in (8080, 8081):
+        assert await get(f"http://{info.host_ip}:{port}/") == "200"
+    # The app closes each connection after its answer (HTTP/1.0): the guest's side is the one in TIME_WAIT.
+    out = await sh(agent, info, "curl -s -o /dev/null -w '%{http_code}' --max-time 5 http://127.0.0.1:8080/")
+    assert out.stdout == b"200"
+
+
+async def test_a_snapshot_right_after_serving_requests_succeeds(agent: AgentHandle) -> None:
+    source = await create(agent, memory_mb=256, disk_size_mb=512)
+    try:
+        await serve_and_use(agent, source)
+        team, template_id = str(uuid.uuid4()), str(uuid.uuid4())
+        request = pb.SnapshotRequest(sandbox_id=source.sandbox_id, team_id=team, template_id=template_id)
+        info = await agent.stub.SnapshotSandbox(request, metadata=agent.md)
+        assert info.size_bytes > 0
+        # The source goes on serving, and so does a capsule started from the snapshot.
+        assert await get(f"http://{source.host_ip}:8080/") == "200"
+        child = await agent.stub.CreateSandbox(
+            pb.CreateSandboxRequest(
+                sandbox_id=new_id(), template="snap", template_id=template_id, team_id=team, vcpus=1, memory_mb=256
+            ),
+            metadata=agent.md,
+        )
+        try:
+            assert child.status == pb.SANDBOX_STATUS_RUNNING
+            assert await get(f"http://{child.host_ip}:8080/") == "200"
+            assert await get(f"http://{child.host_ip}:8081/") == "200"
+            # A second snapshot at once, after the child served too.
+            again = pb.SnapshotRequest(sandbox_id=child.sandbox_id, team_id=team, template_id=str(uuid.uuid4()))
+            assert (await agent.stub.SnapshotSandbox(again, metadata=agent.md)).size_bytes > 0
+        finally:
+            await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=child.sandbox_id), metadata=agent.md)
+        await agent.stub.DeleteTemplate(pb.TemplateRef(team_id=team, template_id=template_id), metadata=agent.md)
+    finally:
+        await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=source.sandbox_id), metadata=agent.md)
