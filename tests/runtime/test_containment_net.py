@@ -9,6 +9,8 @@ import uuid
 
 import pytest
 
+from tests.guests import guest
+from wrenn_server.hostagent.runtimes.base import RuntimeState
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 
 from .conftest import AgentHandle
@@ -76,3 +78,28 @@ async def test_a_snapshot_right_after_serving_requests_succeeds(agent: AgentHand
         await agent.stub.DeleteTemplate(pb.TemplateRef(team_id=team, template_id=template_id), metadata=agent.md)
     finally:
         await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=source.sandbox_id), metadata=agent.md)
+
+
+async def test_a_pause_right_after_serving_requests_releases_the_memory(agent: AgentHandle) -> None:
+    """The connections the capsule closed (TIME_WAIT) do not keep a paused capsule frozen in memory."""
+    box = await create(agent, memory_mb=256, disk_size_mb=512)
+    ref = pb.SandboxRef(sandbox_id=box.sandbox_id)
+    name, workdir = guest(agent.settings.dir, box.sandbox_id)
+    manager = agent.agent.manager
+    assert manager is not None
+    manager.checkpoint_after_sec = 0.1
+    try:
+        await serve_and_use(agent, box)
+        await agent.stub.PauseSandbox(ref, metadata=agent.md)
+        image = workdir / "checkpoint" / "checkpoint.img"
+        for _ in range(100):
+            if image.is_file() and await manager.runtime.state(name) is RuntimeState.MISSING:
+                break
+            await asyncio.sleep(0.1)
+        assert image.is_file() and await manager.runtime.state(name) is RuntimeState.MISSING  # memory released
+        await agent.stub.ResumeSandbox(ref, metadata=agent.md)
+        assert await get(f"http://{box.host_ip}:8080/") == "200"
+        assert await get(f"http://{box.host_ip}:8081/") == "200"
+    finally:
+        manager.checkpoint_after_sec = agent.settings.checkpoint_after_sec
+        await agent.stub.DestroySandbox(ref, metadata=agent.md)

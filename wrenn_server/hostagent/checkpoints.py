@@ -5,15 +5,17 @@ Shared by snapshots of capsules (`templates.py`) and by prepared checkpoints of 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ..proto.envd import EndEvent, Mode, OutputEvent, ProcessRef, StartEvent, StartRequest
 from .envd_client import EnvdClient
 from .layout import CapsuleDir, TemplateDir
-from .network import Network, Slot
+from .network import Connection, Network, Slot
 from .runtimes.base import Runtime
 
+QUIESCE_CHECKS, QUIESCE_WAIT = 5, 0.02
 _LISTEN = """
 import socket, sys
 held = []
@@ -31,25 +33,44 @@ sys.stdin.read()
 """
 
 
-async def quiesce(runtime: Runtime, envd: EnvdClient, network: Network, slot: Slot) -> list[str]:
+async def quiesce(runtime: Runtime, envd: EnvdClient, network: Network, slot: Slot, cut_open: bool) -> list[str]:
     """End every TCP connection of the guest's a checkpoint would trip over (envd's clients, port relays, ours,
-    the guest's own, TIME_WAIT included): they are cut, as a VM's snapshot copy starts without them. Answers
-    those left, which would make a checkpoint fail (and kill the guest). A runtime that checkpoints connections
-    has none that stand in its way."""
+    the guest's own, TIME_WAIT included); `cut_open`: open ones too, as a VM's snapshot copy starts without
+    them (a pause keeps them, and the capsule stays frozen in memory instead). Answers those left, which would
+    make a checkpoint fail (and kill the guest). A runtime that checkpoints connections has none in its way."""
     await envd.prepare_checkpoint()
     envd.reset()
     if runtime.capabilities.checkpoint_keeps_connections:
         return []
-    left = await network.end_tcp_connections(slot)
-    if not left:
-        return []
-    # A TIME_WAIT endpoint gives way only to a SYN that a listener on its port takes: the guest's side of an
-    # outbound connection, or of one to a listener gone since (envd's port relays are closed by now), has
-    # none. A helper in the guest listens on those ports while the router ends them again.
-    await _with_listeners(envd, sorted({port for _, _, port in left}), lambda: network.end_tcp_connections(slot, left))
-    await envd.prepare_checkpoint()  # our calls to envd were new connections: end them too
-    envd.reset()
-    return [f"{peer}:{peer_port} -> port {port}" for peer, peer_port, port in await network.end_tcp_connections(slot)]
+    kept, failed = await _end_connections(network, slot, cut_open)
+    if failed and not kept:
+        # A TIME_WAIT endpoint gives way only to a SYN that a listener on its port takes: the guest's side of an
+        # outbound connection, or of one to a listener gone since (envd's port relays are closed by now), has
+        # none. A helper in the guest listens on those ports while the router ends them again.
+        ends = [c for c, _ in failed]
+        await _with_listeners(envd, sorted({c[2] for c in ends}), lambda: network.end_tcp_connections(slot, ends))
+        await envd.prepare_checkpoint()  # our calls to envd were new connections: end them too
+        envd.reset()
+        kept, failed = await _end_connections(network, slot, cut_open)
+    return [f"{state} {peer}:{peer_port} -> port {port}" for (peer, peer_port, port), state in [*kept, *failed]]
+
+
+async def _end_connections(
+    network: Network, slot: Slot, cut_open: bool
+) -> tuple[list[tuple[Connection, str]], list[tuple[Connection, str]]]:
+    """End the guest's connections (open ones too when `cut_open`); answers those kept open and those that
+    could not be ended."""
+    kept: list[tuple[Connection, str]] = []
+    failed: list[tuple[Connection, str]] = []
+    for _ in range(QUIESCE_CHECKS):  # resets of envd's connections just sent may not have crossed the router
+        tracked = await network.tracked_connections(slot)
+        kept = [(c, state) for c, state in tracked if state == "ESTABLISHED" and not cut_open]
+        ending = {c: state for c, state in tracked if state != "ESTABLISHED" or cut_open}
+        failed = [(c, ending[c]) for c in await network.end_tcp_connections(slot, list(ending))]
+        if not kept:
+            return kept, failed
+        await asyncio.sleep(QUIESCE_WAIT)
+    return kept, failed
 
 
 async def _with_listeners(envd: EnvdClient, ports: list[int], work: Callable[[], Awaitable[object]]) -> None:

@@ -257,14 +257,16 @@ route add default via {GUEST_GATEWAY}
         batch = f"addr replace {GUEST_ADDRESS}/{GUEST_PREFIX} dev eth0\nroute replace default via {GUEST_GATEWAY}\n"
         await proc.run(["ip", "-n", slot.capsule_ns, "-batch", "-"], input=batch.encode())
 
-    async def end_tcp_connections(self, slot: Slot, only: list[Connection] | None = None) -> list[Connection]:
-        """End every TCP connection the guest holds on its link (or `only` those), TIME_WAIT included, the way
-        `ss -K` would on a host (see tcpreset.py); answers those it could not end. Its router's connection
-        tracking names them: each connection the guest had on eth0 within the last two minutes, closed too."""
-        connections = only
-        if connections is None:
-            done = await proc.run(["ip", "netns", "exec", slot.router_ns, "cat", "/proc/net/nf_conntrack"], check=False)
-            connections = [c for line in done.stdout.decode().splitlines() if (c := _guest_connection(line))]
+    async def tracked_connections(self, slot: Slot) -> list[tuple[Connection, str]]:
+        """The guest's TCP connections on its link as its router's connection tracking saw them, each with its
+        tracked state: every one of the last two minutes, closed ones too (tracking keeps TIME_WAIT longer
+        than the guest does)."""
+        done = await proc.run(["ip", "netns", "exec", slot.router_ns, "cat", "/proc/net/nf_conntrack"], check=False)
+        return [c for line in done.stdout.decode().splitlines() if (c := _guest_connection(line))]
+
+    async def end_tcp_connections(self, slot: Slot, connections: list[Connection]) -> list[Connection]:
+        """End these TCP connections of the guest's, TIME_WAIT included, the way `ss -K` would on a host (see
+        tcpreset.py); answers those it could not end."""
         if not connections:
             return []
         link = await proc.run(["ip", "-n", slot.capsule_ns, "-j", "link", "show", "eth0"])
@@ -291,17 +293,17 @@ route add default via {GUEST_GATEWAY}
         (self._slots / str(slot.index)).unlink(missing_ok=True)
 
 
-def _guest_connection(line: str) -> Connection | None:
+def _guest_connection(line: str) -> tuple[Connection, str] | None:
     """(remote address, remote port, guest port) of a TCP connection tracked by the router, as the guest sees
-    it: its original direction is the peer's (DNATed to the guest) or the guest's own (SNATed on the way out)."""
+    it (its original direction is the peer's, DNATed to the guest, or the guest's own, SNATed on the way out),
+    and its tracked state."""
     fields = line.split()
     if len(fields) < 7 or fields[2] != "tcp":
         return None
     pairs = [f.split("=", 1) for f in fields if "=" in f]
-    tuples = [dict(pairs[i : i + 4]) for i in (0, 4)]
-    for tup in tuples:
+    for tup in (dict(pairs[0:4]), dict(pairs[4:8])):
         if tup.get("src") == GUEST_ADDRESS:
-            return tup["dst"], int(tup["dport"]), int(tup["sport"])
+            return (tup["dst"], int(tup["dport"]), int(tup["sport"])), fields[5]
     return None
 
 

@@ -215,7 +215,7 @@ class WarmPool:
             guest = await self.launcher.reserve(name, key.template_dir)
             await self.launcher.launch(guest, key.size, _wait_ready)
             try:
-                if connections := await quiesce(self.runtime, guest.envd, self.network, guest.slot):
+                if connections := await quiesce(self.runtime, guest.envd, self.network, guest.slot, cut_open=True):
                     raise RuntimeFailure(f"the fresh guest holds network connections {connections}")
                 about: dict[str, object] = {"base": str(key.template_dir), "prepared": True}
                 await save_template(self.runtime, name, self.launcher.data.capsule(name), new, about)

@@ -42,7 +42,7 @@ class Templates:
         async with self.registry.lock(sandbox_id):
             sandbox = self.registry.get(sandbox_id)
             record = sandbox.record
-            if connections := await quiesce(self.runtime, sandbox.envd, self.network, sandbox.slot):
+            if connections := await quiesce(self.runtime, sandbox.envd, self.network, sandbox.slot, cut_open=True):
                 await sandbox.envd.forward_again()
                 raise Conflict(
                     f"the capsule holds network connections ({', '.join(connections)}), which a snapshot cannot "
