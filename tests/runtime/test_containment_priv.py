@@ -1,0 +1,48 @@
+"""A host's data directory is for root alone, and what the agent keeps on disk cannot call it."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import grpc
+import pytest
+
+from tests.guests import guest
+from wrenn_server.hostagent.layout import DataDir
+from wrenn_server.proto._generated import hostagent_pb2 as pb
+
+from .conftest import TOKEN, AgentHandle
+from .test_conformance import create
+
+pytestmark = pytest.mark.runtime
+
+
+async def test_the_data_directory_and_capsules_are_for_root_alone(agent: AgentHandle) -> None:
+    agent.settings.dir.chmod(0o755)  # as an older agent left it
+    await agent.restart()
+    assert stat.S_IMODE(agent.settings.dir.stat().st_mode) == 0o700
+    box = await create(agent, memory_mb=256, disk_size_mb=512)
+    try:
+        _, workdir = guest(agent.settings.dir, box.sandbox_id)
+        assert workdir.is_dir() and stat.S_IMODE(workdir.stat().st_mode) == 0o700
+    finally:
+        await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=box.sandbox_id), metadata=agent.md)
+
+
+async def test_the_credentials_file_holds_no_usable_token(agent: AgentHandle) -> None:
+    path = DataDir(agent.settings.dir).credentials
+    # What an agent registered before this change saved: the RPC token itself.
+    legacy = {"host_id": "host-x", "token": "t", "refresh_token": "r", "rpc_token": TOKEN, "cp_url": ""}
+    path.write_text(json.dumps(legacy))
+    try:
+        await agent.restart()
+        saved = path.read_text()
+        assert TOKEN not in saved and stat.S_IMODE(path.stat().st_mode) == 0o600
+        for value in json.loads(saved).values():
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await agent.stub.Ping(pb.PingRequest(), metadata=(("x-wrenn-agent-token", value),))
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert (await agent.stub.Ping(pb.PingRequest(), metadata=agent.md)).runtime  # the real token still works
+    finally:
+        path.unlink(missing_ok=True)
