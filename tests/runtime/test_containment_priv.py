@@ -46,3 +46,29 @@ async def test_the_credentials_file_holds_no_usable_token(agent: AgentHandle) ->
         assert (await agent.stub.Ping(pb.PingRequest(), metadata=agent.md)).runtime  # the real token still works
     finally:
         path.unlink(missing_ok=True)
+
+
+# Capability numbers (linux/capability.h) a capsule must not hold, and everyday work that must still succeed.
+CAP_DAC_READ_SEARCH, CAP_NET_ADMIN = 2, 12
+EVERYDAY = (
+    "set -e; id -u nobody >/dev/null; mkdir -p /w && echo x > /w/f && chown nobody:nogroup /w/f "
+    "&& test $(stat -c %U /w/f) = nobody && sudo -n -u nobody cat /w/f >/dev/null "
+    "&& git -C /w init -q && git -C /w -c user.email=a@b -c user.name=a commit -q --allow-empty -m x "
+    "&& apt-get check >/dev/null && python3 -c 'import os; os.setgid(65534); os.setuid(65534)' "
+    "&& (command -v ping >/dev/null && ping -c 1 -W 2 127.0.0.1 >/dev/null || true) "
+    "&& grep CapEff /proc/self/status"
+)
+
+
+async def test_a_capsule_holds_only_the_privileges_it_needs(agent: AgentHandle) -> None:
+    box = await create(agent, memory_mb=256, disk_size_mb=512)
+    try:
+        out = await agent.stub.Exec(
+            pb.ExecRequest(sandbox_id=box.sandbox_id, cmd="/bin/sh", args=["-c", EVERYDAY]), metadata=agent.md
+        )
+        assert out.exit_code == 0, out.stderr
+        effective = int(out.stdout.split()[-1], 16)
+        assert effective  # root in the capsule holds capabilities...
+        assert not effective & (1 << CAP_NET_ADMIN | 1 << CAP_DAC_READ_SEARCH)  # ...but not these
+    finally:
+        await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=box.sandbox_id), metadata=agent.md)

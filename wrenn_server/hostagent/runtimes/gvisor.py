@@ -7,6 +7,7 @@ a per-capsule upper directory, so a capsule's changes are plain files on disk an
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import platform
@@ -28,10 +29,14 @@ INIT = "/usr/local/bin/wrenn-init"
 # by looking for /proc/sys/net/core/rmem_default; every namespace has that file on recent kernels. Hiding
 # /proc/sys/net in a private mount namespace lets runsc use the namespace we prepared, unchanged.
 _HIDE_NET_SYSCTL = 'mount -t tmpfs none /proc/sys/net && exec "$@"'
+# What a capsule's root holds inside gVisor's kernel (docs/containment.md, "Privileges"): Docker's default set,
+# plus SYS_ADMIN (envd mounts and manages the guest's cgroups), SYS_PTRACE (strace, gdb), SYS_NICE and
+# SYS_RESOURCE. Not NET_ADMIN (gVisor's network is set up by runsc from outside; nothing inside configures it)
+# nor DAC_READ_SEARCH (open_by_handle_at; root reads everything through DAC_OVERRIDE anyway). NET_RAW stays
+# listed, but runsc removes it unless run with --net-raw: ping uses ICMP datagram sockets.
 _CAPS = [
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
     "CAP_FOWNER",
     "CAP_FSETID",
     "CAP_KILL",
@@ -40,7 +45,6 @@ _CAPS = [
     "CAP_SETPCAP",
     "CAP_NET_BIND_SERVICE",
     "CAP_NET_RAW",
-    "CAP_NET_ADMIN",
     "CAP_SYS_CHROOT",
     "CAP_MKNOD",
     "CAP_AUDIT_WRITE",
@@ -90,7 +94,10 @@ class GVisorRuntime:
         except RuntimeFailure as exc:
             return Probe(False, f"runsc does not run: {exc.message}")
         first = version.stdout.decode().splitlines()[0] if version.stdout else "unknown"
-        return Probe(True, f"{first}, platform {self._platform}", {"platform": self._platform, "binary": binary})
+        # A checkpoint holds the guest's capabilities: one made with others is not restored (see pool.py's stamp).
+        caps = hashlib.sha256(" ".join(_CAPS).encode()).hexdigest()[:8]
+        details = {"platform": self._platform, "binary": binary, "capabilities": caps}
+        return Probe(True, f"{first}, platform {self._platform}", details)
 
     async def create(self, spec: SandboxSpec) -> None:
         self._config.state_dir.mkdir(parents=True, exist_ok=True)
