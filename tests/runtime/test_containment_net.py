@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -19,6 +20,37 @@ from .test_conformance import create, new_id, sh
 pytestmark = pytest.mark.runtime
 
 SERVE = "python3 -m http.server --bind {bind} {port}"
+OUTSIDE_NS, OUTSIDE_LINK, OUTSIDE = "wrenn-tnet-out", "wrenn-tnet", "198.18.7.2"
+# The guest opens a connection and closes it first, so its side is the one left in TIME_WAIT.
+CONNECT_AND_CLOSE = f"import socket; socket.create_connection(('{OUTSIDE}', 8000), timeout=5).close()"
+
+
+@pytest.fixture
+def outside() -> Iterator[str]:
+    """A server in a namespace of our own plays 'the internet' (see test_egress_is_nated)."""
+    cmds = [
+        f"ip netns add {OUTSIDE_NS}",
+        f"ip link add {OUTSIDE_LINK} type veth peer name eth0 netns {OUTSIDE_NS}",
+        f"ip addr add 198.18.7.1/24 dev {OUTSIDE_LINK}",
+        f"ip link set {OUTSIDE_LINK} up",
+        f"ip -n {OUTSIDE_NS} addr add {OUTSIDE}/24 dev eth0",
+        f"ip -n {OUTSIDE_NS} link set eth0 up",
+        f"ip -n {OUTSIDE_NS} route add default via 198.18.7.1",
+    ]
+    for c in cmds:
+        subprocess.run(c.split(), check=True)
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", OUTSIDE_NS, "python3", "-m", "http.server", "--bind", OUTSIDE, "8000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield OUTSIDE
+    finally:
+        server.kill()
+        server.wait()
+        subprocess.run(["ip", "netns", "del", OUTSIDE_NS], check=False)
+        subprocess.run(["ip", "link", "del", OUTSIDE_LINK], check=False, stderr=subprocess.DEVNULL)
 
 
 async def get(url: str) -> str:
@@ -50,10 +82,15 @@ async def serve_and_use(agent: AgentHandle, info: pb.SandboxInfo) -> None:
     assert out.stdout == b"200"
 
 
-async def test_a_snapshot_right_after_serving_requests_succeeds(agent: AgentHandle) -> None:
+async def test_a_snapshot_right_after_serving_requests_succeeds(agent: AgentHandle, outside: str) -> None:
     source = await create(agent, memory_mb=256, disk_size_mb=512)
     try:
         await serve_and_use(agent, source)
+        for _ in range(50):  # the outside server may still be starting
+            if (await sh(agent, source, f'python3 -c "{CONNECT_AND_CLOSE}"')).exit_code == 0:
+                break
+            await asyncio.sleep(0.2)
+        assert (await sh(agent, source, f'python3 -c "{CONNECT_AND_CLOSE}"')).exit_code == 0
         team, template_id = str(uuid.uuid4()), str(uuid.uuid4())
         request = pb.SnapshotRequest(sandbox_id=source.sandbox_id, team_id=team, template_id=template_id)
         info = await agent.stub.SnapshotSandbox(request, metadata=agent.md)

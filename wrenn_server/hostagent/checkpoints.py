@@ -22,6 +22,7 @@ held = []
 for port in sys.argv[1:]:
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         s.bind(("0.0.0.0", int(port)))
         s.listen()
@@ -74,8 +75,9 @@ async def _end_connections(
 
 
 async def _with_listeners(envd: EnvdClient, ports: list[int], work: Callable[[], Awaitable[object]]) -> None:
-    """Do `work` while a process in the guest listens on `ports` (a TIME_WAIT endpoint's port can be bound with
-    SO_REUSEADDR; a port in use by a listener already is skipped); it ends when its standard input closes."""
+    """Do `work` while a process in the guest listens on `ports` (gVisor lets SO_REUSEADDR and SO_REUSEPORT bind
+    the port of a TIME_WAIT endpoint, an ephemeral one too; a port a listener holds is skipped); it ends when
+    its standard input closes."""
     req = StartRequest("/usr/bin/python3", Mode.STREAM, ["-I", "-c", _LISTEN, *map(str, ports)], stdin=True)
     ref: ProcessRef | None = None
     async for event in envd.stream(req):
