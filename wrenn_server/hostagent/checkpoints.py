@@ -12,8 +12,9 @@ from pathlib import Path
 from ..proto.envd import EndEvent, Mode, OutputEvent, ProcessRef, StartEvent, StartRequest
 from .envd_client import EnvdClient
 from .layout import CapsuleDir, TemplateDir
-from .network import Connection, Network, Slot
+from .network import Network, Slot
 from .runtimes.base import Runtime
+from .tcpreset import Connection
 
 QUIESCE_CHECKS, QUIESCE_WAIT = 5, 0.02
 _LISTEN = """

@@ -17,18 +17,19 @@ removes the namespaces or link of a slot another agent holds, and never takes a 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import ipaddress
-import json
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import proc, tcpreset
 from .errors import NoCapacity
 from .runtimes.base import GuestNetwork
+from .tcpreset import Connection
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ GUEST_GATEWAY = "169.254.0.22"
 GUEST_PREFIX = 30
 MAX_SLOTS = 32767
 SLOTS_DIR = Path("/run/wrenn/slots")
-Connection = tuple[str, int, int]  # the remote address and port, and the guest's port, of a guest's connection
 _HOST_BASE = int(ipaddress.IPv4Address("10.11.0.0"))
 _VETH_BASE = int(ipaddress.IPv4Address("10.12.0.0"))
 
@@ -269,16 +269,11 @@ route add default via {GUEST_GATEWAY}
         tcpreset.py); answers those it could not end."""
         if not connections:
             return []
-        link = await proc.run(["ip", "-n", slot.capsule_ns, "-j", "link", "show", "eth0"])
-        request = {
-            "iface": "r0",
-            "guest": GUEST_ADDRESS,
-            "guest_mac": json.loads(link.stdout)[0]["address"],
-            "connections": connections,
-        }
-        script = ["ip", "netns", "exec", slot.router_ns, sys.executable, "-I", str(Path(tcpreset.__file__))]
-        done = await proc.run(script, input=json.dumps(request).encode())
-        return [(peer, int(peer_port), int(port)) for peer, peer_port, port in json.loads(done.stdout)]
+        router, capsule = Path("/run/netns") / slot.router_ns, Path("/run/netns") / slot.capsule_ns
+        # A thread of its own, ended afterwards: it moves into the capsule's namespaces.
+        with concurrent.futures.ThreadPoolExecutor(1, "wrenn-tcpreset") as thread:
+            call = functools.partial(tcpreset.end_all, router, capsule, GUEST_ADDRESS, connections)
+            return await asyncio.get_running_loop().run_in_executor(thread, call)
 
     async def teardown(self, slot: Slot, force: bool = False) -> None:
         """Remove a slot of ours (`force`: a leftover being reclaimed). A slot whose file names another agent
