@@ -107,7 +107,19 @@ def doctor() -> None:
     table.add_row("WRENN_RUNTIME=auto", "", f"would use {chosen}")
     running, details = asyncio.run(_agent_status())
     table.add_row("host agent", "yes" if running else "no", details)
+    table.add_row("data directory", *_data_dir_privacy(_data_dir()))
     Console().print(table)
+
+
+def _data_dir_privacy(path: Path) -> tuple[str, str]:
+    """Whether the data directory is for root alone (docs/containment.md, "Privileges")."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return "no", f"{path} does not exist yet"
+    if mode & 0o077:
+        return "no", f"{path} is {mode:o}: other users can read capsules' files (`wrenn up` makes it 700)"
+    return "yes", f"{path} is {mode:o}: for root alone"
 
 
 def _vm_outputs(image: ImagePaths) -> tuple[str, str]:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import grpc
 import pytest
@@ -79,3 +83,14 @@ async def test_a_capsule_holds_only_the_privileges_it_needs(agent: AgentHandle) 
         assert not effective & (1 << CAP_NET_ADMIN | 1 << CAP_DAC_READ_SEARCH)  # ...but not these
     finally:
         await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=box.sandbox_id), metadata=agent.md)
+
+
+def test_doctor_says_whether_the_data_directory_is_for_root_alone(tmp_path: Path) -> None:
+    env = {**os.environ, "WRENN_DIR": str(tmp_path), "COLUMNS": "400"}
+    for mode, verdict in ((0o755, " no "), (0o700, " yes ")):
+        tmp_path.chmod(mode)
+        doctor = subprocess.run(
+            [sys.executable, "-m", "wrenn_server.cli", "doctor"], env=env, capture_output=True, text=True, check=True
+        )
+        row = next(line for line in doctor.stdout.splitlines() if "data directory" in line)
+        assert verdict in row and f"{mode:o}" in row
