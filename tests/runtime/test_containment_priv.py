@@ -80,7 +80,10 @@ async def test_a_capsule_holds_only_the_privileges_it_needs(agent: AgentHandle) 
         assert out.exit_code == 0, out.stderr
         effective = int(out.stdout.split()[-1], 16)
         assert effective  # root in the capsule holds capabilities...
-        assert not effective & (1 << CAP_NET_ADMIN | 1 << CAP_DAC_READ_SEARCH)  # ...but not these
+        manager = agent.agent.manager
+        assert manager is not None
+        if manager.runtime.capabilities.guest_capabilities_limited:
+            assert not effective & (1 << CAP_NET_ADMIN | 1 << CAP_DAC_READ_SEARCH)  # ...but not these
     finally:
         await agent.stub.DestroySandbox(pb.SandboxRef(sandbox_id=box.sandbox_id), metadata=agent.md)
 

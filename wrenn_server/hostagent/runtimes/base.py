@@ -27,6 +27,9 @@ class Capabilities:
     # A guest with open TCP connections can be checkpointed (they continue after the restore); runsc 20221219
     # cannot, and a failed checkpoint kills its guest.
     checkpoint_keeps_connections: bool
+    # The guest's root holds a chosen set of capabilities (gVisor: the OCI spec's, docs/containment.md,
+    # "Privileges"); a VM's root holds every capability of its own kernel.
+    guest_capabilities_limited: bool = False
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ class GVisorRuntime:
         hardware_acceleration=False,
         disk_size_limit=False,
         checkpoint_keeps_connections=False,
+        guest_capabilities_limited=True,
     )
 
     def __init__(self, config: GVisorConfig) -> None:
