@@ -6,15 +6,19 @@ Shared by snapshots of capsules (`templates.py`) and by prepared checkpoints of 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ..proto.envd import EndEvent, Mode, OutputEvent, ProcessRef, StartEvent, StartRequest
 from .envd_client import EnvdClient
+from .errors import AgentError
 from .layout import CapsuleDir, TemplateDir
 from .network import Network, Slot
 from .runtimes.base import Runtime
 from .tcpreset import Connection
+
+log = logging.getLogger(__name__)
 
 QUIESCE_CHECKS, QUIESCE_WAIT = 5, 0.02
 _LISTEN = """
@@ -50,7 +54,10 @@ async def quiesce(runtime: Runtime, envd: EnvdClient, network: Network, slot: Sl
         # outbound connection, or of one to a listener gone since (envd's port relays are closed by now), has
         # none. A helper in the guest listens on those ports while the router ends them again.
         ends = [c for c, _ in failed]
-        await _with_listeners(envd, sorted({c[2] for c in ends}), lambda: network.end_tcp_connections(slot, ends))
+        try:
+            await _with_listeners(envd, sorted({c[2] for c in ends}), lambda: network.end_tcp_connections(slot, ends))
+        except AgentError as exc:  # what is left is answered below, and the caller turns forwarding on again
+            log.warning("could not lend the guest listeners to end its connections: %s", exc.message)
         await envd.prepare_checkpoint()  # our calls to envd were new connections: end them too
         envd.reset()
         kept, failed = await _end_connections(network, slot, cut_open)
