@@ -110,6 +110,7 @@ def doctor() -> None:
     table.add_row("WRENN_RUNTIME=auto", "", f"would use {chosen}")
     running, details = asyncio.run(_agent_status())
     table.add_row("host agent", "yes" if running else "no", details)
+    table.add_row("data directory", *_data_dir_privacy(_data_dir()))
     Console().print(table)
 
 
@@ -120,6 +121,17 @@ def _capabilities(capabilities: Capabilities) -> str:
     cannot = [name for name, value in wire.items() if value is False]
     restores = " ".join(sorted(capabilities.restores)) or "-"
     return f"yes: {' '.join(can) or '-'}; no: {' '.join(cannot) or '-'}; restores: {restores}"
+
+
+def _data_dir_privacy(path: Path) -> tuple[str, str]:
+    """Whether the data directory is for root alone (docs/containment.md, "Privileges")."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return "no", f"{path} does not exist yet"
+    if mode & 0o077:
+        return "no", f"{path} is {mode:o}: other users can read capsules' files (`wrenn up` makes it 700)"
+    return "yes", f"{path} is {mode:o}: for root alone"
 
 
 def _vm_outputs(image: ImagePaths) -> tuple[str, str]:
@@ -134,11 +146,10 @@ def _vm_outputs(image: ImagePaths) -> tuple[str, str]:
 
 
 async def _agent_status() -> tuple[bool, str]:
-    """The host agent of this data directory, if it runs: its runtime and warm pool."""
+    """The host agent of this data directory, if it answers (its calls need the control plane's token)."""
     import grpc
 
     from .hostagent.registration import Credentials
-    from .hostagent.server import TOKEN_HEADER
     from .hostagent.settings import AgentSettings
     from .proto._generated import hostagent_pb2 as pb
     from .proto._generated import hostagent_pb2_grpc as pb_grpc
@@ -150,11 +161,12 @@ async def _agent_status() -> tuple[bool, str]:
     async with grpc.aio.insecure_channel(settings.host_listen_addr) as channel:
         try:
             stub = pb_grpc.HostAgentServiceStub(channel)  # type: ignore[no-untyped-call]
-            ping = await stub.Ping(pb.PingRequest(), metadata=((TOKEN_HEADER, creds.rpc_token),), timeout=3)
+            await stub.Ping(pb.PingRequest(), timeout=3)
         except grpc.aio.AioRpcError as exc:
-            return False, f"not answering on {settings.host_listen_addr}: {exc.code().name}"
-    pool = ", ".join(f"{name} {count}" for name, count in sorted(ping.pool.items()))
-    return True, f"{settings.host_listen_addr}, runtime {ping.runtime}; warm pool: {pool}"
+            if exc.code() is not grpc.StatusCode.UNAUTHENTICATED:
+                return False, f"not answering on {settings.host_listen_addr}: {exc.code().name}"
+    # Only the control plane holds the token its calls need: the agent keeps a hash of it.
+    return True, f"{settings.host_listen_addr}, host {creds.host_id} (its runtime and pool: GET /v1/hosts)"
 
 
 @app.command()

@@ -18,12 +18,8 @@ async def test_register_with_bad_token(http: httpx.AsyncClient) -> None:
     body = {"token": "f" * 64, "address": "127.0.0.1:50051"}
     assert_error(await http.post("/v1/hosts/register", json=body), 401, "unauthorized")
     assert_error(await http.post("/v1/hosts/register", json={"address": "x:1"}), 400, "invalid_request")
-    assert_error(
-        await http.post("/v1/hosts/register", json={"token": "", "address": "x:1"}), 400, "invalid_request"
-    )
-    assert_error(
-        await http.post("/v1/hosts/register", json={"token": 5, "address": "x:1"}), 400, "invalid_request"
-    )
+    assert_error(await http.post("/v1/hosts/register", json={"token": "", "address": "x:1"}), 400, "invalid_request")
+    assert_error(await http.post("/v1/hosts/register", json={"token": 5, "address": "x:1"}), 400, "invalid_request")
 
 
 async def test_register_heartbeat_refresh(http: httpx.AsyncClient, harness: Harness) -> None:
@@ -111,6 +107,7 @@ GVISOR = {
     "guest_kernel": False,
     "memory_file": False,
     "layered_files": True,
+    "guest_capabilities_limited": True,
     "restores": ["gvisor"],
 }
 
@@ -134,7 +131,13 @@ async def test_a_host_shows_the_runtime_and_capabilities_its_agent_last_reported
 
     assert (await listed())["capabilities"] == GVISOR
     # The agent came back on another runtime: its next heartbeat says so.
-    microvm = {**GVISOR, "hardware_acceleration": True, "layered_files": False, "restores": ["microvm"]}
+    microvm = {
+        **GVISOR,
+        "hardware_acceleration": True,
+        "layered_files": False,
+        "guest_capabilities_limited": False,
+        "restores": ["microvm"],
+    }
     beat = f"/v1/hosts/{wire_id}/heartbeat"
     headers = {"X-Host-Token": creds["token"]}
     resp = await http.post(beat, json={"runtime": "microvm", "capabilities": microvm}, headers=headers)

@@ -26,7 +26,14 @@ from .test_hosts import GVISOR
 
 __all__ = ["agent_processes"]
 
-MICROVM = {**GVISOR, "guest_kernel": True, "memory_file": True, "layered_files": False, "restores": ["microvm"]}
+MICROVM = {
+    **GVISOR,
+    "guest_kernel": True,
+    "memory_file": True,
+    "layered_files": False,
+    "guest_capabilities_limited": False,
+    "restores": ["microvm"],
+}
 
 
 async def snapshot_row(harness: Harness, team_id: uuid.UUID, host_id: uuid.UUID, runtime: str) -> str:

@@ -13,8 +13,8 @@ import pytest
 from tests.guests import guest, kill_guest
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 
-from .conftest import AgentHandle
 from .calls import create, new_id, sh
+from .conftest import AgentHandle
 
 pytestmark = pytest.mark.runtime
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import uuid
 from enum import Enum
@@ -77,6 +78,23 @@ def new_api_key() -> str:
 def is_api_key_format(text: str) -> bool:
     body = text[4:]
     return text.startswith("wrn_") and len(body) == 32 and all(ch in "0123456789abcdef" for ch in body)
+
+
+RPC_SEED = "seed:"
+
+
+def new_rpc_seed() -> str:
+    return RPC_SEED + secrets.token_hex(32)
+
+
+def agent_rpc_token(secret: str, host_id: uuid.UUID, stored: str) -> str:
+    """The token the control plane presents to a host's agent. The database keeps only a seed, from which the
+    token is derived with the control plane's secret (HMAC-SHA256): a copy of the database cannot call an
+    agent. A value stored before seeds (no prefix) is the token itself, until the host's next refresh."""
+    if not stored.startswith(RPC_SEED):
+        return stored
+    message = f"wrenn-agent-rpc:{host_id}:{stored.removeprefix(RPC_SEED)}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
 def hash_secret(plaintext: str) -> str:

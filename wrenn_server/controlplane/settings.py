@@ -106,6 +106,12 @@ class ControlPlaneSettings(BaseSettings):
     def max_json_bytes(self) -> int:
         return self.max_json_kb * 1024
 
+    def private_dir(self) -> Path:
+        """The data directory, made for root alone (its secrets, its SQLite database)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)
+        return self.dir
+
     def resolve_jwt_secret(self) -> str:
         """The configured secret, else the one persisted in `<dir>/jwt-secret` (created on first use)."""
         if self.jwt_secret:

@@ -46,11 +46,12 @@ class ControlPlane:
 
     @classmethod
     async def start(cls, settings: ControlPlaneSettings) -> ControlPlane:
+        settings.private_dir()
         jwt_secret = settings.resolve_jwt_secret()
         await migrate(settings)
         engine = make_engine(settings.database_url)
         sessionmaker = make_sessionmaker(engine)
-        pool = AgentPool()
+        pool = AgentPool(jwt_secret)
         tasks = TaskTracker()
         activity = ActivityTracker(sessionmaker)
         events = CapsuleEvents(await open_bus(settings.redis_url), sessionmaker, capsule_json)

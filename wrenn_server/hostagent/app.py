@@ -36,6 +36,7 @@ class HostAgent:
 
     async def start(self, registration_token: str = "") -> None:
         self.settings.dir.mkdir(parents=True, exist_ok=True)
+        self.settings.dir.chmod(0o700)  # capsules' files, credentials: for root alone
         proc.install_reaper(asyncio.get_running_loop())
         runtime = await select_runtime(self.settings.runtime, self.settings.dir)
         self.manager = SandboxManager(
@@ -60,9 +61,14 @@ class HostAgent:
         if creds is None:
             log.warning("not registered with a control plane: set WRENN_CP_URL and WRENN_REGISTRATION_TOKEN")
             return
-        self.auth.token = creds.rpc_token
-        beat = Heartbeat(creds, self.credentials_path, self.settings.heartbeat_sec, self.settings.dir, runtime)
+        self.auth.token_hash = creds.rpc_token_hash
+        beat = Heartbeat(
+            creds, self.credentials_path, self.settings.heartbeat_sec, self.settings.dir, runtime, self._rotated
+        )
         self._tasks.append(asyncio.create_task(beat.run()))
+
+    def _rotated(self, token_hash: str) -> None:
+        self.auth.token_hash = token_hash
 
     async def _register(self, token: str, saved: Credentials | None, runtime: Runtime) -> Credentials:
         """Redeem the one-time token. A token the control plane refuses (spent by this agent's first run, as

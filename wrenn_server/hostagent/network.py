@@ -17,16 +17,19 @@ removes the namespaces or link of a slot another agent holds, and never takes a 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import proc
+from . import proc, tcpreset
 from .errors import NoCapacity
 from .runtimes.base import GuestNetwork
+from .tcpreset import Connection
 
 log = logging.getLogger(__name__)
 
@@ -254,20 +257,23 @@ route add default via {GUEST_GATEWAY}
         batch = f"addr replace {GUEST_ADDRESS}/{GUEST_PREFIX} dev eth0\nroute replace default via {GUEST_GATEWAY}\n"
         await proc.run(["ip", "-n", slot.capsule_ns, "-batch", "-"], input=batch.encode())
 
-    async def open_tcp_states(self, slot: Slot) -> list[str]:
-        """States of the capsule's TCP connections as its router's connection tracking saw them, closed ones
-        left out. Conservative: tracking keeps TIME_WAIT longer than the guest does."""
+    async def tracked_connections(self, slot: Slot) -> list[tuple[Connection, str]]:
+        """The guest's TCP connections on its link as its router's connection tracking saw them, each with its
+        tracked state: every one of the last two minutes, closed ones too (tracking keeps TIME_WAIT longer
+        than the guest does)."""
         done = await proc.run(["ip", "netns", "exec", slot.router_ns, "cat", "/proc/net/nf_conntrack"], check=False)
-        states = []
-        for line in done.stdout.decode().splitlines():
-            fields = line.split()
-            if len(fields) < 7 or fields[2] != "tcp" or fields[5] == "CLOSE":
-                continue
-            # A SYN from outside that was never answered (sent while the guest booted) left nothing in the guest.
-            if "[UNREPLIED]" in fields and fields[6] != f"src={GUEST_ADDRESS}":
-                continue
-            states.append(fields[5])
-        return states
+        return [c for line in done.stdout.decode().splitlines() if (c := _guest_connection(line))]
+
+    async def end_tcp_connections(self, slot: Slot, connections: list[Connection]) -> list[Connection]:
+        """End these TCP connections of the guest's, TIME_WAIT included, the way `ss -K` would on a host (see
+        tcpreset.py); answers those it could not end."""
+        if not connections:
+            return []
+        router, capsule = Path("/run/netns") / slot.router_ns, Path("/run/netns") / slot.capsule_ns
+        # A thread of its own, ended afterwards: it moves into the capsule's namespaces.
+        with concurrent.futures.ThreadPoolExecutor(1, "wrenn-tcpreset") as thread:
+            call = functools.partial(tcpreset.end_all, router, capsule, GUEST_ADDRESS, connections)
+            return await asyncio.get_running_loop().run_in_executor(thread, call)
 
     async def teardown(self, slot: Slot, force: bool = False) -> None:
         """Remove a slot of ours (`force`: a leftover being reclaimed). A slot whose file names another agent
@@ -280,6 +286,20 @@ route add default via {GUEST_GATEWAY}
             await proc.run(["ip", "netns", "del", ns], check=False)
         await proc.run(["ip", "link", "del", slot.veth], check=False)
         (self._slots / str(slot.index)).unlink(missing_ok=True)
+
+
+def _guest_connection(line: str) -> tuple[Connection, str] | None:
+    """(remote address, remote port, guest port) of a TCP connection tracked by the router, as the guest sees
+    it (its original direction is the peer's, DNATed to the guest, or the guest's own, SNATed on the way out),
+    and its tracked state."""
+    fields = line.split()
+    if len(fields) < 7 or fields[2] != "tcp":
+        return None
+    pairs = [f.split("=", 1) for f in fields if "=" in f]
+    for tup in (dict(pairs[0:4]), dict(pairs[4:8])):
+        if tup.get("src") == GUEST_ADDRESS:
+            return (tup["dst"], int(tup["dport"]), int(tup["sport"])), fields[5]
+    return None
 
 
 def _built(slot: Slot) -> bool:

@@ -53,7 +53,7 @@ class Pauser:
                 return sandbox
             sandbox = self.registry.get(sandbox_id)
             record = sandbox.record
-            connections = await quiesce(self.runtime, sandbox.envd, self.network, sandbox.slot)
+            connections = await quiesce(self.runtime, sandbox.envd, self.network, sandbox.slot, cut_open=False)
             await self.runtime.freeze(record.name)
             if connections:
                 log.info("capsule %s has TCP connections %s: it stays frozen in memory", sandbox_id, connections)

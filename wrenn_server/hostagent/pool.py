@@ -91,8 +91,9 @@ class WarmPool:
     async def start(self, default_template: Path | None) -> None:
         """Remove the guests a previous agent left warm (their slots are already gone), then warm the default."""
         probe = await self.runtime.probe()
-        # A checkpoint is only good for the runtime version and platform that wrote it.
-        self._stamp = hashlib.sha256(f"{self.runtime.name} {probe.reason}".encode()).hexdigest()[:10]
+        # A checkpoint is only good for the runtime version, platform and guest settings that wrote it.
+        stamp = f"{self.runtime.name} {probe.reason} {sorted(probe.details.items())}"
+        self._stamp = hashlib.sha256(stamp.encode()).hexdigest()[:10]
         for workdir in self.launcher.data.sandboxes.glob(POOL_PREFIX + "*"):
             capsule = self.launcher.data.capsule(workdir.name)
             if not capsule.record.exists():
@@ -215,7 +216,7 @@ class WarmPool:
             guest = await self.launcher.reserve(name, key.template_dir)
             await self.launcher.launch(guest, key.size, _wait_ready)
             try:
-                if connections := await quiesce(self.runtime, guest.envd, self.network, guest.slot):
+                if connections := await quiesce(self.runtime, guest.envd, self.network, guest.slot, cut_open=True):
                     raise RuntimeFailure(f"the fresh guest holds network connections {connections}")
                 about: dict[str, object] = {"base": str(key.template_dir), "prepared": True}
                 await save_template(self.runtime, name, self.launcher.data.capsule(name), new, about)

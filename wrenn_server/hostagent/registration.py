@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
 import platform
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,20 +24,37 @@ class RegistrationError(Exception):
     pass
 
 
+def token_hash(token: str) -> str:
+    """What the agent keeps of the token the control plane presents on RPCs (a 256-bit random secret, so a
+    plain sha256 is enough): a copy of the credentials file cannot call the agent."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 @dataclass
 class Credentials:
     host_id: str
     token: str
     refresh_token: str
-    rpc_token: str
+    rpc_token_hash: str
     cp_url: str
 
     @classmethod
     def load(cls, path: Path) -> Credentials | None:
+        """The saved credentials; a file written before only the RPC token's hash was kept is rewritten."""
         try:
-            return cls(**json.loads(path.read_text()))
+            fields = json.loads(path.read_text())
+            legacy = fields.pop("rpc_token", None)
+            if legacy is not None:
+                fields["rpc_token_hash"] = token_hash(legacy)
+            creds = cls(**fields)
         except (OSError, ValueError, TypeError):
             return None
+        if legacy is not None:
+            try:
+                creds.save(path)
+            except OSError as exc:
+                log.warning("could not rewrite %s without its RPC token: %s", path, exc)
+        return creds
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -71,7 +90,7 @@ async def register(cp_url: str, token: str, address: str, data_dir: Path, runtim
         host_id=body["host"]["id"],
         token=body["token"],
         refresh_token=body["refresh_token"],
-        rpc_token=body["rpc_token"],
+        rpc_token_hash=token_hash(body["rpc_token"]),
         cp_url=cp_url,
     )
 
@@ -79,8 +98,17 @@ async def register(cp_url: str, token: str, address: str, data_dir: Path, runtim
 class Heartbeat:
     """Tells the control plane every few seconds that this host is alive; refreshes its token when told to."""
 
-    def __init__(self, creds: Credentials, path: Path, interval: float, data_dir: Path, runtime: Runtime) -> None:
+    def __init__(
+        self,
+        creds: Credentials,
+        path: Path,
+        interval: float,
+        data_dir: Path,
+        runtime: Runtime,
+        rotated: Callable[[str], None],
+    ) -> None:
         self.creds = creds
+        self.rotated = rotated  # told the new RPC token's hash when a refresh replaces the token
         self.path = path
         self.interval = interval
         self.data_dir = data_dir
@@ -116,5 +144,7 @@ class Heartbeat:
         body = resp.json()
         self.creds.token = body["token"]
         self.creds.refresh_token = body["refresh_token"]
-        self.creds.rpc_token = body.get("rpc_token") or self.creds.rpc_token
+        if body.get("rpc_token"):
+            self.creds.rpc_token_hash = token_hash(body["rpc_token"])
+            self.rotated(self.creds.rpc_token_hash)
         self.creds.save(self.path)

@@ -25,6 +25,7 @@ from .envd_client import EnvdClient, ProcessEvent
 from .errors import AgentError, InvalidArgument, Unreachable
 from .manager import CreateRequest, SandboxManager
 from .metrics import RANGES, TIER_2H, TIER_10M, TIER_24H, Point
+from .registration import token_hash
 from .registry import Start
 from .state import SandboxRecord, SandboxStatus
 from .storage import Storage
@@ -37,14 +38,22 @@ T = TypeVar("T")
 
 
 class Auth:
-    """The secret the control plane must present; set at registration."""
+    """Checks the secret the control plane presents; only its hash is kept (set at registration)."""
 
-    def __init__(self, token: str = "") -> None:
-        self.token = token
+    def __init__(self, token_hash: str = "") -> None:
+        self.token_hash = token_hash
+
+    @property
+    def token(self) -> str:
+        raise AttributeError("only the token's hash is kept")
+
+    @token.setter
+    def token(self, token: str) -> None:
+        self.token_hash = token_hash(token)
 
     def check(self, context: grpc.aio.ServicerContext) -> bool:
         sent = dict(context.invocation_metadata() or ()).get(TOKEN_HEADER, "")
-        return bool(self.token) and hmac.compare_digest(str(sent), self.token)
+        return bool(self.token_hash) and hmac.compare_digest(token_hash(str(sent)), self.token_hash)
 
 
 def unary(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:

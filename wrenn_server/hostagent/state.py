@@ -86,7 +86,7 @@ class RecordStore:
 
     def save(self, record: SandboxRecord) -> None:
         capsule = self.capsule(record)
-        capsule.path.mkdir(parents=True, exist_ok=True)
+        capsule.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = capsule.record.with_name(f"{capsule.record.name}.tmp")
         with tmp.open("w") as f:
             json.dump(asdict(record), f)

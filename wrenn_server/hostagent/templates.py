@@ -46,7 +46,7 @@ class Templates:
                 return await self._snapshot_files(ended, team_id, template_id)
             sandbox = self.registry.get(sandbox_id)
             record = sandbox.record
-            if connections := await quiesce(self.runtime, sandbox.envd, self.network, sandbox.slot):
+            if connections := await quiesce(self.runtime, sandbox.envd, self.network, sandbox.slot, cut_open=True):
                 await sandbox.envd.forward_again()
                 raise Conflict(
                     f"the capsule holds network connections ({', '.join(connections)}), which a snapshot cannot "

@@ -25,7 +25,11 @@ def make_engine(database_url: str) -> AsyncEngine:
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            Path(url.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # For root alone: it holds every key's hash and the hosts' addresses. SQLite gives its -wal and
+            # -shm files the database's own mode.
+            Path(url.database).touch(mode=0o600)
+            Path(url.database).chmod(0o600)
         engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine

@@ -21,6 +21,9 @@ class HostCapabilities(Request):
     guest_kernel: bool = Field(description="The capsule runs a Linux kernel of its own.")
     memory_file: bool = Field(description="Guest memory is a host file that pauses move rather than copy.")
     layered_files: bool = Field(description="The capsule's files are a directory over its template's, not a disk.")
+    guest_capabilities_limited: bool = Field(
+        False, description="The capsule's root holds a chosen set of Linux capabilities, not all of them."
+    )
     restores: list[str] = Field(description="Runtimes whose snapshot templates this host can start capsules of.")
 
 

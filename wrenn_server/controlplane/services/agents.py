@@ -17,6 +17,7 @@ from wrenn_server.proto._generated import hostagent_pb2_grpc as pb_grpc
 
 from ..db.models import Host
 from ..errors import from_rpc_error
+from ..ids import agent_rpc_token
 from .status import Status
 
 TOKEN_HEADER = "x-wrenn-agent-token"
@@ -55,7 +56,7 @@ class HostRef:
 
     id: uuid.UUID
     address: str
-    rpc_token: str
+    rpc_token: str  # as stored: a seed the token is derived from (see AgentPool.client)
 
     @classmethod
     def of(cls, host: Host) -> HostRef:
@@ -222,7 +223,8 @@ class UploadCall:
 class AgentPool:
     """One channel per agent address, created on first use inside the running event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, secret: str = "") -> None:
+        self._secret = secret  # derives each agent's token from the seed the database keeps (ids.agent_rpc_token)
         self._channels: dict[str, Any] = {}
         self._stubs: dict[str, Any] = {}
         self._local: dict[str, Any] = {}
@@ -232,15 +234,16 @@ class AgentPool:
         self._local[address] = stub
 
     def client(self, host: HostRef) -> AgentClient:
+        token = agent_rpc_token(self._secret, host.id, host.rpc_token)
         stub = self._local.get(host.address) or self._stubs.get(host.address)
         if stub is not None:
-            return AgentClient(stub, host.rpc_token)
+            return AgentClient(stub, token)
         channel = self._channels.get(host.address)
         if channel is None:
             channel = grpc.aio.insecure_channel(host.address, options=_CHANNEL_OPTIONS)
             self._channels[host.address] = channel
         stub = self._stubs[host.address] = pb_grpc.HostAgentServiceStub(channel)  # type: ignore[no-untyped-call]
-        return AgentClient(stub, host.rpc_token)
+        return AgentClient(stub, token)
 
     async def close(self) -> None:
         self._local, self._stubs = {}, {}

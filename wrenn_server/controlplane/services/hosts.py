@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from datetime import timedelta
 
@@ -13,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..db.models import Host, HostRefreshToken, HostToken
 from ..db.types import utcnow
 from ..errors import Forbidden, InvalidRequest, NotFound, Unauthorized
-from ..ids import hash_secret, new_token, new_uuid
+from ..ids import RPC_SEED, agent_rpc_token, hash_secret, new_rpc_seed, new_token, new_uuid
 from ..schemas.hosts import Capacity, HostCredentials, RegisterBody
 from ..schemas.hosts import Host as HostView
 from .auth import host_id_from_jwt, issue_host_jwt
@@ -32,9 +31,10 @@ def _apply(host: Host, capacity: Capacity) -> None:
             setattr(host, name, value)
 
 
-def _credentials(host: Host, issued: tuple[str, str]) -> HostCredentials:
+def _credentials(host: Host, issued: tuple[str, str], secret: str) -> HostCredentials:
     token, refresh = issued
-    return HostCredentials(host=HostView.of(host), token=token, refresh_token=refresh, rpc_token=host.rpc_token)
+    rpc_token = agent_rpc_token(secret, host.id, host.rpc_token)
+    return HostCredentials(host=HostView.of(host), token=token, refresh_token=refresh, rpc_token=rpc_token)
 
 
 async def create_host(
@@ -100,10 +100,10 @@ async def register(session: AsyncSession, secret: str, body: RegisterBody) -> Ho
     host.status = HostStatus.ONLINE.value
     host.last_heartbeat_at = now
     host.updated_at = now
-    host.rpc_token = secrets.token_hex(32)
+    host.rpc_token = new_rpc_seed()
     issued = await _issue(session, secret, host)
     await session.commit()
-    return _credentials(host, issued)
+    return _credentials(host, issued, secret)
 
 
 async def heartbeat(
@@ -130,9 +130,7 @@ async def refresh(session: AsyncSession, secret: str, refresh_token: str) -> Hos
     """Rotate a refresh token into a new host JWT and refresh token."""
     now = utcnow()
     row = await session.scalar(
-        select(HostRefreshToken)
-        .where(HostRefreshToken.token_hash == hash_secret(refresh_token))
-        .with_for_update()
+        select(HostRefreshToken).where(HostRefreshToken.token_hash == hash_secret(refresh_token)).with_for_update()
     )
     if row is None or row.revoked_at is not None or row.expires_at <= now:
         raise Unauthorized("invalid or expired refresh token")
@@ -140,9 +138,11 @@ async def refresh(session: AsyncSession, secret: str, refresh_token: str) -> Hos
     if host is None:
         raise NotFound("host not found")
     row.revoked_at = now
+    if not host.rpc_token.startswith(RPC_SEED):  # a token stored whole before seeds: replaced by a derived one
+        host.rpc_token = new_rpc_seed()
     issued = await _issue(session, secret, host)
     await session.commit()
-    return _credentials(host, issued)
+    return _credentials(host, issued, secret)
 
 
 async def list_hosts(session: AsyncSession) -> list[Host]:

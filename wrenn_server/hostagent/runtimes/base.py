@@ -34,6 +34,9 @@ class Capabilities:
     guest_kernel: bool  # the guest runs a Linux kernel of its own: a serial console, sysrq, kernel panics
     memory_file: bool  # guest RAM is a host file that a checkpoint moves rather than copies
     layered_files: bool  # the guest's files are a host directory over its template's, not a disk image
+    # The guest's root holds a chosen set of capabilities (gVisor: the OCI spec's, docs/containment.md,
+    # "Privileges"); a VM's root holds every capability of its own kernel.
+    guest_capabilities_limited: bool = False
     restores: frozenset[str] = frozenset()  # runtimes whose snapshots (guest state) this one can restore
 
     def to_wire(self) -> dict[str, bool | list[str]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -32,10 +33,14 @@ INIT = "/usr/local/bin/wrenn-init"
 # by looking for /proc/sys/net/core/rmem_default; every namespace has that file on recent kernels. Hiding
 # /proc/sys/net in a private mount namespace lets runsc use the namespace we prepared, unchanged.
 _HIDE_NET_SYSCTL = 'mount -t tmpfs none /proc/sys/net && exec "$@"'
+# What a capsule's root holds inside gVisor's kernel (docs/containment.md, "Privileges"): Docker's default set,
+# plus SYS_ADMIN (envd mounts and manages the guest's cgroups), SYS_PTRACE (strace, gdb), SYS_NICE and
+# SYS_RESOURCE. Not NET_ADMIN (gVisor's network is set up by runsc from outside; nothing inside configures it)
+# nor DAC_READ_SEARCH (open_by_handle_at; root reads everything through DAC_OVERRIDE anyway). NET_RAW stays
+# listed, but runsc removes it unless run with --net-raw: ping uses ICMP datagram sockets.
 _CAPS = [
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
     "CAP_FOWNER",
     "CAP_FSETID",
     "CAP_KILL",
@@ -44,7 +49,6 @@ _CAPS = [
     "CAP_SETPCAP",
     "CAP_NET_BIND_SERVICE",
     "CAP_NET_RAW",
-    "CAP_NET_ADMIN",
     "CAP_SYS_CHROOT",
     "CAP_MKNOD",
     "CAP_AUDIT_WRITE",
@@ -102,9 +106,12 @@ class GVisorRuntime:
             guest_kernel=False,  # the Sentry: no serial console, no sysrq, no kernel panic
             memory_file=False,
             layered_files=True,  # an overlay: the capsule's changes are plain files in its upper directory
+            guest_capabilities_limited=True,  # the OCI spec's list (docs/containment.md, "Privileges")
             restores=frozenset({self.name}),
         )
-        details = {"platform": self._platform, "binary": binary}
+        # A checkpoint holds the guest's capabilities: one made with others is not restored (see pool.py's stamp).
+        caps = hashlib.sha256(" ".join(_CAPS).encode()).hexdigest()[:8]
+        details = {"platform": self._platform, "binary": binary, "capabilities": caps}
         details["disk_size_limit"] = "loop-mounted ext4" if no_disks is None else f"none: {no_disks}"
         return Probe(True, f"{first}, platform {self._platform}", details, self.capabilities)
 

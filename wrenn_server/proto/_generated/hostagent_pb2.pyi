@@ -56,7 +56,7 @@ class PingResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., runtime: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_gb: _Optional[int] = ..., arch: _Optional[str] = ..., pool: _Optional[_Mapping[str, int]] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("pause_with_memory", "snapshot", "hardware_acceleration", "disk_size_limit", "checkpoint_keeps_connections", "guest_sees_vcpus", "guest_kernel", "memory_file", "restores", "layered_files")
+    __slots__ = ("pause_with_memory", "snapshot", "hardware_acceleration", "disk_size_limit", "checkpoint_keeps_connections", "guest_sees_vcpus", "guest_kernel", "memory_file", "restores", "layered_files", "guest_capabilities_limited")
     PAUSE_WITH_MEMORY_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_ACCELERATION_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class Capabilities(_message.Message):
     MEMORY_FILE_FIELD_NUMBER: _ClassVar[int]
     RESTORES_FIELD_NUMBER: _ClassVar[int]
     LAYERED_FILES_FIELD_NUMBER: _ClassVar[int]
+    GUEST_CAPABILITIES_LIMITED_FIELD_NUMBER: _ClassVar[int]
     pause_with_memory: bool
     snapshot: bool
     hardware_acceleration: bool
@@ -77,7 +78,8 @@ class Capabilities(_message.Message):
     memory_file: bool
     restores: _containers.RepeatedScalarFieldContainer[str]
     layered_files: bool
-    def __init__(self, pause_with_memory: _Optional[bool] = ..., snapshot: _Optional[bool] = ..., hardware_acceleration: _Optional[bool] = ..., disk_size_limit: _Optional[bool] = ..., checkpoint_keeps_connections: _Optional[bool] = ..., guest_sees_vcpus: _Optional[bool] = ..., guest_kernel: _Optional[bool] = ..., memory_file: _Optional[bool] = ..., restores: _Optional[_Iterable[str]] = ..., layered_files: _Optional[bool] = ...) -> None: ...
+    guest_capabilities_limited: bool
+    def __init__(self, pause_with_memory: _Optional[bool] = ..., snapshot: _Optional[bool] = ..., hardware_acceleration: _Optional[bool] = ..., disk_size_limit: _Optional[bool] = ..., checkpoint_keeps_connections: _Optional[bool] = ..., guest_sees_vcpus: _Optional[bool] = ..., guest_kernel: _Optional[bool] = ..., memory_file: _Optional[bool] = ..., restores: _Optional[_Iterable[str]] = ..., layered_files: _Optional[bool] = ..., guest_capabilities_limited: _Optional[bool] = ...) -> None: ...
 
 class SandboxRef(_message.Message):
     __slots__ = ("sandbox_id",)
