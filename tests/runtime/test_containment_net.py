@@ -15,7 +15,7 @@ from wrenn_server.hostagent.runtimes.base import RuntimeState
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 
 from .conftest import AgentHandle
-from .test_conformance import create, new_id, sh
+from .calls import create, new_id, sh
 
 pytestmark = pytest.mark.runtime
 

@@ -17,7 +17,7 @@ from wrenn_server.hostagent.layout import DataDir
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 
 from .conftest import TOKEN, AgentHandle
-from .test_conformance import create
+from .calls import create
 
 pytestmark = pytest.mark.runtime
 
