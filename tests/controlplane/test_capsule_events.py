@@ -205,6 +205,9 @@ async def test_reconciler_moves_are_events(harness: Harness, agent: Agent) -> No
     team_id, _ = await harness.team(byoc=True)
     live_host = await harness.host(team_id, address=agent.address)
     never = await harness.capsule(team_id, "running", live_host)  # a capsule the host never had
+    # A create whose control plane went away before the host had it (this one boots nothing): settled at once
+    # with no transition grace, as under `wrenn up`.
+    never_started = await harness.capsule(team_id, "starting", live_host)
     cut_short = await harness.capsule(team_id, "stopping", live_host)  # a destroy whose control plane went away
     silent_host = await harness.host(team_id)
     lost = {await harness.capsule(team_id, status, silent_host): status for status in ("running", "starting")}
@@ -217,7 +220,7 @@ async def test_reconciler_moves_are_events(harness: Harness, agent: Agent) -> No
         with bus.subscribe() as subscription:
             await reconciler.reconcile_host(HostRef(live_host, agent.address, AGENT_TOKEN))
             await reconciler.mark_stale_hosts()
-            seen = [await subscription.next(timeout=5) for _ in range(5)]
+            seen = [await subscription.next(timeout=5) for _ in range(6)]
     finally:
         await pool.close()
     finished = [event.payload() for event in seen if event is not None and event.name == "capsule.destroy"]
@@ -227,14 +230,16 @@ async def test_reconciler_moves_are_events(harness: Harness, agent: Agent) -> No
     bodies = {
         event.resource_id: event.payload() for event in seen if event is not None and event.name != "capsule.destroy"
     }
-    assert set(bodies) == {never, cut_short, *lost}
+    assert set(bodies) == {never, never_started, cut_short, *lost}
     expected = {
         never: ("running", "stopped"),
+        never_started: ("starting", "stopped"),
         cut_short: ("stopping", "stopped"),
         **{wire: (status, "missing") for wire, status in lost.items()},
     }
     reasons = {
         never: NOT_ON_HOST,
+        never_started: NOT_ON_HOST,
         cut_short: DESTROYED,
         **{wire: HOST_SILENT.format(seconds=24 * 3600) for wire in lost},
     }

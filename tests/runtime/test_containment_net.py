@@ -14,8 +14,8 @@ from tests.guests import guest
 from wrenn_server.hostagent.runtimes.base import RuntimeState
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 
-from .conftest import AgentHandle
 from .calls import create, new_id, sh
+from .conftest import AgentHandle
 
 pytestmark = pytest.mark.runtime
 

@@ -16,8 +16,8 @@ from tests.guests import guest
 from wrenn_server.hostagent.layout import DataDir
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 
-from .conftest import TOKEN, AgentHandle
 from .calls import create
+from .conftest import TOKEN, AgentHandle
 
 pytestmark = pytest.mark.runtime
 

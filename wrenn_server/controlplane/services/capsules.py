@@ -81,6 +81,8 @@ class CapsuleService:
         self._wait_sec = wait_sec
         self._placement = asyncio.Lock()
         self._booting: dict[uuid.UUID, asyncio.Task[None]] = {}
+        # Rows written but whose boot is not yet under way: the reconciler must not judge them in between.
+        self._placing: set[uuid.UUID] = set()
         self._transitions: Counter[uuid.UUID] = Counter()  # pauses, resumes and destroys this process is making
 
     def is_transitioning(self, sandbox_id: uuid.UUID) -> bool:
@@ -99,7 +101,7 @@ class CapsuleService:
     def is_booting(self, sandbox_id: uuid.UUID) -> bool:
         """Whether this process is still starting the capsule (the reconciler leaves those alone)."""
         task = self._booting.get(sandbox_id)
-        return task is not None and not task.done()
+        return sandbox_id in self._placing or (task is not None and not task.done())
 
     async def create(self, principal: Principal, spec: CreateCapsule) -> Sandbox:
         """A capsule as `spec` asks (its limits checked by the schema), answered once it runs or the wait ends."""
@@ -119,7 +121,7 @@ class CapsuleService:
                 vcpus, memory_mb = need.vcpus, need.memory_mb
             host = await pick_host(session, team, need)
             row = Sandbox(
-                id=new_uuid(),
+                id=(row_id := new_uuid()),
                 team_id=team.id,
                 host_id=host.id,
                 template=template.name,
@@ -133,7 +135,12 @@ class CapsuleService:
                 meta=metadata,
             )
             session.add(row)
-            await session.commit()
+            self._placing.add(row_id)
+            try:
+                await session.commit()
+            except BaseException:
+                self._placing.discard(row_id)
+                raise
             request = pb.CreateSandboxRequest(
                 sandbox_id=format_id(Kind.SANDBOX, row.id),
                 template=template.name,
@@ -151,6 +158,7 @@ class CapsuleService:
         boot = lifecycle.boot(self._sessionmaker, self._pool, plan, self._events, running)
         task = self._tasks.spawn(boot, name=f"boot-{row.id}")
         self._booting[row.id] = task
+        self._placing.discard(row.id)
         task.add_done_callback(lambda _: self._booting.pop(row.id, None))
         # Answered once the row says running: the events published after that are not waited for.
         await wait_until(task, running, self._wait_sec)

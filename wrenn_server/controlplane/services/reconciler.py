@@ -29,7 +29,8 @@ from .lifecycle import DESTROYED, destroy_on_agent
 from .status import LOST_WITH_HOST, HostStatus, Status
 
 log = logging.getLogger(__name__)
-# A `starting` row no process is booting any more is given this long before it is judged.
+# A `starting` row no process is booting any more is given at most this long before it is judged (less when
+# the transition grace is shorter: `wrenn up`, alone on its database, judges a create cut short at once).
 STARTING_GRACE = timedelta(minutes=10)
 TRANSITION_GRACE = timedelta(minutes=5)  # no pause, resume or destroy takes longer (default of transition_grace_sec)
 RETENTION = timedelta(hours=24)  # default of retention_hours
@@ -69,6 +70,7 @@ class Reconciler:
         self._is_booting = is_booting
         self._is_transitioning = is_transitioning
         self._transition_grace = timedelta(seconds=transition_grace_sec)
+        self._starting_grace = min(STARTING_GRACE, self._transition_grace)
         self._retention = timedelta(seconds=retention_sec)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -186,7 +188,7 @@ class Reconciler:
                 return Status.STOPPED
             return agent if agent in (Status.RUNNING, Status.PAUSED, Status.ERROR) else None
         if status == Status.STARTING:
-            if self._is_booting(sandbox_id) or (not alive and utcnow() - created < STARTING_GRACE):
+            if self._is_booting(sandbox_id) or (not alive and utcnow() - created < self._starting_grace):
                 return None
         if status not in (Status.RUNNING, Status.STARTING, Status.MISSING, Status.PAUSED):
             return None
