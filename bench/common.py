@@ -211,3 +211,49 @@ def emit(result: dict[str, Any]) -> None:
     if quick():
         result = {"quick": "a smoke run: a few samples per figure, not a measurement", **result}
     print(json.dumps(result, indent=2))
+
+
+def tail_summary(samples_ms: list[float]) -> dict[str, float]:
+    """`summary` with the p99 beside it: the soak and chaos figures are about the tail."""
+    ordered = sorted(samples_ms)
+    if not ordered:
+        return {"n": 0}
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {**summary(ordered), "p99_ms": round(p99, 3), "max_ms": round(ordered[-1], 3)}
+
+
+RESIDENT = "i=0; while :; do i=$((i+1)); echo $i > /root/.resident; sleep 0.2; done"
+
+
+def start_resident(capsule: Capsule) -> int:
+    """A process that lives as long as its capsule, counting in /root/.resident; answers its pid."""
+    return capsule.commands.run(f"sh -c '{RESIDENT}'", background=True, tag="resident").pid
+
+
+def resident_problem(capsule: Capsule, pid: int) -> str | None:
+    """Why the resident process no longer counts (not listed, its counter stuck), or None while it does."""
+    listed = [p.pid for p in capsule.commands.list()]
+    first = capsule.commands.run("cat /root/.resident").stdout.strip()
+    time.sleep(0.5)
+    second = capsule.commands.run("cat /root/.resident").stdout.strip()
+    if pid not in listed:
+        return f"process {pid} is not listed (listed: {listed}); its counter went {first!r} -> {second!r}"
+    if not (first.isdigit() and second.isdigit() and int(second) > int(first)):
+        return f"process {pid} is listed, but its counter went {first!r} -> {second!r}"
+    return None
+
+
+def checksums(capsule: Capsule, folder: str) -> dict[str, str]:
+    """sha256 of every file in `folder` inside the capsule, by name (one exec)."""
+    listed = capsule.commands.run(f"cd {folder} 2>/dev/null && find . -type f -exec sha256sum {{}} +", timeout=120)
+    found = {}
+    for line in listed.stdout.splitlines():
+        digest, _, name = line.partition("  ")
+        found[name.removeprefix("./")] = digest
+    return found
+
+
+def lost_files(capsule: Capsule, folder: str, expected: dict[str, str]) -> list[str]:
+    """The files of `expected` (name → sha256) that are missing from `folder` or differ."""
+    found = checksums(capsule, folder)
+    return sorted(name for name, digest in expected.items() if found.get(name) != digest)
