@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ import httpx
 from tests.cleanup import SLOTS, purge_data_dir
 from tests.stack import Stack, free_port, start_wrenn
 
-from .common import IMAGES, emit
+from .common import IMAGES, RESIDENT, emit
 
 SCENARIOS = ("create-burst", "snapshot", "pause", "disk-fill")
 TRANSITIONAL = {"pending", "starting", "pausing", "resuming", "snapshotting", "stopping"}
@@ -161,7 +162,10 @@ class Split(Deployment):
                     self.api_key, token = asyncio.run(self._admin_and_token())
                     self.env["agent"]["WRENN_REGISTRATION_TOKEN"] = token
             else:  # serving once it beat: it re-adopted its capsules and holds its token again
-                self._wait(lambda: self._heartbeat() not in (None, last_beat), name)
+                self._wait(partial(self._beat_after, last_beat), name)
+
+    def _beat_after(self, last: str | None) -> bool:
+        return self._heartbeat() not in (None, last)
 
     def _heartbeat(self) -> str | None:
         """The agent's host's last heartbeat while it is online, or None."""
@@ -261,6 +265,7 @@ class Tracker:
     """Capsules a create answered, with the files each wrote: what must outlive every kill."""
 
     files: dict[str, dict[str, str]] = field(default_factory=dict)
+    residents: set[str] = field(default_factory=set)  # capsules whose resident process must go on counting
 
     def check(self, http: httpx.Client) -> list[str]:
         """What is lost: a capsule not `running`/`paused`, one that does not resume, a file missing or changed."""
@@ -284,6 +289,10 @@ class Tracker:
                 continue
             digests = dict(reversed(line.split("  ", 1)) for line in found["stdout"].splitlines())
             lost += [f"{capsule_id}: {name}" for name, digest in expected.items() if digests.get(name) != digest]
+            if capsule_id in self.residents:
+                counted = sh(http, capsule_id, "cat /root/.resident; sleep 0.5; cat /root/.resident")["stdout"].split()
+                if len(counted) != 2 or counted[0] == counted[1]:
+                    lost.append(f"{capsule_id}: its resident process stopped counting ({counted})")
         return lost
 
 
@@ -380,7 +389,8 @@ def pause(deploy: Deployment, part: str, tracker: Tracker, options: Options) -> 
     with deploy.client() as http:
         capsule_id = create(http)
         tracker.files[capsule_id] = write_files(http, capsule_id, 16, 256)
-        sh(http, capsule_id, "nohup sh -c 'while :; do date +%s%N > /root/.resident; sleep 0.2; done' >/dev/null 2>&1 &")
+        sh(http, capsule_id, f"nohup sh -c '{RESIDENT}' >/dev/null 2>&1 &")
+        tracker.residents.add(capsule_id)
         call = Request(lambda: http.post(f"/v1/capsules/{capsule_id}/pause", timeout=120))
         seen = until_status(http, capsule_id, "pausing", 5)
         landed = call.answer is None and not call.failure
@@ -457,7 +467,8 @@ def leaks(data_dir: Path, live_ids: set[str]) -> dict[str, list[str]]:
     """What the machine holds for the data directory that no capsule the API lists (`live_ids`) does."""
     records = live_records(data_dir, live_ids)
     names = set(records)
-    listed = subprocess.run(["runsc", "--root", str(data_dir / "runsc"), "list", "-quiet"], capture_output=True, text=True)
+    runsc = ["runsc", "--root", str(data_dir / "runsc"), "list", "-quiet"]
+    listed = subprocess.run(runsc, capture_output=True, text=True)
     sandboxes = [name for name in listed.stdout.split() if name not in names]
     qemu = []
     for entry in Path("/proc").iterdir():

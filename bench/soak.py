@@ -63,7 +63,7 @@ def verify(capsule: Capsule, expected: dict[str, str], pid: int, where: str, los
 def cycles(n: int, checkpoint_wait: float) -> dict[str, Any]:
     """n pause/resume cycles of one capsule, each writing a file and checking it after the resume; all
     files and the resident process checked every 100 cycles and at the end."""
-    losses, expected = Losses(), {}
+    losses, expected = Losses(), dict[str, str]()
     pause_ms: list[float] = []
     thaw_ms: list[float] = []
     restore_ms: list[float] = []
@@ -104,7 +104,7 @@ def cycles(n: int, checkpoint_wait: float) -> dict[str, Any]:
 def ttl_pauses(rounds: int, out: dict[str, Any]) -> None:
     """A capsule with the shortest TTL, left idle until it is paused for inactivity, then resumed by
     `Capsule.connect`: its files and resident process must be there after every round."""
-    losses, expected = Losses(), {}
+    losses, expected = Losses(), dict[str, str]()
     waited: list[float] = []
     capsule = Capsule(timeout=TTL_SEC)
     try:
@@ -139,7 +139,7 @@ def ttl_pauses(rounds: int, out: dict[str, Any]) -> None:
 def generations(n: int) -> dict[str, Any]:
     """n generations: each a capsule made from the previous generation's snapshot, checked for every file
     the generations before it wrote, writing its own and snapshotted in turn."""
-    losses, expected = Losses(), {}
+    losses, expected = Losses(), dict[str, str]()
     snapshot_ms: list[float] = []
     templates: list[str] = []
     capsule = Capsule(timeout=0)
@@ -149,7 +149,7 @@ def generations(n: int) -> dict[str, Any]:
         for generation in range(n):
             write_file(capsule, f"generation-{generation}.bin", expected)
             start = time.perf_counter()
-            templates.append(capsule.create_snapshot().name)
+            templates.append(str(capsule.create_snapshot().name))
             snapshot_ms.append(ms_since(start))
             child = Capsule(template=templates[-1], timeout=0)
             capsule.destroy()
