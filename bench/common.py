@@ -222,7 +222,8 @@ def tail_summary(samples_ms: list[float]) -> dict[str, float]:
     return {**summary(ordered), "p99_ms": round(p99, 3), "max_ms": round(ordered[-1], 3)}
 
 
-RESIDENT = "i=0; while :; do i=$((i+1)); echo $i > /root/.resident; sleep 0.2; done"
+# The counter is renamed into place: a reader never finds it half-written.
+RESIDENT = "i=0; while :; do i=$((i+1)); echo $i > /root/.r; mv /root/.r /root/.resident; sleep 0.2; done"
 
 
 def start_resident(capsule: Capsule) -> int:
