@@ -280,19 +280,22 @@ class Tracker:
                 if resumed.status_code != 200:
                     lost.append(f"{capsule_id}: paused, and its resume answered {resumed.status_code} {resumed.text}")
                     continue
-            if not expected:
-                continue
             try:
-                found = sh(http, capsule_id, f"cd {FOLDER} && sha256sum {' '.join(expected)}", timeout=120)
+                lost += self._check_inside(http, capsule_id, expected)
             except httpx.HTTPError as exc:
-                lost.append(f"{capsule_id}: its files could not be read: {exc}")
-                continue
+                lost.append(f"{capsule_id}: it could not be read: {exc}")
+        return lost
+
+    def _check_inside(self, http: httpx.Client, capsule_id: str, expected: dict[str, str]) -> list[str]:
+        lost = []
+        if expected:
+            found = sh(http, capsule_id, f"cd {FOLDER} && sha256sum {' '.join(expected)}", timeout=120)
             digests = dict(reversed(line.split("  ", 1)) for line in found["stdout"].splitlines())
             lost += [f"{capsule_id}: {name}" for name, digest in expected.items() if digests.get(name) != digest]
-            if capsule_id in self.residents:
-                counted = sh(http, capsule_id, "cat /root/.resident; sleep 0.5; cat /root/.resident")["stdout"].split()
-                if len(counted) != 2 or counted[0] == counted[1]:
-                    lost.append(f"{capsule_id}: its resident process stopped counting ({counted})")
+        if capsule_id in self.residents:
+            counted = sh(http, capsule_id, "cat /root/.resident; sleep 0.5; cat /root/.resident")["stdout"].split()
+            if len(counted) != 2 or counted[0] == counted[1]:
+                lost.append(f"{capsule_id}: its resident process stopped counting ({counted})")
         return lost
 
 
@@ -328,7 +331,7 @@ class Request(threading.Thread):
     def run(self) -> None:
         try:
             self.answer = self.call()
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # noqa: BLE001 - what the call met is the answer reported
             self.failure = f"{type(exc).__name__}: {exc}"
 
     def answered(self) -> str:
@@ -343,29 +346,34 @@ class Options:
 
 
 def create_burst(deploy: Deployment, part: str, tracker: Tracker, options: Options) -> dict[str, Any]:
-    """`burst` creates at once; the kill lands when the first is answered. Those answered before are tracked
-    (with a file each, when that write too came before the kill)."""
-    http = deploy.client()
-    created: list[str] = []
+    """`burst` creates at once, each writing a file once answered; the kill lands when the first has both.
+    Those created (and their files written) before the kill are tracked."""
+    created: dict[str, dict[str, str]] = {}
     killed = threading.Event()
 
     def one() -> httpx.Response:
-        resp = http.post("/v1/capsules", json={"memory_mb": 256, "timeout_sec": 0}, timeout=120)
-        if resp.status_code == 201 and not killed.is_set():
-            created.append(resp.json()["id"])
+        with deploy.client() as http:
+            resp = http.post("/v1/capsules", json={"memory_mb": 256, "timeout_sec": 0}, timeout=120)
+            if resp.status_code == 201 and not killed.is_set():
+                capsule_id = resp.json()["id"]
+                try:
+                    files = write_files(http, capsule_id, 1, 64)
+                except (httpx.HTTPError, RuntimeError):
+                    return resp  # cut by the kill: created, but not tracked
+                if not killed.is_set():
+                    created[capsule_id] = files
         return resp
 
     calls = [Request(one) for _ in range(options.burst)]
     while not created and any(call.is_alive() for call in calls):
         time.sleep(0.01)
-    accepted = list(created)
     killed.set()
+    accepted = dict(created)
     deploy.kill(part)
     for call in calls:
         call.join()
     deploy.start(part)
-    for capsule_id in accepted:
-        tracker.files[capsule_id] = {}
+    tracker.files.update(accepted)
     return {"accepted_before_kill": len(accepted), "answers": [c.answered() for c in calls]}
 
 
