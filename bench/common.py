@@ -244,17 +244,9 @@ def resident_problem(capsule: Capsule, pid: int) -> str | None:
     return None
 
 
-def checksums(capsule: Capsule, folder: str) -> dict[str, str]:
-    """sha256 of every file in `folder` inside the capsule, by name (one exec)."""
-    listed = capsule.commands.run(f"cd {folder} 2>/dev/null && find . -type f -exec sha256sum {{}} +", timeout=120)
-    found = {}
-    for line in listed.stdout.splitlines():
-        digest, _, name = line.partition("  ")
-        found[name.removeprefix("./")] = digest
-    return found
-
-
 def lost_files(capsule: Capsule, folder: str, expected: dict[str, str]) -> list[str]:
-    """The files of `expected` (name → sha256) that are missing from `folder` or differ."""
-    found = checksums(capsule, folder)
+    """The files of `expected` (name → sha256) that are missing from `folder` or differ (one exec, reading
+    only those files)."""
+    listed = capsule.commands.run(f"cd {folder} && sha256sum {' '.join(expected)} 2>/dev/null", timeout=300)
+    found = dict(reversed(line.split("  ", 1)) for line in listed.stdout.splitlines() if "  " in line)
     return sorted(name for name, digest in expected.items() if found.get(name) != digest)

@@ -86,6 +86,7 @@ def cycles(n: int, checkpoint_wait: float) -> dict[str, Any]:
                 losses.files += [f"cycle {i}: {f}" for f in lost_files(capsule, FOLDER, {name: expected[name]})]
                 if i % 100 == 99 or i == n - 1:
                     verify(capsule, expected, pid, f"cycle {i}", losses)
+                    print(f"soak: {i + 1}/{n} cycles, {losses.count()} lost", file=sys.stderr, flush=True)
             except Exception as exc:  # noqa: BLE001 - a failed cycle is reported, the soak goes on
                 losses.errors.append(f"cycle {i}: {type(exc).__name__}: {exc}")
                 if len(losses.errors) >= 10:
