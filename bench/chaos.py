@@ -97,9 +97,11 @@ class Tracker:
         """What is lost: a capsule not `running`/`paused`, one that does not resume, a file missing or changed."""
         lost = []
         for capsule_id, expected in self.files.items():
-            status = http.get(f"/v1/capsules/{capsule_id}").json().get("status")
+            row = http.get(f"/v1/capsules/{capsule_id}").json()
+            status = row.get("status")
             if status not in LIVE:
-                lost.append(f"{capsule_id}: {status}")
+                reason = (row.get("metadata") or {}).get("end_reason", "")
+                lost.append(f"{capsule_id}: {status}" + (f" ({reason[:300]})" if reason else ""))
                 continue
             if status == "paused":
                 resumed = http.post(f"/v1/capsules/{capsule_id}/resume", timeout=120)
