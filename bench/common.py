@@ -211,3 +211,42 @@ def emit(result: dict[str, Any]) -> None:
     if quick():
         result = {"quick": "a smoke run: a few samples per figure, not a measurement", **result}
     print(json.dumps(result, indent=2))
+
+
+def tail_summary(samples_ms: list[float]) -> dict[str, float]:
+    """`summary` with the p99 beside it: the soak and chaos figures are about the tail."""
+    ordered = sorted(samples_ms)
+    if not ordered:
+        return {"n": 0}
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {**summary(ordered), "p99_ms": round(p99, 3), "max_ms": round(ordered[-1], 3)}
+
+
+# The counter is renamed into place: a reader never finds it half-written.
+RESIDENT = "i=0; while :; do i=$((i+1)); echo $i > /root/.r; mv /root/.r /root/.resident; sleep 0.2; done"
+
+
+def start_resident(capsule: Capsule) -> int:
+    """A process that lives as long as its capsule, counting in /root/.resident; answers its pid."""
+    return capsule.commands.run(f"sh -c '{RESIDENT}'", background=True, tag="resident").pid
+
+
+def resident_problem(capsule: Capsule, pid: int) -> str | None:
+    """Why the resident process no longer counts (not listed, its counter stuck), or None while it does."""
+    listed = [p.pid for p in capsule.commands.list()]
+    first = capsule.commands.run("cat /root/.resident").stdout.strip()
+    time.sleep(0.5)
+    second = capsule.commands.run("cat /root/.resident").stdout.strip()
+    if pid not in listed:
+        return f"process {pid} is not listed (listed: {listed}); its counter went {first!r} -> {second!r}"
+    if not (first.isdigit() and second.isdigit() and int(second) > int(first)):
+        return f"process {pid} is listed, but its counter went {first!r} -> {second!r}"
+    return None
+
+
+def lost_files(capsule: Capsule, folder: str, expected: dict[str, str]) -> list[str]:
+    """The files of `expected` (name → sha256) that are missing from `folder` or differ (one exec, reading
+    only those files)."""
+    listed = capsule.commands.run(f"cd {folder} && sha256sum {' '.join(expected)} 2>/dev/null", timeout=300)
+    found = dict(reversed(line.split("  ", 1)) for line in listed.stdout.splitlines() if "  " in line)
+    return sorted(name for name, digest in expected.items() if found.get(name) != digest)
