@@ -256,6 +256,7 @@ async def test_an_agent_that_stops_leaves_no_disk_of_its_own_behind(agent: Agent
     box = await create(agent, memory_mb=256, disk_size_mb=DISK_MB)
     disks = agent.settings.dir / "disks"
     _name, workdir = guest(agent.settings.dir, box.sandbox_id)
+    stopped = False
     try:
         for _ in range(100):  # the spares of this size, made after the create
             if len(loop_devices_under(disks)) >= 2:
@@ -264,10 +265,14 @@ async def test_an_agent_that_stops_leaves_no_disk_of_its_own_behind(agent: Agent
         kept = loop_devices_under(workdir)
         own = f"{(workdir / 'fs').resolve()} " if (workdir / "fs").is_symlink() else None  # where its disk is
         await agent.agent.stop()
+        stopped = True
         assert loop_devices_under(disks) == []
         assert [line for line in mounts_naming(f"{disks}/") if own is None or own not in line] == []
         assert loop_devices_under(workdir) == kept  # the capsule's own disk stays, mounted
         await agent.restart()
+        stopped = False
         assert (await sh(agent, box, "echo on")).stdout == b"on\n"
     finally:
+        if stopped:  # the suite's other tests share this agent
+            await agent.restart()
         await destroy(agent, box)
