@@ -6,10 +6,12 @@ import asyncio
 import os
 import signal
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..proto.envd import OutputKind, PtySize
+from ..proto.envd import EndReason, OutputKind, PtySize
+from .containment import Victim
 from .errors import Conflict, InvalidRequest, NotFound
 from .spawn import Launch, Spawned, Spawner, set_winsize
 
@@ -23,7 +25,7 @@ READ_SIZE = 64 * 1024
 class Listener(Protocol):
     def on_output(self, kind: OutputKind, data: bytes) -> None: ...
 
-    def on_end(self, exit_code: int, signal: int | None) -> None: ...
+    def on_end(self, exit_code: int, signal: int | None, reason: EndReason | None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Process:
         self.pid = spawned.pid
         self.exit_code: int | None = None
         self.signal: int | None = None
+        self.reason: EndReason | None = None  # set when envd itself ended it (or a process of its session)
         self.finished = asyncio.Event()
         self._outputs = spawned.outputs
         self._input_fd = spawned.input_fd
@@ -65,7 +68,7 @@ class Process:
         for kind, data in self._ring:
             listener.on_output(kind, data)
         if self.finished.is_set():
-            listener.on_end(self.exit_code or 0, self.signal)
+            listener.on_end(self.exit_code or 0, self.signal, self.reason)
         else:
             self._listeners.add(listener)
 
@@ -130,7 +133,7 @@ class Process:
             self._input_fd = None
         self.finished.set()
         for listener in self._listeners:
-            listener.on_end(self.exit_code, self.signal)
+            listener.on_end(self.exit_code, self.signal, self.reason)
         self._listeners.clear()
 
     async def write(self, data: bytes) -> None:
@@ -174,8 +177,10 @@ class Process:
 
 
 class ProcessTable:
-    def __init__(self, spawner_path: str, child_oom_score: int | None) -> None:
-        self._spawner = Spawner(spawner_path, self._exited, child_oom_score)
+    def __init__(
+        self, spawner_path: str, child_oom_score: int | None, place: Callable[[int], None] | None = None
+    ) -> None:
+        self._spawner = Spawner(spawner_path, self._exited, child_oom_score, place)
         self._by_pid: dict[int, Process] = {}
         self._by_tag: dict[str, Process] = {}
 
@@ -205,6 +210,20 @@ class ProcessTable:
 
     def running(self) -> list[Process]:
         return [p for p in self._by_pid.values() if p.running]
+
+    def spared(self) -> set[int]:
+        """What the memory watcher must never end: envd and its process helper."""
+        helper = self._spawner.helper_pid()
+        return {os.getpid()} | ({helper} if helper is not None else set())
+
+    def oom_killed(self, victim: Victim) -> None:
+        """The memory watcher ended `victim`: the process it belongs to (each runs in its own session, so the
+        session leader) ends with the reason `oom`."""
+        for pid in (victim.pid, victim.session):
+            proc = self._by_pid.get(pid)
+            if proc is not None and proc.running:
+                proc.reason = EndReason.OOM
+                return
 
     def _reap(self) -> None:
         # envd's own children are the helper and, as their subreaper, orphans: a dead helper's children

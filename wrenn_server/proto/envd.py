@@ -278,6 +278,13 @@ class OutputKind(StrEnum):
     PTY = "pty"
 
 
+class EndReason(StrEnum):
+    """Why a process ended, when envd knows better than its exit status (absent: it ended on its own, or by a
+    signal someone sent it)."""
+
+    OOM = "oom"  # killed (SIGKILL) because the capsule ran out of memory
+
+
 @dataclass(frozen=True)
 class PtySize(Message):
     cols: int
@@ -319,11 +326,14 @@ class RunResult(Message):
     stdout: bytes
     stderr: bytes
     duration_ms: int
+    reason: str | None = None  # an EndReason; a str so that a reason a later envd adds still reads
 
     def encode(self) -> bytes:
         # Base64 needs no JSON escaping, and json.dumps would spend most of a large answer's time scanning it.
-        return b'{"pid":%d,"exit_code":%d,"stdout":"%s","stderr":"%s","duration_ms":%d}' % (
+        reason = b"" if self.reason is None else b',"reason":%s' % json.dumps(self.reason).encode()
+        return b'{"pid":%d,"exit_code":%d,"stdout":"%s","stderr":"%s","duration_ms":%d%s}' % (
             self.pid, self.exit_code, base64.b64encode(self.stdout), base64.b64encode(self.stderr), self.duration_ms,
+            reason,
         )
 
 
@@ -395,6 +405,7 @@ class EndEvent(Message):
     TYPE: ClassVar[str] = "end"
     exit_code: int  # the exit status, or 128 + the signal that killed it
     signal: int | None = None
+    reason: str | None = _omitted()  # an EndReason, as in RunResult
 
     def to_json(self) -> dict[str, Any]:
         return {"type": self.TYPE, **super().to_json()}

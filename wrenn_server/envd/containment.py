@@ -1,0 +1,213 @@
+"""Containment inside the guest: the processes envd starts live in one cgroup with a task limit, and a memory
+watcher ends the largest of them (SIGKILL) before the capsule runs out of memory.
+
+Why here and not only on the host: gVisor's sentry is one host process, so the host cgroup's OOM killer can only
+end the whole capsule (gVisor issues #2533, #2535), and the host's pids limit counts the sentry's threads, not the
+guest's tasks. Inside the guest the sentry's own cgroupfs enforces `pids.max` (a fork fails with EAGAIN), and
+envd sees the guest's memory in /proc/meminfo. A microVM's kernel does both itself; the same code runs there as a
+second line (see docs/containment.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import logging
+import os
+import signal
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+USER_CGROUP = "wrenn-user"
+# Tasks the user's processes may hold together: far above any real workload (a build with -j64 uses a few
+# hundred), far below what a fork bomb reaches, and small enough that the guest stays quick to scan.
+DEFAULT_PIDS_MAX = 4096
+# The watcher ends a process when the guest's available memory falls under this share of its size (or 8 MiB).
+MARGIN_SHARE, MARGIN_MIN = 1 / 32, 8 << 20
+# Between samples: as long as memory at the fastest fill rate seen here (gVisor, ptrace) could not cross the
+# margin, but never shorter than MIN nor longer than MAX. An idle 256 MiB capsule samples ~10 times a second.
+FILL_RATE = 2 << 30
+POLL_MIN, POLL_MAX = 0.01, 1.0
+# After a kill, how long to wait for the victim's memory to come back before judging again.
+SETTLE_SEC = 0.05
+
+
+@dataclass(frozen=True)
+class UserCgroup:
+    """The cgroup (v1 `memory,pids` or v2) every process envd starts is moved into."""
+
+    path: str
+    v2: bool
+
+    def add(self, pid: int) -> None:
+        with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+
+    def set_pids_max(self, value: int) -> None:
+        with open(os.path.join(self.path, "pids.max"), "w") as f:
+            f.write(str(value))
+
+    def set_memory_limit(self, size: int) -> None:
+        """What programs that size themselves read (memory.max, memory.limit_in_bytes). On gVisor it is only
+        shown, not enforced; on a kernel it makes the kernel's OOM killer act inside this cgroup, sparing envd."""
+        name = "memory.max" if self.v2 else "memory.limit_in_bytes"
+        with open(os.path.join(self.path, name), "w") as f:
+            f.write(str(size))
+
+
+def _mounted(root: str) -> str | None:
+    """The type of the filesystem mounted at `root`, if one is (the last mount there wins)."""
+    found = None
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 2 and fields[1] == root:
+                found = fields[2]
+    return found
+
+
+def _mount(source: str, target: str, fstype: str, options: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(source.encode(), target.encode(), fstype.encode(), 0, options.encode() or None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {fstype} on {target}: {os.strerror(err)}")
+
+
+def _filesystems() -> set[str]:
+    with open("/proc/filesystems") as f:
+        return {line.split()[-1] for line in f if line.strip()}
+
+
+def setup_user_cgroup(pids_max: int, memory_limit: int | None, root: str = CGROUP_ROOT) -> UserCgroup:
+    """Mounts the guest's cgroup filesystem (if nothing is mounted there yet) and makes the user cgroup. A kernel
+    offering cgroup2 gets cgroup2; gVisor (runsc 20221219) offers v1, whose `memory,pids` hierarchy it enforces."""
+    fstype = _mounted(root)
+    if fstype not in (None, "cgroup", "cgroup2"):  # a v1 layout (tmpfs of hierarchies): not ours to change
+        raise OSError(errno.EEXIST, f"{root} holds a {fstype}, not a cgroup filesystem")
+    if fstype is None:
+        fstype = "cgroup2" if "cgroup2" in _filesystems() else "cgroup"
+        _mount("cgroup", root, fstype, "" if fstype == "cgroup2" else "memory,pids")
+    v2 = fstype == "cgroup2"
+    if v2:
+        with suppress(OSError), open(os.path.join(root, "cgroup.subtree_control"), "w") as f:
+            f.write("+pids +memory")
+    cgroup = UserCgroup(os.path.join(root, USER_CGROUP), v2)
+    with suppress(FileExistsError):
+        os.mkdir(cgroup.path)
+    cgroup.set_pids_max(pids_max)
+    if memory_limit is not None:
+        with suppress(OSError):
+            cgroup.set_memory_limit(memory_limit)
+    return cgroup
+
+
+@dataclass(frozen=True)
+class Memory:
+    total: int
+    available: int
+
+
+def read_memory(fd: int) -> Memory:
+    """One pread of /proc/meminfo (a trap under gVisor, so one system call per sample, not three)."""
+    data = os.pread(fd, 4096, 0)
+    total = available = free = -1
+    for line in data.split(b"\n"):
+        if line.startswith(b"MemTotal:"):
+            total = int(line.split()[1]) * 1024
+        elif line.startswith(b"MemAvailable:"):
+            available = int(line.split()[1]) * 1024
+        elif line.startswith(b"MemFree:"):
+            free = int(line.split()[1]) * 1024
+    return Memory(total, available if available >= 0 else free)
+
+
+@dataclass(frozen=True)
+class Victim:
+    pid: int
+    session: int
+    rss: int
+
+
+def largest_process(spared: set[int]) -> Victim | None:
+    """The process holding the most resident memory, leaving out `spared`, pid 1 and any process shielded with
+    oom_score_adj -1000 (as the kernel's OOM killer does)."""
+    best: Victim | None = None
+    page = os.sysconf("SC_PAGE_SIZE")
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or (pid := int(name)) in spared or pid == 1:
+            continue
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                rss = int(f.read().split()[1]) * page
+            if best is not None and rss <= best.rss:
+                continue
+            with open(f"/proc/{pid}/oom_score_adj", "rb") as f:
+                if int(f.read()) == -1000:
+                    continue
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+            session = int(stat[stat.rfind(b")") + 2 :].split()[3])
+        except (OSError, ValueError, IndexError):
+            continue
+        best = Victim(pid, session, rss)
+    return best
+
+
+class MemoryWatcher:
+    """earlyoom's pattern, in envd: sample the guest's memory, and when what is available falls under the
+    margin, SIGKILL the largest process. `on_kill(victim)` tells the process table, so that the command it
+    belongs to ends with the reason `oom`."""
+
+    def __init__(self, spared: Callable[[], set[int]], on_kill: Callable[[Victim], None]) -> None:
+        self._spared = spared
+        self._on_kill = on_kill
+        self._fd = os.open("/proc/meminfo", os.O_RDONLY | os.O_CLOEXEC)
+        self.kills = 0
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def check(self) -> float:
+        """One sample (and a kill, if due); answers how long to wait before the next."""
+        memory = read_memory(self._fd)
+        if memory.total <= 0:
+            return POLL_MAX
+        margin = max(int(memory.total * MARGIN_SHARE), MARGIN_MIN)
+        if memory.available < margin:
+            victim = largest_process(self._spared())
+            # Nothing worth ending (memory held by files in /tmp, say): killing would free nothing.
+            if victim is not None and victim.rss >= MARGIN_MIN:
+                self._kill(victim, memory)
+                return SETTLE_SEC
+        return min(max((memory.available - margin) / FILL_RATE, POLL_MIN), POLL_MAX)
+
+    def _kill(self, victim: Victim, memory: Memory) -> None:
+        try:
+            os.kill(victim.pid, signal.SIGKILL)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+            return
+        self.kills += 1
+        log.warning(
+            "out of memory (%d of %d MiB available): killed process %d holding %d MiB",
+            memory.available >> 20,
+            memory.total >> 20,
+            victim.pid,
+            victim.rss >> 20,
+        )
+        self._on_kill(victim)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                delay = self.check()
+            except OSError as exc:  # /proc unreadable for a moment: keep watching
+                log.warning("memory watcher: %s", exc)
+                delay = POLL_MAX
+            await asyncio.sleep(delay)
