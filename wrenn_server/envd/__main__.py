@@ -12,9 +12,10 @@ import sys
 from contextlib import suppress
 
 from ..proto.envd import PORT as DEFAULT_PORT
+from ..proto.envd import default_pids_max
 from . import __version__
 from .app import App
-from .containment import DEFAULT_PIDS_MAX, MemoryWatcher, UserCgroup, setup_user_cgroup
+from .containment import MemoryWatcher, UserCgroup, setup_user_cgroup
 from .http import start_server
 from .metrics import Metrics
 from .ports import PortForwarder
@@ -23,28 +24,36 @@ from .spawn import CHILD_OOM_SCORE, SPAWNER, oom_score, set_oom_score
 from .users import Defaults
 
 
-def _user_cgroup(pids_max: int) -> UserCgroup | None:
-    """The cgroup for the processes envd starts; without one (no cgroup filesystem, no privilege) envd still
-    works, only without the task limit."""
+def _user_cgroup(pids_max: int | None) -> UserCgroup | None:
+    """The cgroup for the processes envd starts, limited to `pids_max` tasks (by default as many as the guest's
+    size allows); without one (no cgroup filesystem, no privilege) envd still works, only without the limit."""
     try:
         with open("/proc/meminfo", "rb") as f:
             total = int(f.readline().split()[1]) * 1024
-        return setup_user_cgroup(pids_max, total)
+        return setup_user_cgroup(pids_max or default_pids_max(total >> 20), total)
     except (OSError, ValueError, IndexError) as exc:
         logging.getLogger("envd").warning("no task limit for the capsule's processes: %s", exc)
         return None
 
 
 async def serve(
-    host: str, port: int, spawner: str, forward_address: str | None, oom_shielded: bool, contain: bool, pids_max: int
+    host: str,
+    port: int,
+    spawner: str,
+    forward_address: str | None,
+    oom_shielded: bool,
+    contain: bool,
+    pids_max: int | None,
 ) -> None:
     loop = asyncio.get_running_loop()
-    cgroup = _user_cgroup(pids_max) if contain and pids_max > 0 else None
+    cgroup = _user_cgroup(pids_max) if contain and pids_max != 0 else None
     processes = ProcessTable(
         spawner, CHILD_OOM_SCORE if oom_shielded else None, cgroup.add if cgroup is not None else None
     )
     processes.install(loop)
-    watcher = MemoryWatcher(processes.spared, processes.oom_killed) if contain else None
+    watcher = (
+        MemoryWatcher(processes.spared, processes.oom_killed, processes.session_killed, cgroup) if contain else None
+    )
     watching = asyncio.create_task(watcher.run()) if watcher is not None else None
     forwarder = PortForwarder(forward_address, {DEFAULT_PORT, port})
     try:
@@ -79,8 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--pids-max",
         type=int,
-        default=int(os.environ.get("WRENN_PIDS_MAX") or DEFAULT_PIDS_MAX),
-        help="tasks the capsule's processes may hold together (0: no limit)",
+        default=int(os.environ["WRENN_PIDS_MAX"]) if os.environ.get("WRENN_PIDS_MAX") else None,
+        help="tasks the capsule's processes may hold together (default: by the guest's size; 0: no limit)",
     )
     parser.add_argument("--version", action="version", version=f"envd {__version__}")
     args = parser.parse_args(argv)

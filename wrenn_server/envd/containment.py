@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -24,9 +25,6 @@ log = logging.getLogger(__name__)
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 USER_CGROUP = "wrenn-user"
-# Tasks the user's processes may hold together: far above any real workload (a build with -j64 uses a few
-# hundred), far below what a fork bomb reaches, and small enough that the guest stays quick to scan.
-DEFAULT_PIDS_MAX = 4096
 # The watcher ends a process when the guest's available memory falls under this share of its size (or 8 MiB).
 MARGIN_SHARE, MARGIN_MIN = 1 / 32, 8 << 20
 # Between samples: as long as memory at the fastest fill rate seen here (gVisor, ptrace) could not cross the
@@ -35,6 +33,14 @@ FILL_RATE = 2 << 30
 POLL_MIN, POLL_MAX = 0.01, 1.0
 # After a kill, how long to wait for the victim's memory to come back before judging again.
 SETTLE_SEC = 0.05
+# How long the processes may sit at the task limit before the session holding the most tasks is ended. Forks
+# fail with EAGAIN meanwhile; ended, because under gVisor (ptrace) the sentry's host threads keep growing while
+# a fork bomb churns at the limit (~450 a second, measured) until the sandbox dies (Go's 10,000-thread cap).
+PIDS_GRACE_SEC = 2.0
+# "At the limit": a bomb churns, its tasks exiting and forking, so the count hovers just under the limit.
+PIDS_NEAR = 0.9
+PIDS_POLL = 0.1
+PIDS_SAMPLE = 32
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,18 @@ class UserCgroup:
 
     path: str
     v2: bool
+
+    def tasks(self) -> tuple[int, int]:
+        """(tasks now, limit)."""
+        with open(os.path.join(self.path, "pids.current"), "rb") as f:
+            current = int(f.read())
+        with open(os.path.join(self.path, "pids.max"), "rb") as f:
+            raw = f.read().strip()
+        return current, int(raw) if raw.isdigit() else 1 << 31
+
+    def procs(self) -> list[int]:
+        with open(os.path.join(self.path, "cgroup.procs"), "rb") as f:
+            return [int(v) for v in f.read().split()]
 
     def add(self, pid: int) -> None:
         with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
@@ -158,15 +176,45 @@ def largest_process(spared: set[int]) -> Victim | None:
     return best
 
 
+def busiest_group(pids: list[int], spared: set[int]) -> tuple[int, int] | None:
+    """(process group, session) most of `pids` belong to: a fork bomb's shells share one group. A sample of at
+    most PIDS_SAMPLE processes is enough to find it, and reading each costs a trap under gVisor."""
+    counts: dict[tuple[int, int], int] = {}
+    own = os.getsid(0)  # envd's own session (its helper's too)
+    step = max(1, len(pids) // PIDS_SAMPLE)
+    for pid in pids[::step]:
+        if pid in spared or pid == 1:
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            group, session = int(fields[2]), int(fields[3])
+        except (OSError, ValueError, IndexError):
+            continue
+        if session != own and group not in spared:
+            counts[(group, session)] = counts.get((group, session), 0) + 1
+    return max(counts, key=lambda key: counts[key]) if counts else None
+
+
 class MemoryWatcher:
     """earlyoom's pattern, in envd: sample the guest's memory, and when what is available falls under the
     margin, SIGKILL the largest process. `on_kill(victim)` tells the process table, so that the command it
     belongs to ends with the reason `oom`."""
 
-    def __init__(self, spared: Callable[[], set[int]], on_kill: Callable[[Victim], None]) -> None:
+    def __init__(
+        self,
+        spared: Callable[[], set[int]],
+        on_kill: Callable[[Victim], None],
+        on_session_kill: Callable[[int], None],
+        cgroup: UserCgroup | None,
+    ) -> None:
         self._spared = spared
         self._on_kill = on_kill
+        self._on_session_kill = on_session_kill
+        self._cgroup = cgroup
         self._fd = os.open("/proc/meminfo", os.O_RDONLY | os.O_CLOEXEC)
+        self._at_limit_since: float | None = None
         self.kills = 0
 
     def close(self) -> None:
@@ -184,7 +232,36 @@ class MemoryWatcher:
             if victim is not None and victim.rss >= MARGIN_MIN:
                 self._kill(victim, memory)
                 return SETTLE_SEC
-        return min(max((memory.available - margin) / FILL_RATE, POLL_MIN), POLL_MAX)
+        delay = min(max((memory.available - margin) / FILL_RATE, POLL_MIN), POLL_MAX)
+        return min(delay, self._check_tasks())
+
+    def _check_tasks(self) -> float:
+        """Ends the busiest session once the tasks have stayed near the limit for PIDS_GRACE_SEC."""
+        if self._cgroup is None:
+            return POLL_MAX
+        current, limit = self._cgroup.tasks()
+        if current < limit * PIDS_NEAR:
+            self._at_limit_since = None
+            return POLL_MAX if current < limit // 2 else PIDS_POLL
+        now = time.monotonic()
+        if self._at_limit_since is None:
+            self._at_limit_since = now
+        if now - self._at_limit_since < PIDS_GRACE_SEC:
+            return PIDS_POLL
+        found = busiest_group(self._cgroup.procs(), self._spared())
+        if found is not None:
+            group, session = found
+            log.warning(
+                "near the task limit (%d of %d) for %.1f s: killing process group %d",
+                current,
+                limit,
+                now - self._at_limit_since,
+                group,
+            )
+            self._on_session_kill(session)
+            with suppress(OSError):
+                os.killpg(group, signal.SIGKILL)
+        return PIDS_POLL
 
     def _kill(self, victim: Victim, memory: Memory) -> None:
         try:

@@ -164,11 +164,12 @@ class Process:
                 self._input_fd = None
 
     def send_signal(self, sig: int) -> None:
-        if self.running:
-            try:
-                os.killpg(self.pid, sig)
-            except ProcessLookupError:
-                pass
+        """Signals the process's group, which outlives it while its background children do (a fork bomb's
+        first shell is gone at once). Its pid cannot be another group's while a member of this one lives."""
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
 
     def resize(self, size: PtySize) -> None:
         if self._master_fd is None or self._master_fd not in self._outputs:
@@ -215,6 +216,12 @@ class ProcessTable:
         """What the memory watcher must never end: envd and its process helper."""
         helper = self._spawner.helper_pid()
         return {os.getpid()} | ({helper} if helper is not None else set())
+
+    def session_killed(self, session: int) -> None:
+        """The watcher ended a whole session for holding the capsule at its task limit."""
+        proc = self._by_pid.get(session)
+        if proc is not None and proc.reason is None:
+            proc.reason = EndReason.PIDS
 
     def oom_killed(self, victim: Victim) -> None:
         """The memory watcher ended `victim`: the process it belongs to (each runs in its own session, so the

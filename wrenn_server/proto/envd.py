@@ -30,6 +30,14 @@ PROTOCOL_VERSION = 1
 PORT = 49983  # envd listens here in every guest; never forwarded to a guest process
 
 
+def default_pids_max(memory_mb: int) -> int:
+    """The tasks (processes and threads) a guest of this size may run, enforced by envd's user cgroup. One per
+    2 MiB, between 128 and 1024: under gVisor (ptrace) each guest process costs ~0.5 MiB and ~12 threads on
+    the host beyond the guest's own memory, more while processes churn, and the sentry dies at 10,000 threads;
+    the host's limits for the sandbox are sized from this one (see docs/containment.md)."""
+    return max(128, min(memory_mb // 2, 1024))
+
+
 class MessageError(ValueError):
     """A message that does not follow the contract; the text names the field."""
 
@@ -283,6 +291,7 @@ class EndReason(StrEnum):
     signal someone sent it)."""
 
     OOM = "oom"  # killed (SIGKILL) because the capsule ran out of memory
+    PIDS = "pids"  # killed (SIGKILL, with its whole session) for holding the capsule at its task limit
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ...proto.envd import default_pids_max
 from .. import proc
 from ..errors import RuntimeFailure
 from ..kvm import probe_kvm
@@ -51,14 +52,23 @@ _CAPS = [
     "CAP_SYS_RESOURCE",
 ]
 # The sentry's own memory counts against the cgroup, and a sandbox that hits the cgroup limit is killed whole
-# (gVisor issues #2533, #2535): envd's memory watcher ends the largest guest process once the guest's own size
-# is used up, and this headroom is what the sentry, and the guest during the watcher's next sample, may use
-# beyond it. The guest's size (MemTotal) is the cgroup limit runsc finds when it starts the sandbox, so the
-# spec asks for the guest's size and the headroom is added once the sandbox runs (see _add_headroom).
+# (gVisor issues #2533, #2535). envd's memory watcher ends the largest guest process once the guest's own size
+# is used up; the headroom is what the sandbox may use on the host beyond the guest's size: the sentry's own
+# memory, what the guest allocates until the watcher's next sample, and ~0.5 MiB of host memory per guest
+# process (page tables and stubs of the ptrace platform), for as many as the guest's task limit allows.
+# MemTotal in the guest is the cgroup limit runsc finds when it starts the sandbox, so the spec asks for the
+# guest's size and the headroom is added once the sandbox runs (see _add_headroom).
 _CGROUP_HEADROOM_MB = 128
-# Tasks the guest may hold are limited inside it (envd's user cgroup, enforced by the sentry); the host's
-# pids limit counts the sentry's and the gofer's host threads, which stay few whatever the guest does.
-_HOST_PIDS_MAX = 8192
+_HOST_KIB_PER_TASK = 512
+# The guest's tasks are limited inside it (envd's user cgroup, enforced by the sentry). The host's pids limit
+# counts host threads: ~12 per guest process under ptrace, and they keep growing while processes churn (a fork
+# bomb: ~400 a second, measured) until the Go runtime of the sentry dies at 10,000. The limit sits just under
+# that, so that the host refuses a thread before the sentry's own cap ends it.
+_HOST_PIDS_MAX = 9000
+
+
+def headroom_mb(memory_mb: int) -> int:
+    return _CGROUP_HEADROOM_MB + default_pids_max(memory_mb) * _HOST_KIB_PER_TASK // 1024
 
 
 @dataclass(frozen=True)
@@ -229,13 +239,15 @@ _CGROUPS = Path("/sys/fs/cgroup")
 
 def _add_headroom(spec: SandboxSpec) -> None:
     """Raises the sandbox's host memory limit from the guest's size to the guest's size plus the headroom."""
-    limit = (spec.memory_mb + _CGROUP_HEADROOM_MB) << 20
+    limit = (spec.memory_mb + headroom_mb(spec.memory_mb)) << 20
     v1 = _CGROUPS / "memory" / "wrenn" / spec.sandbox_id / "memory.limit_in_bytes"
     v2 = _CGROUPS / "wrenn" / spec.sandbox_id / "memory.max"
     try:
         (v1 if v1.exists() else v2).write_text(str(limit))
     except OSError as exc:
         raise RuntimeFailure(f"cannot set the memory limit of sandbox {spec.sandbox_id}: {exc}") from exc
+
+
 _FREEZE_POLL_SEC, _FREEZE_WAIT_SEC = 0.002, 10.0
 
 
