@@ -49,14 +49,11 @@ class UserCgroup:
 
     path: str
     v2: bool
+    pids_max: int
 
-    def tasks(self) -> tuple[int, int]:
-        """(tasks now, limit)."""
+    def tasks(self) -> int:
         with open(os.path.join(self.path, "pids.current"), "rb") as f:
-            current = int(f.read())
-        with open(os.path.join(self.path, "pids.max"), "rb") as f:
-            raw = f.read().strip()
-        return current, int(raw) if raw.isdigit() else 1 << 31
+            return int(f.read())
 
     def procs(self) -> list[int]:
         with open(os.path.join(self.path, "cgroup.procs"), "rb") as f:
@@ -66,9 +63,9 @@ class UserCgroup:
         with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
             f.write(str(pid))
 
-    def set_pids_max(self, value: int) -> None:
+    def apply_pids_max(self) -> None:
         with open(os.path.join(self.path, "pids.max"), "w") as f:
-            f.write(str(value))
+            f.write(str(self.pids_max))
 
     def set_memory_limit(self, size: int) -> None:
         """What programs that size themselves read (memory.max, memory.limit_in_bytes). On gVisor it is only
@@ -114,10 +111,10 @@ def setup_user_cgroup(pids_max: int, memory_limit: int | None, root: str = CGROU
     if v2:
         with suppress(OSError), open(os.path.join(root, "cgroup.subtree_control"), "w") as f:
             f.write("+pids +memory")
-    cgroup = UserCgroup(os.path.join(root, USER_CGROUP), v2)
+    cgroup = UserCgroup(os.path.join(root, USER_CGROUP), v2, pids_max)
     with suppress(FileExistsError):
         os.mkdir(cgroup.path)
-    cgroup.set_pids_max(pids_max)
+    cgroup.apply_pids_max()
     if memory_limit is not None:
         with suppress(OSError):
             cgroup.set_memory_limit(memory_limit)
@@ -215,6 +212,7 @@ class MemoryWatcher:
         self._cgroup = cgroup
         self._fd = os.open("/proc/meminfo", os.O_RDONLY | os.O_CLOEXEC)
         self._at_limit_since: float | None = None
+        self._next_tasks_check = 0.0  # the task count is read once a second, and often near the limit
         self.kills = 0
 
     def close(self) -> None:
@@ -239,11 +237,14 @@ class MemoryWatcher:
         """Ends the busiest session once the tasks have stayed near the limit for PIDS_GRACE_SEC."""
         if self._cgroup is None:
             return POLL_MAX
-        current, limit = self._cgroup.tasks()
+        now = time.monotonic()
+        if self._at_limit_since is None and now < self._next_tasks_check:
+            return self._next_tasks_check - now
+        current, limit = self._cgroup.tasks(), self._cgroup.pids_max
+        self._next_tasks_check = now + (PIDS_POLL if current >= limit // 2 else POLL_MAX)
         if current < limit * PIDS_NEAR:
             self._at_limit_since = None
-            return POLL_MAX if current < limit // 2 else PIDS_POLL
-        now = time.monotonic()
+            return self._next_tasks_check - now
         if self._at_limit_since is None:
             self._at_limit_since = now
         if now - self._at_limit_since < PIDS_GRACE_SEC:
