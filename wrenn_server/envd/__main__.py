@@ -47,9 +47,7 @@ async def serve(
 ) -> None:
     loop = asyncio.get_running_loop()
     cgroup = _user_cgroup(pids_max) if contain and pids_max != 0 else None
-    processes = ProcessTable(
-        spawner, CHILD_OOM_SCORE if oom_shielded else None, cgroup.add if cgroup is not None else None
-    )
+    processes = ProcessTable(spawner, CHILD_OOM_SCORE if oom_shielded else None, cgroup)
     processes.install(loop)
     watcher = (
         MemoryWatcher(processes.spared, processes.oom_killed, processes.session_killed, cgroup) if contain else None

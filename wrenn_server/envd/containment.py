@@ -55,6 +55,20 @@ class UserCgroup:
         with open(os.path.join(self.path, "pids.current"), "rb") as f:
             return int(f.read())
 
+    def oom_kills(self) -> int:
+        """How many processes the kernel's OOM killer ended in this cgroup (cgroup2 `memory.events`; v1 `oom_kill`
+        in `memory.oom_control`). gVisor keeps no such count: there envd's own watcher is the OOM killer."""
+        name = "memory.events" if self.v2 else "memory.oom_control"
+        try:
+            with open(os.path.join(self.path, name), "rb") as f:
+                for line in f:
+                    key, _, value = line.partition(b" ")
+                    if key == b"oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            pass
+        return 0
+
     def procs(self) -> list[int]:
         with open(os.path.join(self.path, "cgroup.procs"), "rb") as f:
             return [int(v) for v in f.read().split()]

@@ -6,12 +6,11 @@ import asyncio
 import os
 import signal
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from ..proto.envd import EndReason, OutputKind, PtySize
-from .containment import Victim
+from .containment import UserCgroup, Victim
 from .errors import Conflict, InvalidRequest, NotFound
 from .spawn import Launch, Spawned, Spawner, set_winsize
 
@@ -178,10 +177,10 @@ class Process:
 
 
 class ProcessTable:
-    def __init__(
-        self, spawner_path: str, child_oom_score: int | None, place: Callable[[int], None] | None = None
-    ) -> None:
-        self._spawner = Spawner(spawner_path, self._exited, child_oom_score, place)
+    def __init__(self, spawner_path: str, child_oom_score: int | None, cgroup: UserCgroup | None = None) -> None:
+        self._spawner = Spawner(spawner_path, self._exited, child_oom_score, cgroup.add if cgroup else None)
+        self._cgroup = cgroup
+        self._kernel_oom_kills = cgroup.oom_kills() if cgroup else 0
         self._by_pid: dict[int, Process] = {}
         self._by_tag: dict[str, Process] = {}
 
@@ -217,6 +216,14 @@ class ProcessTable:
         helper = self._spawner.helper_pid()
         return {os.getpid()} | ({helper} if helper is not None else set())
 
+    def _killed_by_the_kernel(self, status: int) -> bool:
+        """A SIGKILL (or a shell's 137 for a child so killed) while the kernel's OOM count in the user cgroup rose:
+        the kernel's OOM killer (a microVM's) ended this process or one of its children."""
+        if self._cgroup is None or os.waitstatus_to_exitcode(status) not in (-9, 137):
+            return False
+        seen, self._kernel_oom_kills = self._kernel_oom_kills, self._cgroup.oom_kills()
+        return self._kernel_oom_kills > seen
+
     def session_killed(self, session: int) -> None:
         """The watcher ended a whole session for holding the capsule at its task limit."""
         proc = self._by_pid.get(session)
@@ -250,6 +257,8 @@ class ProcessTable:
     def _exited(self, pid: int, status: int) -> None:
         proc = self._by_pid.get(pid)
         if proc is not None and proc.running:
+            if proc.reason is None and self._killed_by_the_kernel(status):
+                proc.reason = EndReason.OOM
             proc.exited(status)
             asyncio.get_running_loop().call_later(KEEP_AFTER_EXIT, self._forget, proc)
 
