@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from ..proto.envd import (
     EndEvent,
+    EndReason,
     InputRequest,
     KeepAlive,
     Mode,
@@ -70,8 +71,8 @@ class EventQueue:
     def on_output(self, kind: OutputKind, data: bytes) -> None:
         self._put(event_line(OutputEvent(kind, data)))
 
-    def on_end(self, exit_code: int, signal: int | None) -> None:
-        self._put(event_line(EndEvent(exit_code, signal)))
+    def on_end(self, exit_code: int, signal: int | None, reason: EndReason | None) -> None:
+        self._put(event_line(EndEvent(exit_code, signal, reason)))
         self._put(None)
 
 
@@ -123,7 +124,7 @@ class Collector:
     def on_output(self, kind: OutputKind, data: bytes) -> None:
         self.out[kind] += data
 
-    def on_end(self, exit_code: int, signal: int | None) -> None:
+    def on_end(self, exit_code: int, signal: int | None, reason: EndReason | None) -> None:
         pass
 
 
@@ -171,7 +172,8 @@ def routes(defaults: Defaults, table: ProcessTable) -> dict[tuple[str, str], Han
         out = collected.out
         stdout, stderr = out[OutputKind.STDOUT] or out[OutputKind.PTY], out[OutputKind.STDERR]
         millis = int((time.monotonic() - began) * 1000)
-        return Response(200, RunResult(proc.pid, proc.exit_code or 0, bytes(stdout), bytes(stderr), millis).encode())
+        result = RunResult(proc.pid, proc.exit_code or 0, bytes(stdout), bytes(stderr), millis, proc.reason)
+        return Response(200, result.encode())
 
     async def find(request: Request, kind: type[R]) -> tuple[Process, R]:
         body = await read_message(request, kind)

@@ -9,7 +9,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..proto.envd import OutputKind, PtySize
+from ..proto.envd import EndReason, OutputKind, PtySize
+from .containment import UserCgroup, Victim
 from .errors import Conflict, InvalidRequest, NotFound
 from .spawn import Launch, Spawned, Spawner, set_winsize
 
@@ -23,7 +24,7 @@ READ_SIZE = 64 * 1024
 class Listener(Protocol):
     def on_output(self, kind: OutputKind, data: bytes) -> None: ...
 
-    def on_end(self, exit_code: int, signal: int | None) -> None: ...
+    def on_end(self, exit_code: int, signal: int | None, reason: EndReason | None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Process:
         self.pid = spawned.pid
         self.exit_code: int | None = None
         self.signal: int | None = None
+        self.reason: EndReason | None = None  # set when envd itself ended it (or a process of its session)
         self.finished = asyncio.Event()
         self._outputs = spawned.outputs
         self._input_fd = spawned.input_fd
@@ -65,7 +67,7 @@ class Process:
         for kind, data in self._ring:
             listener.on_output(kind, data)
         if self.finished.is_set():
-            listener.on_end(self.exit_code or 0, self.signal)
+            listener.on_end(self.exit_code or 0, self.signal, self.reason)
         else:
             self._listeners.add(listener)
 
@@ -130,7 +132,7 @@ class Process:
             self._input_fd = None
         self.finished.set()
         for listener in self._listeners:
-            listener.on_end(self.exit_code, self.signal)
+            listener.on_end(self.exit_code, self.signal, self.reason)
         self._listeners.clear()
 
     async def write(self, data: bytes) -> None:
@@ -161,11 +163,12 @@ class Process:
                 self._input_fd = None
 
     def send_signal(self, sig: int) -> None:
-        if self.running:
-            try:
-                os.killpg(self.pid, sig)
-            except ProcessLookupError:
-                pass
+        """Signals the process's group, which outlives it while its background children do (a fork bomb's
+        first shell is gone at once). Its pid cannot be another group's while a member of this one lives."""
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
 
     def resize(self, size: PtySize) -> None:
         if self._master_fd is None or self._master_fd not in self._outputs:
@@ -174,8 +177,10 @@ class Process:
 
 
 class ProcessTable:
-    def __init__(self, spawner_path: str, child_oom_score: int | None) -> None:
-        self._spawner = Spawner(spawner_path, self._exited, child_oom_score)
+    def __init__(self, spawner_path: str, child_oom_score: int | None, cgroup: UserCgroup | None = None) -> None:
+        self._spawner = Spawner(spawner_path, self._exited, child_oom_score, cgroup.add if cgroup else None)
+        self._cgroup = cgroup
+        self._kernel_oom_kills = cgroup.oom_kills() if cgroup else 0
         self._by_pid: dict[int, Process] = {}
         self._by_tag: dict[str, Process] = {}
 
@@ -206,6 +211,34 @@ class ProcessTable:
     def running(self) -> list[Process]:
         return [p for p in self._by_pid.values() if p.running]
 
+    def spared(self) -> set[int]:
+        """What the memory watcher must never end: envd and its process helper."""
+        helper = self._spawner.helper_pid()
+        return {os.getpid()} | ({helper} if helper is not None else set())
+
+    def _killed_by_the_kernel(self, status: int) -> bool:
+        """A SIGKILL (or a shell's 137 for a child so killed) while the kernel's OOM count in the user cgroup rose:
+        the kernel's OOM killer (a microVM's) ended this process or one of its children."""
+        if self._cgroup is None or os.waitstatus_to_exitcode(status) not in (-9, 137):
+            return False
+        seen, self._kernel_oom_kills = self._kernel_oom_kills, self._cgroup.oom_kills()
+        return self._kernel_oom_kills > seen
+
+    def session_killed(self, session: int) -> None:
+        """The watcher ended a whole session for holding the capsule at its task limit."""
+        proc = self._by_pid.get(session)
+        if proc is not None and proc.reason is None:
+            proc.reason = EndReason.PIDS
+
+    def oom_killed(self, victim: Victim) -> None:
+        """The memory watcher ended `victim`: the process it belongs to (each runs in its own session, so the
+        session leader) ends with the reason `oom`."""
+        for pid in (victim.pid, victim.session):
+            proc = self._by_pid.get(pid)
+            if proc is not None and proc.running:
+                proc.reason = EndReason.OOM
+                return
+
     def _reap(self) -> None:
         # envd's own children are the helper and, as their subreaper, orphans: a dead helper's children
         # among them. The helper reports the exits of the children it reaps itself (see `_exited`).
@@ -224,6 +257,8 @@ class ProcessTable:
     def _exited(self, pid: int, status: int) -> None:
         proc = self._by_pid.get(pid)
         if proc is not None and proc.running:
+            if proc.reason is None and self._killed_by_the_kernel(status):
+                proc.reason = EndReason.OOM
             proc.exited(status)
             asyncio.get_running_loop().call_later(KEEP_AFTER_EXIT, self._forget, proc)
 

@@ -121,10 +121,17 @@ class Spawner:
     children of a helper that died come to envd, whose own reaper then reports their exits.
     """
 
-    def __init__(self, path: str, on_exit: Callable[[int, int], None], child_oom_score: int | None) -> None:
+    def __init__(
+        self,
+        path: str,
+        on_exit: Callable[[int, int], None],
+        child_oom_score: int | None,
+        place: Callable[[int], None] | None = None,
+    ) -> None:
         self.path = path
         self._on_exit = on_exit
         self._oom_score = child_oom_score
+        self._place = place  # moves the helper (and so every child it starts) into the user cgroup
         self._helper: subprocess.Popen[bytes] | None = None
         self._requests: socket.socket | None = None
         self._events: socket.socket | None = None
@@ -152,6 +159,11 @@ class Spawner:
         finally:
             theirs.close()
             their_events.close()
+        if self._place is not None:
+            try:  # before its first request, so before its first child
+                self._place(self._helper.pid)
+            except OSError as exc:
+                log.warning("cannot move the process helper into the user cgroup: %s", exc)
         self._requests, self._events, self._pending = requests, events, b""
         events.setblocking(False)
         asyncio.get_running_loop().add_reader(events.fileno(), self._read_events)

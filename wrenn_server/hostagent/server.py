@@ -157,7 +157,7 @@ def _event(event: ProcessEvent) -> pb.ProcessEvent:
         if event.kind is wire.OutputKind.STDERR:
             return pb.ProcessEvent(stderr=event.data)
         return pb.ProcessEvent(pty=event.data)
-    return pb.ProcessEvent(end=pb.ProcessEnd(exit_code=event.exit_code))
+    return pb.ProcessEvent(end=pb.ProcessEnd(exit_code=event.exit_code, end_reason=event.reason or ""))
 
 
 def _entry(entry: wire.EntryInfo) -> pb.FileEntry:
@@ -284,7 +284,12 @@ class Servicer(pb_grpc.HostAgentServiceServicer):
         envd = self.manager.active(request.sandbox_id)
         out = await envd.run(_start_request(request, wire.Mode.RUN))
         return pb.ExecResponse(
-            pid=out.pid, exit_code=out.exit_code, stdout=out.stdout, stderr=out.stderr, duration_ms=out.duration_ms
+            pid=out.pid,
+            exit_code=out.exit_code,
+            stdout=out.stdout,
+            stderr=out.stderr,
+            duration_ms=out.duration_ms,
+            end_reason=out.reason or "",
         )
 
     @streaming

@@ -28,4 +28,4 @@ fi
 [ -d /run/wrenn ] || mkdir -p /run/wrenn
 [ -n "$WRENN_SANDBOX_ID" ] && echo "$WRENN_SANDBOX_ID" > /run/wrenn/.WRENN_SANDBOX_ID
 cd /usr/local/lib/wrenn || exit 1
-exec /usr/bin/tini -s -- /usr/bin/python3 -s -m wrenn_server.envd --port 49983
+exec /usr/bin/tini -s -- /usr/bin/python3 -s -m wrenn_server.envd --port 49983 --contain

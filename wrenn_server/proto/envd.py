@@ -30,6 +30,14 @@ PROTOCOL_VERSION = 1
 PORT = 49983  # envd listens here in every guest; never forwarded to a guest process
 
 
+def default_pids_max(memory_mb: int) -> int:
+    """The tasks (processes and threads) a guest of this size may run, enforced by envd's user cgroup. One per
+    2 MiB, between 128 and 1024: under gVisor (ptrace) each guest process costs ~0.5 MiB and ~12 threads on
+    the host beyond the guest's own memory, more while processes churn, and the sentry dies at 10,000 threads;
+    the host's limits for the sandbox are sized from this one (see docs/containment.md)."""
+    return max(128, min(memory_mb // 2, 1024))
+
+
 class MessageError(ValueError):
     """A message that does not follow the contract; the text names the field."""
 
@@ -278,6 +286,14 @@ class OutputKind(StrEnum):
     PTY = "pty"
 
 
+class EndReason(StrEnum):
+    """Why a process ended, when envd knows better than its exit status (absent: it ended on its own, or by a
+    signal someone sent it)."""
+
+    OOM = "oom"  # killed (SIGKILL) because the capsule ran out of memory
+    PIDS = "pids"  # killed (SIGKILL, with its whole session) for holding the capsule at its task limit
+
+
 @dataclass(frozen=True)
 class PtySize(Message):
     cols: int
@@ -319,11 +335,14 @@ class RunResult(Message):
     stdout: bytes
     stderr: bytes
     duration_ms: int
+    reason: str | None = None  # an EndReason; a str so that a reason a later envd adds still reads
 
     def encode(self) -> bytes:
         # Base64 needs no JSON escaping, and json.dumps would spend most of a large answer's time scanning it.
-        return b'{"pid":%d,"exit_code":%d,"stdout":"%s","stderr":"%s","duration_ms":%d}' % (
+        reason = b"" if self.reason is None else b',"reason":%s' % json.dumps(self.reason).encode()
+        return b'{"pid":%d,"exit_code":%d,"stdout":"%s","stderr":"%s","duration_ms":%d%s}' % (
             self.pid, self.exit_code, base64.b64encode(self.stdout), base64.b64encode(self.stderr), self.duration_ms,
+            reason,
         )
 
 
@@ -395,6 +414,7 @@ class EndEvent(Message):
     TYPE: ClassVar[str] = "end"
     exit_code: int  # the exit status, or 128 + the signal that killed it
     signal: int | None = None
+    reason: str | None = _omitted()  # an EndReason, as in RunResult
 
     def to_json(self) -> dict[str, Any]:
         return {"type": self.TYPE, **super().to_json()}

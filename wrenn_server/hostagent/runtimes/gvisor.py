@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ...proto.envd import default_pids_max
 from .. import proc
 from ..errors import RuntimeFailure
 from ..kvm import probe_kvm
@@ -58,9 +59,24 @@ _CAPS = [
     "CAP_SYS_NICE",
     "CAP_SYS_RESOURCE",
 ]
-# The sentry's own memory counts against the cgroup; a sandbox that hits the cgroup limit is killed whole,
-# so the limit sits above the guest's size.
+# The sentry's own memory counts against the cgroup, and a sandbox that hits the cgroup limit is killed whole
+# (gVisor issues #2533, #2535). envd's memory watcher ends the largest guest process once the guest's own size
+# is used up; the headroom is what the sandbox may use on the host beyond the guest's size: the sentry's own
+# memory, what the guest allocates until the watcher's next sample, and ~0.5 MiB of host memory per guest
+# process (page tables and stubs of the ptrace platform), for as many as the guest's task limit allows.
+# MemTotal in the guest is the cgroup limit runsc finds when it starts the sandbox, so the spec asks for the
+# guest's size and the headroom is added once the sandbox runs (see _add_headroom).
 _CGROUP_HEADROOM_MB = 128
+_HOST_KIB_PER_TASK = 512
+# The guest's tasks are limited inside it (envd's user cgroup, enforced by the sentry). The host's pids limit
+# counts host threads: ~12 per guest process under ptrace, and they keep growing while processes churn (a fork
+# bomb: ~400 a second, measured) until the Go runtime of the sentry dies at 10,000. The limit sits just under
+# that, so that the host refuses a thread before the sentry's own cap ends it.
+_HOST_PIDS_MAX = 9000
+
+
+def headroom_mb(memory_mb: int) -> int:
+    return _CGROUP_HEADROOM_MB + default_pids_max(memory_mb) * _HOST_KIB_PER_TASK // 1024
 
 
 @dataclass(frozen=True)
@@ -132,6 +148,7 @@ class GVisorRuntime:
             command = ["restore", "--detach", "--image-path", str(checkpoint.path), "--bundle", str(bundle)]
             command.append(spec.sandbox_id)
         await self._run_detached(command, capsule)
+        _add_headroom(spec)
 
     async def _run_detached(self, command: list[str], capsule: CapsuleDir) -> None:
         argv = [
@@ -254,6 +271,7 @@ class GVisorRuntime:
             # name.
             await proc.run(self._runsc("delete", "--force", spec.sandbox_id), check=False, timeout=30)
             await self._run_detached(command, capsule)
+        _add_headroom(spec)
 
     async def freeze(self, sandbox_id: str) -> None:
         # `runsc pause` (20221219) leaves the tasks of a guest restored from a checkpoint running (a warm-pool
@@ -274,6 +292,19 @@ class GVisorRuntime:
 
 
 _CGROUPS = Path("/sys/fs/cgroup")
+
+
+def _add_headroom(spec: SandboxSpec) -> None:
+    """Raises the sandbox's host memory limit from the guest's size to the guest's size plus the headroom."""
+    limit = (spec.memory_mb + headroom_mb(spec.memory_mb)) << 20
+    v1 = _CGROUPS / "memory" / "wrenn" / spec.sandbox_id / "memory.limit_in_bytes"
+    v2 = _CGROUPS / "wrenn" / spec.sandbox_id / "memory.max"
+    try:
+        (v1 if v1.exists() else v2).write_text(str(limit))
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot set the memory limit of sandbox {spec.sandbox_id}: {exc}") from exc
+
+
 _FREEZE_POLL_SEC, _FREEZE_WAIT_SEC = 0.002, 10.0
 
 
@@ -390,7 +421,6 @@ async def _unmount(path: Path) -> None:
 
 
 def _oci_spec(spec: SandboxSpec, rootfs: Path) -> dict[str, Any]:
-    memory = (spec.memory_mb + _CGROUP_HEADROOM_MB) * 1024 * 1024
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -441,9 +471,9 @@ def _oci_spec(spec: SandboxSpec, rootfs: Path) -> dict[str, Any]:
             ],
             "cgroupsPath": f"/wrenn/{spec.sandbox_id}",
             "resources": {
-                "memory": {"limit": memory},
+                "memory": {"limit": spec.memory_mb << 20},  # the guest's size; see _add_headroom
                 "cpu": {"quota": spec.vcpus * 100000, "period": 100000},
-                "pids": {"limit": 8192},
+                "pids": {"limit": _HOST_PIDS_MAX},
             },
         },
     }

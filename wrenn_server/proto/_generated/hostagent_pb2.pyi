@@ -189,18 +189,20 @@ class PtySize(_message.Message):
     def __init__(self, cols: _Optional[int] = ..., rows: _Optional[int] = ...) -> None: ...
 
 class ExecResponse(_message.Message):
-    __slots__ = ("pid", "exit_code", "stdout", "stderr", "duration_ms")
+    __slots__ = ("pid", "exit_code", "stdout", "stderr", "duration_ms", "end_reason")
     PID_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     STDOUT_FIELD_NUMBER: _ClassVar[int]
     STDERR_FIELD_NUMBER: _ClassVar[int]
     DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
     pid: int
     exit_code: int
     stdout: bytes
     stderr: bytes
     duration_ms: int
-    def __init__(self, pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., duration_ms: _Optional[int] = ...) -> None: ...
+    end_reason: str
+    def __init__(self, pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., duration_ms: _Optional[int] = ..., end_reason: _Optional[str] = ...) -> None: ...
 
 class BackgroundResponse(_message.Message):
     __slots__ = ("pid", "tag")
@@ -287,10 +289,12 @@ class ProcessStart(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., tag: _Optional[str] = ...) -> None: ...
 
 class ProcessEnd(_message.Message):
-    __slots__ = ("exit_code",)
+    __slots__ = ("exit_code", "end_reason")
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
     exit_code: int
-    def __init__(self, exit_code: _Optional[int] = ...) -> None: ...
+    end_reason: str
+    def __init__(self, exit_code: _Optional[int] = ..., end_reason: _Optional[str] = ...) -> None: ...
 
 class PathRequest(_message.Message):
     __slots__ = ("sandbox_id", "path")
