@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 _PR_SET_CHILD_SUBREAPER = 36
 _spawned: set[int] = set()
+# Commands being started: their pids are not known yet, so a reap then could take one that just exited (a
+# `qemu-system-x86_64 --version` probe answered 255 that way); the reap waits until they are registered.
+_starting = 0
+_reap_deferred = False
 # runsc re-executes itself through /proc/self/exe, so its sandbox and gofer are named "exe".
 ORPHAN_PREFIXES = ("exe", "qemu-system")
 
@@ -49,13 +53,21 @@ async def run(
 ) -> Completed:
     """Run a command and collect its output; a failure raises RuntimeFailure naming the command. `started` is
     awaited with the command's pid once it runs, before its output is collected."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _spawned.add(proc.pid)
+    global _starting, _reap_deferred
+    _starting += 1
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _spawned.add(proc.pid)
+    finally:
+        _starting -= 1
+    if not _starting and _reap_deferred:
+        _reap_deferred = False
+        reap_orphans()
     try:
         if started is not None:
             await started(proc.pid)
@@ -86,6 +98,10 @@ def become_subreaper() -> None:
 
 def reap_orphans() -> None:
     """Reap exited children that asyncio does not know about (sandbox processes we inherited)."""
+    global _reap_deferred
+    if _starting:
+        _reap_deferred = True
+        return
     me = os.getpid()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
