@@ -11,8 +11,8 @@ import pytest
 
 from wrenn_server.proto._generated import hostagent_pb2 as pb
 
+from .calls import create, sh
 from .conftest import AgentHandle
-from .test_conformance import create, sh
 
 pytestmark = pytest.mark.runtime
 
