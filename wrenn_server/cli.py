@@ -165,8 +165,14 @@ async def _agent_status() -> tuple[bool, str]:
         except grpc.aio.AioRpcError as exc:
             if exc.code() is not grpc.StatusCode.UNAUTHENTICATED:
                 return False, f"not answering on {settings.host_listen_addr}: {exc.code().name}"
-    # Only the control plane holds the token its calls need: the agent keeps a hash of it.
-    return True, f"{settings.host_listen_addr}, host {creds.host_id} (its runtime and pool: GET /v1/hosts)"
+    # Only the control plane holds the token its calls need (the agent keeps a hash of it): what the agent
+    # says of itself is in a file of the data directory, written every few seconds.
+    try:
+        status = json.loads((settings.dir / "agent-status.json").read_text())
+        pool = ", ".join(f"{name} {count}" for name, count in sorted(status["pool"].items()))
+    except (OSError, ValueError, KeyError, AttributeError):
+        return True, f"{settings.host_listen_addr}, host {creds.host_id} (it has not said more yet)"
+    return True, f"{settings.host_listen_addr}, runtime {status['runtime']}; warm pool: {pool}"
 
 
 @app.command()

@@ -246,11 +246,16 @@ def test_creates_are_served_by_the_warm_pool_and_doctor_counts_them(stack: Stack
         "WRENN_HOST_LISTEN_ADDR": f"127.0.0.1:{stack.agent_port}",
         "COLUMNS": "250",
     }
-    doctor = subprocess.run(
-        [sys.executable, "-m", "wrenn_server.cli", "doctor"], env=env, capture_output=True, text=True, check=True
-    )
-    agent_row = next(line for line in doctor.stdout.splitlines() if "host agent" in line)
     runtime = stack.extra_env.get("WRENN_RUNTIME") or asyncio.run(select_runtime("auto", stack.data_dir)).name
+    deadline = time.monotonic() + 30
+    while True:  # the agent tells doctor what it did every few seconds (agent-status.json)
+        doctor = subprocess.run(
+            [sys.executable, "-m", "wrenn_server.cli", "doctor"], env=env, capture_output=True, text=True, check=True
+        )
+        agent_row = next(line for line in doctor.stdout.splitlines() if "host agent" in line)
+        hits = int(agent_row.split("hits ")[1].split(",")[0]) if "hits " in agent_row else 0
+        if hits >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert "yes" in agent_row and f"runtime {runtime}" in agent_row
-    hits = int(agent_row.split("hits ")[1].split(",")[0])
-    assert hits >= 1
+    assert hits >= 1, agent_row

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import time
 from pathlib import Path
 
 from . import proc
@@ -19,6 +21,7 @@ from .settings import AgentSettings
 from .storage import Storage
 
 log = logging.getLogger(__name__)
+STATUS_EVERY_SEC = 2.0
 
 
 class HostAgent:
@@ -54,6 +57,7 @@ class HostAgent:
         await server.start()
         self._server = server
         log.info("host agent serving on %s with runtime %s", self.settings.host_listen_addr, runtime.name)
+        self._tasks.append(asyncio.create_task(self._report_status()))
         token = registration_token or self.settings.registration_token
         creds = Credentials.load(self.credentials_path)
         if token and self.settings.cp_url:
@@ -66,6 +70,24 @@ class HostAgent:
             creds, self.credentials_path, self.settings.heartbeat_sec, self.settings.dir, runtime, self._rotated
         )
         self._tasks.append(asyncio.create_task(beat.run()))
+
+    async def _report_status(self) -> None:
+        """Keep `agent-status.json` current: `wrenn doctor` cannot call the agent (only the control plane holds
+        the token), so the agent tells it its runtime and warm pool this way, in a file for root alone."""
+        path = DataDir(self.settings.dir).agent_status
+        while self.manager is not None:
+            status = {
+                "address": self.settings.host_listen_addr,
+                "runtime": self.manager.runtime.name,
+                "pool": self.manager.pool.counters(),
+                "at": time.time(),
+            }
+            tmp = path.with_suffix(".tmp")
+            tmp.unlink(missing_ok=True)
+            tmp.touch(mode=0o600)
+            tmp.write_text(json.dumps(status))
+            tmp.replace(path)
+            await asyncio.sleep(STATUS_EVERY_SEC)
 
     def _rotated(self, token_hash: str) -> None:
         self.auth.token_hash = token_hash

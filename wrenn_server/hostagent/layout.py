@@ -72,6 +72,11 @@ class DataDir:
         """What the agent got at registration."""
         return self.root / "host-credentials.json"
 
+    @property
+    def agent_status(self) -> Path:
+        """What the running agent says of itself for `wrenn doctor` (its runtime, its warm pool): root's alone."""
+        return self.root / "agent-status.json"
+
 
 def staging(target: Path, tag: str) -> Path:
     """Where a template directory is written before it is renamed to `target`."""
