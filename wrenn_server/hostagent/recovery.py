@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 from .envd_client import EnvdClient
 from .errors import AgentError
+from .layout import TemplateDir
 from .network import Network, Slot
 from .pausing import Pauser
 from .registry import Registry, Sandbox
@@ -47,7 +49,12 @@ class Recovery:
                 )
                 continue
             state = await self.runtime.state(record.name)
-            if record.snapshotting and state is RuntimeState.FROZEN:  # frozen for a snapshot, not by a pause
+            checkpoint = TemplateDir(Path(record.snapshotting)).checkpoint_dir if record.snapshotting else None
+            if checkpoint is not None and (checkpoint.image.exists() or checkpoint.partial_image.exists()):
+                # Its checkpoint was asked for: it ends the guest, now or (a request waiting at a frozen gVisor
+                # sandbox) once thawed. Given up, and started again from its disk below.
+                state = RuntimeState.STOPPED
+            elif record.snapshotting and state is RuntimeState.FROZEN:  # frozen for a snapshot, not by a pause
                 state = await self._thaw(record)
             netns_alive = Slot(record.slot).guest.netns_path.exists() and self.network.owns(record.slot)
             if netns_alive and self._settle(record, state):
