@@ -79,6 +79,7 @@ def test_a_capsule_whose_guest_died_says_why_keeps_its_files_and_resumes(stack: 
 
     with Capsule(memory_mb=256) as box:
         box.files.write("/root/notes.txt", "kept")
+        box.commands.run("sync")  # a VM killed outright keeps what its kernel had written out, as a real one does
         kill_guest(stack.data_dir, box.capsule_id)
         deadline = time.monotonic() + 60
         while box.get_info().status != Status.error:  # the agent sees it within seconds, the reconciler next
